@@ -1,0 +1,63 @@
+"""Options the P2P runtime builds its host from (go-libp2p style, one field each).
+
+Plain data with no trio or libp2p import, so plugins can adjust them from the
+``united_p2p_configure`` hook before the host exists.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Verdict(enum.Enum):
+    """A message validator's answer (gossipsub's accept / reject / ignore)."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"  # invalid: dropped, not forwarded, the forwarder's score drops
+    IGNORE = "ignore"  # dropped and not forwarded (py-libp2p 0.8.1: scored like reject)
+
+
+GOSSIPSUB_V10 = "/meshsub/1.0.0"
+GOSSIPSUB_V11 = "/meshsub/1.1.0"
+GOSSIPSUB_V12 = "/meshsub/1.2.0"
+KNOWN_GOSSIPSUB_PROTOCOLS = (GOSSIPSUB_V12, GOSSIPSUB_V11, GOSSIPSUB_V10)
+
+
+@dataclass
+class GossipOptions:
+    """Gossipsub router parameters. Defaults follow DESIGN §4 and PERF-NOTES."""
+
+    # v1.2's IDONTWANT doubles CPU at our message sizes (PERF-NOTES #2).
+    protocols: tuple[str, ...] = (GOSSIPSUB_V11, GOSSIPSUB_V10)
+    degree: int = 4
+    degree_low: int = 3
+    degree_high: int = 6
+    heartbeat_interval: float = 1.0
+    gossip_window: int = 3
+    gossip_history: int = 5
+    time_to_live: int = 60
+    # Off: a predictable degree; spam protection would throttle the super-seeder;
+    # eclipse protection wants 3 distinct IPs, which loopback, a LAN or a relay lacks.
+    adaptive_gossip: bool = False
+    spam_protection: bool = False
+    eclipse_protection: bool = False
+    # Peer scoring parameters (``libp2p.pubsub.score.ScoreParams``); None keeps
+    # py-libp2p's defaults (all weights 0). The mesh plugin fills this in.
+    score_params: object | None = None
+    seen_ttl: int = 120
+
+
+@dataclass
+class HostOptions:
+    """Everything the runtime needs to build and run the host."""
+
+    listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    dial_timeout: float = 10.0
+    # Bounded waits and queues (backpressure instead of silent drops).
+    publish_timeout: float = 5.0
+    max_inflight_publishes: int = 64
+    outbound_high_water: int = 24  # of py-libp2p's 32-slot per-peer RPC queue
+    inbound_queue_size: int = 1024
+    event_queue_size: int = 1024
+    gossip: GossipOptions = field(default_factory=GossipOptions)
