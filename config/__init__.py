@@ -1,0 +1,1 @@
+"""Shipped presets (plugin sets and overrides) read by `united init --role`."""

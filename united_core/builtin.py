@@ -1,0 +1,146 @@
+"""The core's own plugin: the ``[node]``, ``[p2p]`` and ``[control]`` sections and the
+core control commands (``status``, ``stop``, ``peers``, ``connect``).
+
+Registered first and always (like pytest's essential plugins), through the same
+hooks every other plugin uses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import multiaddr
+
+from . import hookimpl
+from .config import ConfigSection, ConfigValueError, setting
+from .control import CommandError, ControlCommand
+from .p2p.options import KNOWN_GOSSIPSUB_PROTOCOLS, HostOptions
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .node import Node
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    plugin_set: str = setting("custom", "Name of this plugin set, shown by `united ctl status`.")
+    plugins: tuple[str, ...] = setting((), "Plugins to load, by name (see `united plugins`).")
+    data_dir: str = setting("data", "Where plugins keep their data (relative to this file).")
+    identity_key: str = setting("identity.key", "The node's Ed25519 key file (owner-only).")
+    log_level: str = setting(
+        "info", "Log verbosity.", choices=("debug", "info", "warning", "error")
+    )
+
+
+@dataclass(frozen=True)
+class P2PConfig:
+    listen: tuple[str, ...] = setting(
+        ("/ip4/0.0.0.0/tcp/0",), "libp2p listen multiaddrs (TCP); port 0 picks a free port."
+    )
+    dial_timeout: float = setting(10.0, "Seconds before a dial gives up.", min=0.1, max=300)
+    gossipsub_protocols: tuple[str, ...] = setting(
+        ("/meshsub/1.1.0", "/meshsub/1.0.0"),
+        "Gossipsub versions offered, preferred first (v1.2 doubles CPU; see docs).",
+        choices=KNOWN_GOSSIPSUB_PROTOCOLS,
+    )
+    heartbeat_interval: float = setting(1.0, "Gossipsub heartbeat, seconds.", min=0.05, max=60)
+    publish_timeout: float = setting(
+        5.0, "Longest a publish waits for a slow peer's queue to drain.", min=0.0, max=120
+    )
+    max_inflight_publishes: int = setting(64, "Publishes in flight at once.", min=1, max=4096)
+    inbound_queue_size: int = setting(
+        1024, "Received messages buffered for the application.", min=16, max=1_000_000
+    )
+
+    def validate(self) -> None:
+        if not self.listen:
+            raise ConfigValueError("listen", "needs at least one address")
+        for addr in self.listen:
+            try:
+                ma = multiaddr.Multiaddr(addr)
+            except Exception as exc:
+                raise ConfigValueError("listen", f"{addr!r} is not a multiaddr ({exc})") from None
+            if "tcp" not in {p.name for p in ma.protocols()}:
+                raise ConfigValueError("listen", f"{addr!r}: only TCP addresses are supported")
+        if not self.gossipsub_protocols:
+            raise ConfigValueError("gossipsub_protocols", "needs at least one protocol")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = setting(
+        "united.sock", "Control API Unix socket (owner-only), relative to this file."
+    )
+
+
+@hookimpl
+def united_register_config_sections() -> list[ConfigSection]:
+    return [
+        ConfigSection("node", NodeConfig, "The node: which plugins it runs, where it keeps data."),
+        ConfigSection("p2p", P2PConfig, "The libp2p host (TCP, Noise, Yamux, gossipsub)."),
+        ConfigSection("control", ControlConfig, "The local control API."),
+    ]
+
+
+@hookimpl(tryfirst=True)
+def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> None:
+    p2p: P2PConfig = settings["p2p"]
+    options.listen_addrs = p2p.listen
+    options.dial_timeout = p2p.dial_timeout
+    options.publish_timeout = p2p.publish_timeout
+    options.max_inflight_publishes = p2p.max_inflight_publishes
+    options.inbound_queue_size = p2p.inbound_queue_size
+    options.gossip.protocols = p2p.gossipsub_protocols
+    options.gossip.heartbeat_interval = p2p.heartbeat_interval
+
+
+# ---- core control commands ------------------------------------------------------------
+
+
+async def _status(node: Node, args: list[str]) -> dict[str, Any]:
+    return {
+        "plugin_set": node.settings["node"].plugin_set,
+        "peer_id": node.identity.peer_id,
+        "listen_addrs": list(node.p2p.listen_addrs),
+        "plugins": list(node.plugin_names),
+        "uptime_s": round(time.time() - node.started_at, 1),
+        "config": str(node.settings.path),
+    }
+
+
+async def _stop(node: Node, args: list[str]) -> str:
+    node.request_stop()
+    return "stopping"
+
+
+async def _peers(node: Node, args: list[str]) -> list[dict[str, Any]]:
+    return await node.p2p.peers()
+
+
+async def _connect(node: Node, args: list[str]) -> dict[str, str]:
+    if len(args) != 1:
+        raise CommandError("usage: connect MULTIADDR (with /p2p/<peer id>)")
+    try:
+        peer = await node.p2p.connect(args[0])
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    return {"connected": peer}
+
+
+def _render_peers(result: Any) -> str:
+    if not result:
+        return "no peers connected"
+    return "\n".join(f"{p['peer_id']}  {p['direction']:<8} {' '.join(p['addrs'])}" for p in result)
+
+
+@hookimpl
+def united_register_commands() -> list[ControlCommand]:
+    return [
+        ControlCommand("status", _status, "Plugin set, PeerId, listen addresses, plugins, uptime."),
+        ControlCommand("stop", _stop, "Stop the node (exit status 0)."),
+        ControlCommand("peers", _peers, "Connected peers.", render=_render_peers),
+        ControlCommand("connect", _connect, "Dial a peer.", usage="MULTIADDR"),
+    ]

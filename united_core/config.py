@@ -1,0 +1,266 @@
+"""``united.toml``: sections declared by plugins as frozen dataclasses, validated strictly.
+
+A plugin's ``Config`` dataclass is the only place its defaults live (go-libp2p's
+``defaults.go`` rule). Each field may carry metadata made with :func:`setting`:
+a help line (written into ``united init`` output) and bounds or choices.
+
+Every problem is a :class:`ConfigError` that names the file, the section and the
+key; the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class ConfigError(Exception):
+    """A configuration problem, located as precisely as it can be."""
+
+    def __init__(
+        self, message: str, *, file: Path | str | None = None, section: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.section = section
+        self.key = key
+        super().__init__(str(self))
+
+    def located(self, file: Path | str) -> ConfigError:
+        return ConfigError(self.message, file=file, section=self.section, key=self.key)
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.section:
+            where.append(f"[{self.section}]" + (f" {self.key}" if self.key else ""))
+        return (": ".join(where) + ": " if where else "") + self.message
+
+
+class ConfigValueError(ValueError):
+    """Raised by a section's ``validate()`` to name the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+class ConfigSection(NamedTuple):
+    """What ``united_register_config_sections`` returns: a section name and its schema."""
+
+    name: str
+    schema: type
+    description: str = ""
+
+
+def setting(
+    default: Any,
+    help: str = "",
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: Iterable[Any] | None = None,
+) -> Any:
+    """A dataclass field with a help line and bounds, for a plugin's ``Config``."""
+    meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None}
+    if isinstance(default, list | dict | set):
+        raise TypeError("use a tuple for sequence defaults (sections are frozen)")
+    return field(default=default, metadata=meta)
+
+
+# ---- type checking ------------------------------------------------------------------
+
+_SCALARS: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _describe(tp: Any) -> str:
+    if tp in _SCALARS:
+        return _SCALARS[tp]
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0]).split(' ', 1)[1]}s"
+    return str(tp)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise TypeError with a readable reason."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(args[0], value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        item = typing.get_args(tp)[0]
+        if isinstance(value, list):
+            return tuple(_coerce(item, v) for v in value)
+    else:  # pragma: no cover - a schema bug, not a user error
+        raise TypeError(f"unsupported setting type {tp!r}")
+    raise TypeError(f"must be {_describe(tp)}, not {type(value).__name__} {value!r}")
+
+
+def _check_bounds(f: dataclasses.Field[Any], value: Any) -> None:
+    meta = f.metadata
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if meta.get("choices") is not None and v not in meta["choices"]:
+            options = ", ".join(repr(c) for c in meta["choices"])
+            raise ValueError(f"must be one of {options}, not {v!r}")
+        if meta.get("min") is not None and v < meta["min"]:
+            raise ValueError(f"must be >= {meta['min']}, not {v!r}")
+        if meta.get("max") is not None and v > meta["max"]:
+            raise ValueError(f"must be <= {meta['max']}, not {v!r}")
+
+
+def build_section(section: ConfigSection, raw: Mapping[str, Any]) -> Any:
+    """Validate ``raw`` against the section schema; return the frozen instance."""
+    schema = section.schema
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("must be a table", section=section.name)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields)) or "(none)"
+        raise ConfigError(
+            f"unknown key {unknown[0]!r}; keys of [{section.name}] are: {known}",
+            section=section.name,
+            key=unknown[0],
+        )
+    values = {}
+    for name, value in raw.items():
+        try:
+            values[name] = _coerce(hints[name], value)
+            _check_bounds(fields[name], values[name])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc), section=section.name, key=name) from None
+    instance = schema(**values)
+    validate = getattr(instance, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ConfigValueError as exc:
+            raise ConfigError(str(exc), section=section.name, key=exc.key) from None
+        except ValueError as exc:
+            raise ConfigError(str(exc), section=section.name) from None
+    return instance
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one node: every enabled section, typed."""
+
+    path: Path
+    sections: Mapping[str, Any]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, value: str) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def __getitem__(self, name: str) -> Any:
+        return self.sections[name]
+
+
+def build_settings(
+    path: Path,
+    raw: Mapping[str, Any],
+    declared: Mapping[str, ConfigSection],
+    available_sections: Iterable[str] = (),
+) -> tuple[Settings, list[str]]:
+    """Validate every section of ``raw``; return the settings and warnings.
+
+    ``declared`` are the sections of enabled plugins (and the core);
+    ``available_sections`` are the names of sections that installed-but-disabled
+    plugins may declare: those are skipped with a warning, anything else is an error.
+    """
+    warnings = []
+    available = set(available_sections)
+    for name, value in raw.items():
+        if name in declared:
+            continue
+        if name in available:
+            warnings.append(f"{path}: [{name}] belongs to a plugin that is not enabled; ignored")
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"unknown top-level key {name!r}", file=path, key=name)
+        known = ", ".join(sorted(declared))
+        raise ConfigError(
+            f"unknown section; no available plugin declares it (sections: {known})",
+            file=path,
+            section=name,
+        )
+    sections = {}
+    for name, section in declared.items():
+        try:
+            sections[name] = build_section(section, raw.get(name, {}))
+        except ConfigError as exc:
+            raise exc.located(path) from None
+    return Settings(path=path.resolve(), sections=sections), warnings
+
+
+# ---- rendering (``united init``) ------------------------------------------------------
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {value!r}")
+
+
+def render_section(section: ConfigSection, overrides: Mapping[str, Any]) -> str:
+    """A commented TOML table: preset values active, every other key at its default."""
+    lines = [f"[{section.name}]"]
+    if section.description:
+        lines.insert(0, f"# {section.description}")
+    for f in dataclasses.fields(section.schema):
+        help_text = f.metadata.get("help", "")
+        default = f.default
+        if f.name in overrides:
+            lines.append(f"# {help_text} (default: {toml_value(default)})".replace("#  (", "# ("))
+            lines.append(f"{f.name} = {toml_value(overrides[f.name])}")
+        else:
+            if help_text:
+                lines.append(f"# {help_text}")
+            lines.append(f"# {f.name} = {toml_value(default)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,260 @@
+"""The local control API: versioned JSON lines over an owner-only Unix socket.
+
+Protocol version 1. One request per line::
+
+    {"v": 1, "id": 7, "command": "status", "args": []}
+
+and for it either one reply, or (for streaming commands) any number of events
+followed by an end marker::
+
+    {"v": 1, "id": 7, "ok": true, "result": {...}}
+    {"v": 1, "id": 7, "event": {...}}            # streaming commands only
+    {"v": 1, "id": 7, "ok": true, "end": true}
+    {"v": 1, "id": 7, "ok": false, "error": {"code": "bad_request", "message": "..."}}
+
+The socket is created with a 0177 umask (so it is never reachable by others,
+not even briefly) inside the config directory. Plugins add commands through
+``united_register_commands``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 1024 * 1024
+
+Handler = Callable[["Node", list[str]], Awaitable[Any] | AsyncIterator[Any]]
+
+
+class ControlSocketBusy(RuntimeError):
+    """Another running node already answers on this control socket."""
+
+
+class CommandError(Exception):
+    """A command's clean refusal: sent to the client as ``bad_request``."""
+
+    code = "bad_request"
+
+
+@dataclass(frozen=True)
+class ControlCommand:
+    """A command of the control API.
+
+    ``handler(node, args)`` is a coroutine returning a JSON-serialisable result,
+    or an async generator whose items are streamed as events until it ends or
+    the client goes away. ``render`` turns a result (or event) into text for
+    humans; ``united ctl --json`` prints the raw JSON instead.
+    """
+
+    name: str
+    handler: Handler
+    help: str
+    usage: str = ""
+    render: Callable[[Any], str] | None = None
+    streaming: bool = False
+
+
+class ControlServer:
+    """Serves the commands on a Unix socket until closed."""
+
+    def __init__(self, path: Path, node: Node, commands: Mapping[str, ControlCommand]) -> None:
+        self.path = path
+        self.node = node
+        self.commands = dict(commands)
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if _socket_answers(self.path):
+                raise ControlSocketBusy(f"{self.path}: another node is already running with this socket")
+            self.path.unlink()  # stale: left by a node that was killed
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve_client, path=str(self.path), limit=MAX_LINE_BYTES
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._clients):
+                task.cancel()
+            await asyncio.gather(*self._clients, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await _send(writer, _error(None, "too_large", f"request over {MAX_LINE_BYTES} bytes"))
+                    break
+                if not line:
+                    break
+                await self._handle_line(line, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handle_line(self, line: bytes, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+        except ValueError as exc:
+            await _send(writer, _error(None, "malformed", f"not a JSON request: {exc}"))
+            return
+        req_id = request.get("id")
+        if request.get("v") != PROTOCOL_VERSION:
+            await _send(writer, _error(req_id, "unsupported_version",
+                                       f"this node speaks control protocol v{PROTOCOL_VERSION}"))
+            return
+        name, args = request.get("command"), request.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            await _send(writer, _error(req_id, "malformed", "args must be a list of strings"))
+            return
+        command = self.commands.get(name) if isinstance(name, str) else None
+        if command is None:
+            known = ", ".join(sorted(self.commands))
+            await _send(writer, _error(req_id, "unknown_command",
+                                       f"unknown command {name!r}; commands: {known}"))
+            return
+        try:
+            outcome = command.handler(self.node, args)
+            if inspect.isasyncgen(outcome):
+                async for event in outcome:
+                    await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "event": event})
+                await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "end": True})
+            else:
+                result = await outcome  # type: ignore[misc]
+                await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": result})
+        except CommandError as exc:
+            await _send(writer, _error(req_id, exc.code, str(exc)))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("control command %s failed", name)
+            await _send(writer, _error(req_id, "internal", f"{type(exc).__name__}: {exc}"))
+
+
+def _error(req_id: Any, code: str, message: str) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "id": req_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+async def _send(writer: asyncio.StreamWriter, obj: Mapping[str, Any]) -> None:
+    writer.write(json.dumps(obj, default=str).encode() + b"\n")
+    await writer.drain()
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+# ---- client ------------------------------------------------------------------------
+
+
+class ControlClientError(Exception):
+    """The node is unreachable, or answered with an error."""
+
+    def __init__(self, message: str, code: str = "unreachable") -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class ControlClient:
+    """A connection to a running node's control socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._next_id = 0
+
+    @classmethod
+    async def connect(cls, path: Path) -> ControlClient:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE_BYTES)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlClientError(f"no node is running (no control socket at {path})") from None
+        except PermissionError:
+            raise ControlClientError(f"permission denied on control socket {path}") from None
+        except OSError as exc:
+            raise ControlClientError(f"cannot reach control socket {path}: {exc.strerror}") from None
+        return cls(reader, writer)
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+    async def _request(self, command: str, args: list[str]) -> int:
+        self._next_id += 1
+        line = {"v": PROTOCOL_VERSION, "id": self._next_id, "command": command, "args": args}
+        self._writer.write(json.dumps(line).encode() + b"\n")
+        await self._writer.drain()
+        return self._next_id
+
+    async def _reply(self) -> dict[str, Any]:
+        line = await self._reader.readline()
+        if not line:
+            raise ControlClientError("the node closed the connection")
+        reply: dict[str, Any] = json.loads(line)
+        if reply.get("ok") is False:
+            err = reply.get("error", {})
+            raise ControlClientError(err.get("message", "error"), err.get("code", "error"))
+        return reply
+
+    async def call(self, command: str, args: list[str] | None = None) -> Any:
+        """Send one command and return its result."""
+        await self._request(command, args or [])
+        return (await self._reply()).get("result")
+
+    async def stream(self, command: str, args: list[str] | None = None) -> AsyncIterator[Any]:
+        """Send a streaming command and yield its events until it ends."""
+        await self._request(command, args or [])
+        while True:
+            reply = await self._reply()
+            if reply.get("end"):
+                return
+            if "event" in reply:
+                yield reply["event"]
+            elif "result" in reply:
+                yield reply["result"]
+                return
