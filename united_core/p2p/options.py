@@ -54,6 +54,8 @@ class HostOptions:
 
     listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
     dial_timeout: float = 10.0
+    # No pruning below this many connections (there is no hard global cap by design).
+    max_connections: int = 100_000
     # Bounded waits and queues (backpressure instead of silent drops).
     publish_timeout: float = 5.0
     max_inflight_publishes: int = 64

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -193,6 +194,7 @@ class P2PRuntime:
         """Start the trio thread and return once the host listens."""
         if self._thread is not None:
             raise RuntimeError("a P2PRuntime starts once")
+        check_ports_free(self.options.listen_addrs)
         loop = asyncio.get_running_loop()
         self._loop = loop
         started: asyncio.Future[None] = loop.create_future()
@@ -295,9 +297,16 @@ class P2PRuntime:
             # Noise only: the default also accepts /plaintext/2.0.0 (DESIGN §4).
             sec_opt={NOISE_PROTOCOL_ID: noise},
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            # One connection per peer: the default dialer's 250 ms happy-eyeballs wait goes.
             connection_config=ConnectionConfig(
-                max_connections_per_peer=1, dial_timeout=opts.dial_timeout
+                # One connection per peer: the default dialer's 250 ms happy-eyeballs wait goes.
+                max_connections_per_peer=1,
+                dial_timeout=opts.dial_timeout,
+                # No auto-dialing of peerstore entries to reach 50 connections, and no
+                # pruning above 200: the plugins decide whom to dial (DESIGN §2).
+                min_connections=0,
+                low_watermark=0,
+                high_watermark=opts.max_connections,
+                max_connections=opts.max_connections,
             ),
             listen_addrs=[multiaddr.Multiaddr(a) for a in opts.listen_addrs],
         )
@@ -611,6 +620,31 @@ class P2PRuntime:
             }
 
         return await self.call(read)
+
+
+def check_ports_free(listen_addrs: tuple[str, ...]) -> None:
+    """Fail with EADDRINUSE if a fixed listen port is taken.
+
+    py-libp2p 0.8.1 binds with SO_REUSEPORT, so a second node on the same port
+    "starts" and the kernel splits incoming connections between the two. A
+    plain bind (no reuse flags) detects the conflict before that can happen.
+    """
+    for addr in listen_addrs:
+        ma = multiaddr.Multiaddr(addr)
+        protocols = {p.name for p in ma.protocols()}
+        if "tcp" not in protocols or int(ma.value_for_protocol("tcp")) == 0:
+            continue
+        family = socket.AF_INET6 if "ip6" in protocols else socket.AF_INET
+        ip = ma.value_for_protocol("ip6" if "ip6" in protocols else "ip4")
+        port = int(ma.value_for_protocol("tcp"))
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR: TIME_WAIT leftovers of a previous run are fine; an
+            # active listener (with or without reuse flags) still conflicts.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((ip, port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

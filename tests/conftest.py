@@ -1,0 +1,89 @@
+"""Shared helpers: node directories, in-process nodes, toy plugins, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from united_core.cli import main as cli_main
+from united_core.node import Node, load_settings
+
+TOY_PLUGINS = Path(__file__).parent / "fixtures" / "toy_plugins"
+
+
+def make_node_dir(
+    base: Path, name: str = "node", role: str = "client", *, plugins: list[str] | None = None,
+    extra: str = "",
+) -> Path:
+    """``united init`` a node in ``base/name`` listening on loopback; return its config path."""
+    directory = base / name
+    assert cli_main(["init", "--role", role, "--dir", str(directory)]) == 0
+    config = directory / "united.toml"
+    text = config.read_text()
+    text = text.replace('"/ip4/0.0.0.0/tcp/7420"', '"/ip4/127.0.0.1/tcp/0"')
+    text = text.replace('"/ip4/0.0.0.0/tcp/0"]', '"/ip4/127.0.0.1/tcp/0"]')
+    if plugins is not None:
+        text = text.replace('plugins = ["ping"]', "plugins = [" + ", ".join(f'"{p}"' for p in plugins) + "]")
+    config.write_text(text + "\n" + extra)
+    return config
+
+
+@contextlib.asynccontextmanager
+async def running_node(config: Path) -> AsyncIterator[Node]:
+    """Run a node in this event loop; stop it (and wait) on exit."""
+    settings, pm, _ = load_settings(config)
+    node = Node(settings, pm)
+    ready = asyncio.Event()
+    task = asyncio.create_task(node.run(ready))
+    ready_wait = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({task, ready_wait}, return_when=asyncio.FIRST_COMPLETED, timeout=20)
+    if task in done:
+        ready_wait.cancel()
+        task.result()  # raises the start-up error
+    assert ready.is_set(), "node did not start in 20 s"
+    try:
+        yield node
+    finally:
+        node.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+def toy_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Make the toy plugins discoverable through their entry points (a real dist-info)."""
+    monkeypatch.syspath_prepend(str(TOY_PLUGINS))
+    import toy_recorder
+    import toy_reader
+    import toy_store
+
+    toy_recorder.CALLS.clear()
+    toy_store.EVENTS.clear()
+    toy_reader.EVENTS.clear()
+    yield TOY_PLUGINS
+
+
+@pytest.fixture
+def no_thread_leaks() -> Iterator[None]:
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    leaked = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert not leaked, f"threads left behind: {leaked}"
+
+
+def united_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "united_core.cli", *args]
+
+
+def run_cli(*args: str, timeout: float = 30, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        united_cmd(*args), capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
