@@ -20,7 +20,11 @@ TOY_PLUGINS = Path(__file__).parent / "fixtures" / "toy_plugins"
 
 
 def make_node_dir(
-    base: Path, name: str = "node", role: str = "client", *, plugins: list[str] | None = None,
+    base: Path,
+    name: str = "node",
+    role: str = "client",
+    *,
+    plugins: list[str] | None = None,
     extra: str = "",
 ) -> Path:
     """``united init`` a node in ``base/name`` listening on loopback; return its config path."""
@@ -31,7 +35,9 @@ def make_node_dir(
     text = text.replace('"/ip4/0.0.0.0/tcp/7420"', '"/ip4/127.0.0.1/tcp/0"')
     text = text.replace('"/ip4/0.0.0.0/tcp/0"]', '"/ip4/127.0.0.1/tcp/0"]')
     if plugins is not None:
-        text = text.replace('plugins = ["ping"]', "plugins = [" + ", ".join(f'"{p}"' for p in plugins) + "]")
+        text = text.replace(
+            'plugins = ["ping"]', "plugins = [" + ", ".join(f'"{p}"' for p in plugins) + "]"
+        )
     config.write_text(text + "\n" + extra)
     return config
 
@@ -44,7 +50,9 @@ async def running_node(config: Path) -> AsyncIterator[Node]:
     ready = asyncio.Event()
     task = asyncio.create_task(node.run(ready))
     ready_wait = asyncio.create_task(ready.wait())
-    done, _ = await asyncio.wait({task, ready_wait}, return_when=asyncio.FIRST_COMPLETED, timeout=20)
+    done, _ = await asyncio.wait(
+        {task, ready_wait}, return_when=asyncio.FIRST_COMPLETED, timeout=20
+    )
     if task in done:
         ready_wait.cancel()
         task.result()  # raises the start-up error
@@ -60,8 +68,8 @@ async def running_node(config: Path) -> AsyncIterator[Node]:
 def toy_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Make the toy plugins discoverable through their entry points (a real dist-info)."""
     monkeypatch.syspath_prepend(str(TOY_PLUGINS))
-    import toy_recorder
     import toy_reader
+    import toy_recorder
     import toy_store
 
     toy_recorder.CALLS.clear()
@@ -82,8 +90,13 @@ def united_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "united_core.cli", *args]
 
 
-def run_cli(*args: str, timeout: float = 30, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        united_cmd(*args), capture_output=True, text=True, timeout=timeout,
+        united_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )

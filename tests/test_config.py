@@ -3,8 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import make_node_dir, run_cli
+
 from united_core.config import ConfigError
 from united_core.node import load_settings
 
@@ -16,7 +16,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_and_preset_values(tmp_path: Path) -> None:
-    settings, pm, warnings = load_settings(make_node_dir(tmp_path, role="server"))
+    settings, _, warnings = load_settings(make_node_dir(tmp_path, role="server"))
     assert settings["node"].plugin_set == "server"
     assert settings["node"].plugins == ("ping",)
     assert settings["p2p"].gossipsub_protocols == ("/meshsub/1.1.0", "/meshsub/1.0.0")
@@ -29,12 +29,22 @@ def test_defaults_and_preset_values(tmp_path: Path) -> None:
     ("extra", "section", "key", "needle"),
     [
         ("[p2p]\nlisten_port = 5", "p2p", "listen_port", "unknown key 'listen_port'"),
-        ("[p2p]\ndial_timeout = \"soon\"", "p2p", "dial_timeout", "must be a number"),
+        ('[p2p]\ndial_timeout = "soon"', "p2p", "dial_timeout", "must be a number"),
         ("[p2p]\ndial_timeout = 0", "p2p", "dial_timeout", "must be >= 0.1"),
-        ("[p2p]\nmax_inflight_publishes = 1.5", "p2p", "max_inflight_publishes", "must be an integer"),
-        ("[p2p]\ngossipsub_protocols = [\"/meshsub/9\"]", "p2p", "gossipsub_protocols", "must be one of"),
-        ("[p2p]\nlisten = [\"/ip4/1.2.3.4/udp/5\"]", "p2p", "listen", "only TCP"),
-        ("[p2p]\nlisten = [\"not an address\"]", "p2p", "listen", "not a multiaddr"),
+        (
+            "[p2p]\nmax_inflight_publishes = 1.5",
+            "p2p",
+            "max_inflight_publishes",
+            "must be an integer",
+        ),
+        (
+            '[p2p]\ngossipsub_protocols = ["/meshsub/9"]',
+            "p2p",
+            "gossipsub_protocols",
+            "must be one of",
+        ),
+        ('[p2p]\nlisten = ["/ip4/1.2.3.4/udp/5"]', "p2p", "listen", "only TCP"),
+        ('[p2p]\nlisten = ["not an address"]', "p2p", "listen", "not a multiaddr"),
         ("[node]\nlog_level = true", "node", "log_level", "must be a string"),
     ],
 )
@@ -43,7 +53,7 @@ def test_bad_values_name_file_section_and_key(
 ) -> None:
     config = make_node_dir(tmp_path)
     text = config.read_text()
-    header, _, line = extra.partition("\n")
+    header, _, _ = extra.partition("\n")
     # Replace the key where the file sets it, else add it to the existing table
     # (TOML forbids both a repeated key and a repeated table).
     lines = [ln for ln in text.splitlines() if not ln.startswith(key + " = ")]
@@ -74,7 +84,9 @@ def test_section_of_a_disabled_plugin_warns(tmp_path: Path, toy_plugins: Path) -
 
 
 def test_plugin_section_validation(tmp_path: Path, toy_plugins: Path) -> None:
-    config = make_node_dir(tmp_path, plugins=["gatekeeper"], extra="[gatekeeper]\nmin_len = 9\nmax_len = 3\n")
+    config = make_node_dir(
+        tmp_path, plugins=["gatekeeper"], extra="[gatekeeper]\nmin_len = 9\nmax_len = 3\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_settings(config)
     assert (info.value.section, info.value.key) == ("gatekeeper", "min_len")
@@ -83,7 +95,7 @@ def test_plugin_section_validation(tmp_path: Path, toy_plugins: Path) -> None:
 
 def test_broken_plugin_is_a_clear_error(tmp_path: Path, toy_plugins: Path) -> None:
     config = make_node_dir(tmp_path, plugins=["broken"])
-    with pytest.raises(ConfigError, match="plugin 'broken' .* failed to import"):
+    with pytest.raises(ConfigError, match=r"plugin 'broken' .* failed to import"):
         load_settings(config)
 
 
@@ -99,7 +111,9 @@ def test_cli_exits_2_naming_the_key_without_traceback(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace("[p2p]\n", "[p2p]\nbogus_key = 1\n", 1))
     result = run_cli("run", "-c", str(config))
     assert result.returncode == 2
-    assert "bogus_key" in result.stderr and str(config) in result.stderr and "[p2p]" in result.stderr
+    assert (
+        "bogus_key" in result.stderr and str(config) in result.stderr and "[p2p]" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -123,7 +137,17 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
 def test_init_writes_every_key_with_its_default(tmp_path: Path) -> None:
     config = make_node_dir(tmp_path, role="server")
     text = config.read_text()
-    for key in ("plugin_set", "data_dir", "identity_key", "log_level", "listen", "dial_timeout",
-                "gossipsub_protocols", "heartbeat_interval", "publish_timeout", "socket"):
+    for key in (
+        "plugin_set",
+        "data_dir",
+        "identity_key",
+        "log_level",
+        "listen",
+        "dial_timeout",
+        "gossipsub_protocols",
+        "heartbeat_interval",
+        "publish_timeout",
+        "socket",
+    ):
         assert f"{key} = " in text, key
     assert "# dial_timeout = 10.0" in text

@@ -22,7 +22,9 @@ ALICE = Identity.generate()
 MALLORY = Identity.generate()
 TOPIC = "united/server-1/6f1c1f64-5a43-4b8e-9a0f-6f7f1ff0c6a1"
 
-topics = st.text(min_size=1, max_size=60).filter(lambda t: len(t.encode()) <= envelope.MAX_TOPIC_BYTES)
+topics = st.text(min_size=1, max_size=60).filter(
+    lambda t: len(t.encode()) <= envelope.MAX_TOPIC_BYTES
+)
 payloads = st.binary(max_size=2048)
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 types = st.sampled_from([envelope.TEXT, envelope.TEST, envelope_pb2.MESSAGE_TYPE_EDIT])
@@ -30,7 +32,9 @@ types = st.sampled_from([envelope.TEXT, envelope.TEST, envelope_pb2.MESSAGE_TYPE
 
 @given(topic=topics, payload=payloads, seq=u64, ts=u64, mtype=types)
 def test_round_trip(topic: str, payload: bytes, seq: int, ts: int, mtype: int) -> None:
-    sealed = seal(ALICE, topic=topic, payload=payload, sequence_hint=seq, timestamp_ms=ts, message_type=mtype)
+    sealed = seal(
+        ALICE, topic=topic, payload=payload, sequence_hint=seq, timestamp_ms=ts, message_type=mtype
+    )
     opened = open_envelope(sealed.wire, expected_topic=topic)
     assert opened == sealed
     assert message_id_from_wire(sealed.wire) == sealed.id
@@ -49,7 +53,11 @@ def test_every_mutation_is_rejected_or_harmless(data: st.DataObject, payload: by
     except EnvelopeError:
         return
     # Only an encoding-level change that leaves every signed field intact may pass.
-    assert (opened.id, opened.signature, opened.sender_pubkey) == (sealed.id, sealed.signature, sealed.sender_pubkey)
+    assert (opened.id, opened.signature, opened.sender_pubkey) == (
+        sealed.id,
+        sealed.signature,
+        sealed.sender_pubkey,
+    )
 
 
 @given(junk=st.binary(max_size=4096))

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import TOY_PLUGINS, make_node_dir, running_node
+
 from united_core import envelope
 from united_core.control import ControlClient
 
@@ -32,7 +32,9 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         toy_recorder.CALLS.clear()
         toy_store.EVENTS.clear()
         toy_reader.EVENTS.clear()
-        return asyncio.run(_run(tmp_path_factory.mktemp("hooks"), toy_recorder, toy_store, toy_reader))
+        return asyncio.run(
+            _run(tmp_path_factory.mktemp("hooks"), toy_recorder, toy_store, toy_reader)
+        )
     finally:
         sys.path.remove(str(TOY_PLUGINS))
 
@@ -44,7 +46,9 @@ async def _run(base: Path, recorder: Any, store: Any, reader: Any) -> dict[str, 
 
     denied = load_key_file(config_c.parent / "identity.key").peer_id
     config_a = make_node_dir(
-        base, "a", plugins=["recorder", "gatekeeper", "store", "reader", "ping"],
+        base,
+        "a",
+        plugins=["recorder", "gatekeeper", "store", "reader", "ping"],
         extra=f'[recorder]\nlabel = "node-a"\nheartbeat = 0.5\n[gatekeeper]\ndeny = ["{denied}"]\n',
     )
     config_b = make_node_dir(base, "b", plugins=["recorder", "ping"])
@@ -61,8 +65,10 @@ async def _run(base: Path, recorder: Any, store: Any, reader: Any) -> dict[str, 
             sealed = envelope.seal(b.identity, topic=TOPIC, payload=payload, sequence_hint=i)
             await b.p2p.publish(TOPIC, sealed.wire)
         async with asyncio.timeout(5):
-            while not any(n == "message_received" and k["payload"] == b"hello" and k["node"] == out["a"]
-                          for n, k in recorder.CALLS):
+            while not any(
+                n == "message_received" and k["payload"] == b"hello" and k["node"] == out["a"]
+                for n, k in recorder.CALLS
+            ):
                 await asyncio.sleep(0.05)
         out["a_counters"] = dict(vars(a.p2p.counters))
 
@@ -137,7 +143,8 @@ def test_hook_united_p2p_host_started(scenario: dict[str, Any]) -> None:
 def test_hook_united_peer_allowed(scenario: dict[str, Any]) -> None:
     allowed = calls(scenario, "peer_allowed")
     assert {(c["peer_id"], c["direction"]) for c in allowed} >= {
-        (scenario["b"], "inbound"), (scenario["a"], "outbound"),
+        (scenario["b"], "inbound"),
+        (scenario["a"], "outbound"),
     }
     assert all(c["thread"].startswith("united-p2p-") for c in allowed)
     # The gatekeeper refused node C inside the handshake; the dialer saw the failure.

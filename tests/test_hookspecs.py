@@ -16,8 +16,7 @@ from united_core import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = sorted(
-    name for name, obj in vars(hookspecs).items()
-    if name.startswith("united_") and callable(obj)
+    name for name, obj in vars(hookspecs).items() if name.startswith("united_") and callable(obj)
 )
 
 
@@ -34,7 +33,9 @@ def test_there_are_hooks() -> None:
 def test_hook_is_documented(name: str) -> None:
     docs = (ROOT / "docs" / "hooks.md").read_text()
     headings = set(re.findall(r"^###\s+`?([^`\n]+)`?\s*$", docs, flags=re.M))
-    assert signature_heading(name) in headings, f"docs/hooks.md needs '### {signature_heading(name)}'"
+    assert signature_heading(name) in headings, (
+        f"docs/hooks.md needs '### {signature_heading(name)}'"
+    )
 
 
 @pytest.mark.parametrize("name", HOOKS)

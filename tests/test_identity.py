@@ -58,7 +58,9 @@ def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
         load_key_file(path)
 
 
-@pytest.mark.parametrize("content", ["", "garbage", "united-ed25519-seed-v1:!!!", "united-ed25519-seed-v1:AAAA"])
+@pytest.mark.parametrize(
+    "content", ["", "garbage", "united-ed25519-seed-v1:!!!", "united-ed25519-seed-v1:AAAA"]
+)
 def test_malformed_key_file(tmp_path: Path, content: str) -> None:
     path = tmp_path / "identity.key"
     path.write_text(content)

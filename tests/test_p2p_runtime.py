@@ -12,6 +12,7 @@ from typing import Any
 import multiaddr
 import pytest
 import trio
+import trio.lowlevel
 
 from united_core import envelope
 from united_core.identity import Identity
@@ -58,8 +59,9 @@ class TrioSideError(Exception):
 def test_trio_exception_reaches_the_asyncio_caller() -> None:
     async def scenario() -> None:
         async with runtime() as rt:
+
             async def fails() -> None:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
                 raise TrioSideError("raised in the trio thread")
 
             with pytest.raises(TrioSideError, match="raised in the trio thread"):
@@ -149,7 +151,11 @@ def test_host_is_built_with_the_design_settings() -> None:
                     "spam": ctx.gossipsub.spam_protection_enabled,
                     "eclipse": ctx.gossipsub.eclipse_protection_enabled,
                     "adaptive": ctx.gossipsub.adaptive_gossip_enabled,
-                    "degree": (ctx.gossipsub.degree, ctx.gossipsub.degree_low, ctx.gossipsub.degree_high),
+                    "degree": (
+                        ctx.gossipsub.degree,
+                        ctx.gossipsub.degree_low,
+                        ctx.gossipsub.degree_high,
+                    ),
                 }
 
             facts = await a.call(inspect_host)
@@ -228,7 +234,10 @@ def test_publish_subscribe_and_peer_events() -> None:
             connected = await next_event(a, PeerConnected)
             assert connected.peer_id == b.peer_id and connected.direction == "inbound"
             await asyncio.sleep(1.5)  # a heartbeat forms the mesh
-            sent = [envelope.seal(b.identity, topic=TOPIC, payload=f"m{i}".encode(), sequence_hint=i) for i in range(20)]
+            sent = [
+                envelope.seal(b.identity, topic=TOPIC, payload=f"m{i}".encode(), sequence_hint=i)
+                for i in range(20)
+            ]
             for message in sent:
                 await b.publish(TOPIC, message.wire)
             got = [(await next_event(a, MessageReceived)).message for _ in sent]
@@ -281,7 +290,10 @@ def test_receiver_rejects_invalid_envelopes_and_policy_verdicts() -> None:
             await b.call(publish_unchecked, forged)
             await b.call(publish_unchecked, b"garbage")
             for payload in (b"reject-me", b"ignore-me", b"fine"):
-                await b.publish(TOPIC, envelope.seal(b.identity, topic=TOPIC, payload=payload, sequence_hint=2).wire)
+                await b.publish(
+                    TOPIC,
+                    envelope.seal(b.identity, topic=TOPIC, payload=payload, sequence_hint=2).wire,
+                )
             got = await next_event(a, MessageReceived)
             assert got.message.payload == b"fine"
             assert a.counters.rejected == 3 and a.counters.ignored == 1
@@ -304,7 +316,9 @@ def test_outbound_drops_are_counted_and_publish_waits_for_room() -> None:
                 from libp2p.pubsub.pb import rpc_pb2
 
                 queue = b.host_context.pubsub.peer_queues[ID_of(a)]
-                accepted = sum(queue.push(rpc_pb2.RPC()) for _ in range(40))  # no checkpoint in between
+                accepted = sum(
+                    queue.push(rpc_pb2.RPC()) for _ in range(40)
+                )  # no checkpoint in between
                 return type(queue).__name__, accepted
 
             kind, accepted = await b.call(flood)
@@ -319,7 +333,10 @@ def test_outbound_drops_are_counted_and_publish_waits_for_room() -> None:
                     queue.push(rpc_pb2.RPC())
 
             await b.call(fill_to_high_water)
-            await b.publish(TOPIC, envelope.seal(b.identity, topic=TOPIC, payload=b"after", sequence_hint=1).wire)
+            await b.publish(
+                TOPIC,
+                envelope.seal(b.identity, topic=TOPIC, payload=b"after", sequence_hint=1).wire,
+            )
             assert b.counters.publish_waits >= 1
             got = await next_event(a, MessageReceived)
             assert got.message.payload == b"after"
@@ -330,6 +347,7 @@ def test_outbound_drops_are_counted_and_publish_waits_for_room() -> None:
 def test_streams_with_an_asyncio_handler() -> None:
     async def scenario() -> None:
         async with runtime() as a, runtime() as b:
+
             async def echo(stream: Any) -> None:
                 data = await stream.read(1024)
                 await stream.write(data.upper())

@@ -170,15 +170,27 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for name, p in sorted(available.items())
     ]
     if args.json:
-        print(json.dumps([dict(zip(("name", "enabled", "distribution", "description"), r, strict=True)) for r in rows]))
+        print(
+            json.dumps(
+                [
+                    dict(zip(("name", "enabled", "distribution", "description"), r, strict=True))
+                    for r in rows
+                ]
+            )
+        )
         return EXIT_OK
     if not rows:
         print("no plugins installed")
         return EXIT_OK
-    widths = [max(len(r[i]) for r in [("NAME", "ENABLED", "DISTRIBUTION", ""), *rows]) for i in range(3)]
-    print(f"{'NAME':<{widths[0]}}  {'ENABLED':<{widths[1]}}  {'DISTRIBUTION':<{widths[2]}}  DESCRIPTION")
-    for name, on, dist, desc in rows:
-        print(f"{name:<{widths[0]}}  {on:<{widths[1]}}  {dist:<{widths[2]}}  {desc}")
+    widths = [
+        max(len(r[i]) for r in [("NAME", "ENABLED", "DISTRIBUTION", ""), *rows]) for i in range(3)
+    ]
+    header = ("NAME", "ENABLED", "DISTRIBUTION", "DESCRIPTION")
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)),
+            row[3],
+        )
     if not args.config:
         print("(pass -c CONFIG to see which are enabled for a node)")
     return EXIT_OK

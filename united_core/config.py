@@ -24,7 +24,11 @@ class ConfigError(Exception):
     """A configuration problem, located as precisely as it can be."""
 
     def __init__(
-        self, message: str, *, file: Path | str | None = None, section: str | None = None,
+        self,
+        message: str,
+        *,
+        file: Path | str | None = None,
+        section: str | None = None,
         key: str | None = None,
     ) -> None:
         self.message = message
@@ -78,7 +82,12 @@ def setting(
 
 # ---- type checking ------------------------------------------------------------------
 
-_SCALARS: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_SCALARS: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
 
 
 def _describe(tp: Any) -> str:

@@ -128,7 +128,7 @@ class CoreContainer(containers.DeclarativeContainer):
 
     settings = providers.Dependency(instance_of=Settings)
     plugin_manager = providers.Dependency(instance_of=pluggy.PluginManager)
-    node = providers.Dependency()
+    node: providers.Dependency[Any] = providers.Dependency()
 
     identity = providers.Singleton(load_identity, settings)
     data_dir = providers.Singleton(data_dir, settings)
@@ -146,7 +146,9 @@ def _needs(container: type[containers.DeclarativeContainer]) -> set[str]:
     }
 
 
-def compose(settings: Settings, pm: pluggy.PluginManager, node: Node) -> containers.DynamicContainer:
+def compose(
+    settings: Settings, pm: pluggy.PluginManager, node: Node
+) -> containers.DynamicContainer:
     """Build the node's root container (nothing starts until ``init_resources``)."""
     root = containers.DynamicContainer()
     root.core = providers.Container(

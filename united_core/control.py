@@ -84,7 +84,9 @@ class ControlServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
             if _socket_answers(self.path):
-                raise ControlSocketBusy(f"{self.path}: another node is already running with this socket")
+                raise ControlSocketBusy(
+                    f"{self.path}: another node is already running with this socket"
+                )
             self.path.unlink()  # stale: left by a node that was killed
         old_umask = os.umask(0o177)
         try:
@@ -106,7 +108,9 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
@@ -115,7 +119,9 @@ class ControlServer:
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
-                    await _send(writer, _error(None, "too_large", f"request over {MAX_LINE_BYTES} bytes"))
+                    await _send(
+                        writer, _error(None, "too_large", f"request over {MAX_LINE_BYTES} bytes")
+                    )
                     break
                 if not line:
                     break
@@ -138,8 +144,14 @@ class ControlServer:
             return
         req_id = request.get("id")
         if request.get("v") != PROTOCOL_VERSION:
-            await _send(writer, _error(req_id, "unsupported_version",
-                                       f"this node speaks control protocol v{PROTOCOL_VERSION}"))
+            await _send(
+                writer,
+                _error(
+                    req_id,
+                    "unsupported_version",
+                    f"this node speaks control protocol v{PROTOCOL_VERSION}",
+                ),
+            )
             return
         name, args = request.get("command"), request.get("args", [])
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
@@ -148,8 +160,10 @@ class ControlServer:
         command = self.commands.get(name) if isinstance(name, str) else None
         if command is None:
             known = ", ".join(sorted(self.commands))
-            await _send(writer, _error(req_id, "unknown_command",
-                                       f"unknown command {name!r}; commands: {known}"))
+            await _send(
+                writer,
+                _error(req_id, "unknown_command", f"unknown command {name!r}; commands: {known}"),
+            )
             return
         try:
             outcome = command.handler(self.node, args)
@@ -159,7 +173,9 @@ class ControlServer:
                 await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "end": True})
             else:
                 result = await outcome  # type: ignore[misc]
-                await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": result})
+                await _send(
+                    writer, {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": result}
+                )
         except CommandError as exc:
             await _send(writer, _error(req_id, exc.code, str(exc)))
         except (ConnectionError, asyncio.CancelledError):
@@ -170,7 +186,12 @@ class ControlServer:
 
 
 def _error(req_id: Any, code: str, message: str) -> dict[str, Any]:
-    return {"v": PROTOCOL_VERSION, "id": req_id, "ok": False, "error": {"code": code, "message": message}}
+    return {
+        "v": PROTOCOL_VERSION,
+        "id": req_id,
+        "ok": False,
+        "error": {"code": code, "message": message},
+    }
 
 
 async def _send(writer: asyncio.StreamWriter, obj: Mapping[str, Any]) -> None:
@@ -216,7 +237,9 @@ class ControlClient:
         except PermissionError:
             raise ControlClientError(f"permission denied on control socket {path}") from None
         except OSError as exc:
-            raise ControlClientError(f"cannot reach control socket {path}: {exc.strerror}") from None
+            raise ControlClientError(
+                f"cannot reach control socket {path}: {exc.strerror}"
+            ) from None
         return cls(reader, writer)
 
     async def close(self) -> None:

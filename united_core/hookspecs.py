@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
 
     from .config import ConfigSection
-    from .control import ControlCommand
     from .containers import PluginContainer
+    from .control import ControlCommand
     from .envelope import SignedMessage
     from .node import Node
     from .p2p.options import HostOptions, Verdict

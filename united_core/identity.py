@@ -99,7 +99,9 @@ def write_key_file(path: Path, identity: Identity) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise IdentityError(f"{path}: a key file already exists; refusing to overwrite it")
+        raise IdentityError(
+            f"{path}: a key file already exists; refusing to overwrite it"
+        ) from None
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.chmod(path, 0o600)  # in case the umask was stricter than needed for O_CREAT
@@ -115,9 +117,9 @@ def load_key_file(path: Path) -> Identity:
         mode = path.stat().st_mode
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        raise IdentityError(f"{path}: no key file (create one with `united init`)")
+        raise IdentityError(f"{path}: no key file (create one with `united init`)") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise IdentityError(f"{path}: cannot read key file: {exc}")
+        raise IdentityError(f"{path}: cannot read key file: {exc}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise IdentityError(
             f"{path}: permissions {stat.S_IMODE(mode):04o} are too open; "
@@ -131,5 +133,5 @@ def load_key_file(path: Path) -> Identity:
         if len(seed) != 32:
             raise ValueError("the seed is not 32 bytes")
     except ValueError as exc:
-        raise IdentityError(f"{path}: not a UNITED key file ({exc})")
+        raise IdentityError(f"{path}: not a UNITED key file ({exc})") from None
     return Identity.from_seed(seed)

@@ -95,12 +95,16 @@ class Node:
         self._p2p: P2PRuntime | None = None
 
     @property
+    def _core(self) -> Any:
+        return self.container.core
+
+    @property
     def plugin_names(self) -> list[str]:
         return list(self.settings["node"].plugins)
 
     @property
     def identity(self) -> Identity:
-        return self.container.core.identity()  # type: ignore[no-any-return]
+        return self._core.identity()  # type: ignore[no-any-return]
 
     @property
     def p2p(self) -> P2PRuntime:
@@ -112,7 +116,7 @@ class Node:
 
     @property
     def stats(self) -> StatsBus:
-        return self.container.core.stats()  # type: ignore[no-any-return]
+        return self._core.stats()  # type: ignore[no-any-return]
 
     def service(self, plugin: str, name: str = "service") -> Any:
         """A plugin's service from the container (for control commands and tests)."""
@@ -131,13 +135,15 @@ class Node:
         try:
             await self.container.init_resources()  # type: ignore[misc]
             # An initialised async Resource resolves to an awaitable of its value.
-            self._p2p = await self.container.core.p2p()
+            self._p2p = await self._core.p2p()
             self.started_at = time.time()
             self._running = True
             await call_async(self.pm.hook.united_node_started(node=self))
             started = True
             log.info(
-                "node %s up: listening on %s", self.identity.peer_id, " ".join(self.p2p.listen_addrs)
+                "node %s up: listening on %s",
+                self.identity.peer_id,
+                " ".join(self.p2p.listen_addrs),
             )
             if ready is not None:
                 ready.set()

@@ -12,7 +12,10 @@ from .service import ping_command, render_ping
 def united_register_commands() -> list[ControlCommand]:
     return [
         ControlCommand(
-            "ping", ping_command, "Ping a peer (libp2p ping) and report RTT in ms.",
-            usage="PEER_ID [COUNT]", render=render_ping,
+            "ping",
+            ping_command,
+            "Ping a peer (libp2p ping) and report RTT in ms.",
+            usage="PEER_ID [COUNT]",
+            render=render_ping,
         )
     ]

@@ -87,7 +87,8 @@ async def ping_command(node: Node, args: list[str]) -> dict[str, Any]:
 
 
 def render_ping(result: dict[str, Any]) -> str:
+    each = ", ".join(f"{r:.3f}" for r in result["rtt_ms"])
     return (
         f"{result['peer_id']}: {result['count']} ping(s), "
-        f"median RTT {result['median_ms']:.3f} ms ({', '.join(f'{r:.3f}' for r in result['rtt_ms'])})"
+        f"median RTT {result['median_ms']:.3f} ms ({each})"
     )

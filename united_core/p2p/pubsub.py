@@ -90,7 +90,7 @@ def install_queue_patch() -> bool:
             ", ".join(v + "x" for v in SUPPORTED_LIBP2P),
         )
         return False
-    _pubsub_module.RpcQueue = CountingRpcQueue  # type: ignore[misc]
+    _pubsub_module.RpcQueue = CountingRpcQueue
     return True
 
 

@@ -19,11 +19,12 @@ pending, or made afterwards, fail with :class:`RuntimeStopped`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -105,7 +106,7 @@ class StreamHandle:
         await self._runtime.call(self._stream.reset)
 
 
-AsyncStreamHandler = Callable[[StreamHandle], Awaitable[None]]
+AsyncStreamHandler = Callable[[StreamHandle], Coroutine[Any, Any, None]]
 
 
 class _PeerEvents(INotifee):
@@ -400,7 +401,7 @@ class P2PRuntime:
             addrs = tuple(str(a) for a in conn.get_transport_addresses())
         except Exception:
             addrs = ()
-        direction = str(getattr(conn, "direction", "unknown")).rsplit(".", 1)[-1].lower()
+        direction = _direction_of(conn)
         relayed = "relay" in str(getattr(conn, "get_connection_type", lambda: "")()).lower()
         self._post(self._events.put_nowait, PeerConnected(peer, addrs, direction, relayed))
 
@@ -514,7 +515,7 @@ class P2PRuntime:
                         {
                             "peer_id": peer.to_base58(),
                             "addrs": [str(a) for a in conn.get_transport_addresses()],
-                            "direction": str(conn.direction).rsplit(".", 1)[-1].lower(),
+                            "direction": _direction_of(conn),
                         }
                     )
             return out
@@ -538,7 +539,9 @@ class P2PRuntime:
             token = trio.lowlevel.current_trio_token()
             finished = trio.Event()
             handle = StreamHandle(self, stream)
-            cf = asyncio.run_coroutine_threadsafe(handler(handle), loop)
+            cf: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(
+                handler(handle), loop
+            )
             cf.add_done_callback(lambda _: _run_sync_soon_quietly(token, finished.set))
             try:
                 await finished.wait()
@@ -607,7 +610,9 @@ class P2PRuntime:
 
         async def read() -> dict[str, Any]:
             ctx = self.host_context
-            mesh = {t: sorted(p.to_base58() for p in peers) for t, peers in ctx.gossipsub.mesh.items()}
+            mesh = {
+                t: sorted(p.to_base58() for p in peers) for t, peers in ctx.gossipsub.mesh.items()
+            }
             queues = {p.to_base58(): len(q) for p, q in list(ctx.pubsub.peer_queues.items())}
             return {
                 "peer_id": self.peer_id,
@@ -645,6 +650,11 @@ def check_ports_free(listen_addrs: tuple[str, ...]) -> None:
                 probe.bind((ip, port))
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None
+
+
+def _direction_of(conn: INetConn) -> str:
+    """``"inbound"`` or ``"outbound"`` (py-libp2p's SwarmConn.direction enum, lower-cased)."""
+    return str(getattr(conn, "direction", "unknown")).rsplit(".", 1)[-1].lower()
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
