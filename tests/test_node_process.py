@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,27 @@ def wait_until_serving(config: Path, proc: subprocess.Popen[str], timeout: float
             return json.loads(result.stdout)
         time.sleep(0.2)
     raise AssertionError("node did not start serving")
+
+
+@contextlib.contextmanager
+def serving_node(config: Path) -> Iterator[subprocess.Popen[str]]:
+    """``united run`` as a user starts it; SIGTERM (then kill) when the test is done."""
+    proc = subprocess.Popen(
+        united_cmd("run", "-c", str(config)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_serving(config, proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -80,14 +103,8 @@ def test_signal_stops_the_node_cleanly(tmp_path: Path, sig: signal.Signals) -> N
 
 def test_init_then_run_listens_on_the_configured_address(tmp_path: Path) -> None:
     config, port = server_config(tmp_path)
-    proc = subprocess.Popen(
-        united_cmd("run", "-c", str(config)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        status = wait_until_serving(config, proc)
+    with serving_node(config) as proc:
+        status = json.loads(run_cli("ctl", "-c", str(config), "status", "--json").stdout)
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
         ident = run_cli("id", "-c", str(config), "--json")
@@ -95,9 +112,6 @@ def test_init_then_run_listens_on_the_configured_address(tmp_path: Path) -> None
         stop = run_cli("ctl", "-c", str(config), "stop")
         assert stop.returncode == 0 and "stopping" in stop.stdout
         assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_ctl_without_a_running_node_is_one_line(tmp_path: Path) -> None:
@@ -110,14 +124,7 @@ def test_ctl_without_a_running_node_is_one_line(tmp_path: Path) -> None:
 
 def test_second_node_on_the_same_port_or_socket_is_refused(tmp_path: Path) -> None:
     config, port = server_config(tmp_path, "one")
-    proc = subprocess.Popen(
-        united_cmd("run", "-c", str(config)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until_serving(config, proc)
+    with serving_node(config):
         # Same port, other directory: py-libp2p's SO_REUSEPORT would have let it "start".
         other, _ = server_config(tmp_path, "two", port=port)
         result = run_cli("run", "-c", str(other), timeout=20)
@@ -130,21 +137,11 @@ def test_second_node_on_the_same_port_or_socket_is_refused(tmp_path: Path) -> No
         assert result.returncode == 1 and "already running" in result.stderr, result.stderr
         # The first node is unharmed.
         assert run_cli("ctl", "-c", str(config), "status").returncode == 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
 
 
 def test_bad_ctl_usage_and_errors(tmp_path: Path) -> None:
     config, _ = server_config(tmp_path)
-    proc = subprocess.Popen(
-        united_cmd("run", "-c", str(config)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until_serving(config, proc)
+    with serving_node(config) as proc:
         result = run_cli("ctl", "-c", str(config), "no-such-command")
         assert result.returncode == 1 and "unknown command" in result.stderr
         result = run_cli("ctl", "-c", str(config), "ping", "not-a-peer-id")
@@ -153,7 +150,6 @@ def test_bad_ctl_usage_and_errors(tmp_path: Path) -> None:
         assert result.returncode == 1 and "multiaddr" in result.stderr
         assert "Traceback" not in result.stderr
         assert run_cli("ctl", "-c", str(config), "status").returncode == 0
-    finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
 

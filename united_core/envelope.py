@@ -101,6 +101,17 @@ def message_id_of(signed: bytes) -> bytes:
     return hashlib.sha256(signed).digest()
 
 
+def _signed_bytes_of(env: envelope_pb2.Envelope) -> bytes:
+    return signed_bytes(
+        sender_pubkey=env.sender_pubkey,
+        topic=env.topic,
+        message_type=env.message_type,
+        timestamp=env.timestamp,
+        sequence_hint=env.sequence_hint,
+        payload=env.payload,
+    )
+
+
 def _check_shape(
     sender_pubkey: bytes, topic: str, message_type: int, timestamp: int, seq: int, payload: bytes
 ) -> None:
@@ -189,14 +200,7 @@ def open_envelope(data: bytes, *, expected_topic: str | None = None) -> SignedMe
     )
     if expected_topic is not None and topic != expected_topic:
         raise TopicMismatch(f"envelope names topic {topic!r}, received on {expected_topic!r}")
-    signed = signed_bytes(
-        sender_pubkey=env.sender_pubkey,
-        topic=topic,
-        message_type=env.message_type,
-        timestamp=env.timestamp,
-        sequence_hint=env.sequence_hint,
-        payload=env.payload,
-    )
+    signed = _signed_bytes_of(env)
     if not verify_signature(env.sender_pubkey, signed, env.signature):
         raise BadSignature("envelope signature does not verify")
     return SignedMessage(
@@ -218,16 +222,6 @@ def message_id_from_wire(data: bytes) -> bytes:
     Garbage still needs a stable id so the router can remember it rejected it.
     """
     try:
-        env = decode(data)
-        return message_id_of(
-            signed_bytes(
-                sender_pubkey=env.sender_pubkey,
-                topic=env.topic,
-                message_type=env.message_type,
-                timestamp=env.timestamp,
-                sequence_hint=env.sequence_hint,
-                payload=env.payload,
-            )
-        )
+        return message_id_of(_signed_bytes_of(decode(data)))
     except (EnvelopeError, struct.error):
         return hashlib.sha256(b"united/undecodable\x00" + data).digest()
