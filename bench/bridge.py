@@ -77,7 +77,8 @@ def main() -> None:
     p50 = statistics.median(r[1] for r in results)
     p99 = statistics.median(r[2] for r in results)
     print(
-        f"runs: {args.runs}  calls/run: {args.calls}  messages/run: {args.messages} (200-byte payload, one at a time)"
+        f"runs: {args.runs}  calls/run: {args.calls}  messages/run: {args.messages}"
+        " (200-byte payload, one at a time)"
     )
     print(f"bridge call round trip, median: {calls:.1f} us")
     print(f"publish -> delivery (asyncio to asyncio, 2 hosts): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
