@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -24,10 +25,13 @@ def make_node_dir(
     name: str = "node",
     role: str = "client",
     *,
-    plugins: list[str] | None = None,
+    plugins: tuple[str, ...] | list[str] | None = ("ping",),
     extra: str = "",
 ) -> Path:
-    """``united init`` a node in ``base/name`` listening on loopback; return its config path."""
+    """``united init`` a node in ``base/name`` listening on loopback; return its config path.
+
+    ``plugins`` replaces the preset's list (``None`` keeps the preset's).
+    """
     directory = base / name
     assert cli_main(["init", "--role", role, "--dir", str(directory)]) == 0
     config = directory / "united.toml"
@@ -35,9 +39,8 @@ def make_node_dir(
     text = text.replace('"/ip4/0.0.0.0/tcp/7420"', '"/ip4/127.0.0.1/tcp/0"')
     text = text.replace('"/ip4/0.0.0.0/tcp/0"]', '"/ip4/127.0.0.1/tcp/0"]')
     if plugins is not None:
-        text = text.replace(
-            'plugins = ["ping"]', "plugins = [" + ", ".join(f'"{p}"' for p in plugins) + "]"
-        )
+        listed = "plugins = [" + ", ".join(f'"{p}"' for p in plugins) + "]"
+        text = re.sub(r"^plugins = \[.*\]$", listed, text, count=1, flags=re.M)
     config.write_text(text + "\n" + extra)
     return config
 

@@ -14,7 +14,8 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,42 @@ log = logging.getLogger("united")
 
 
 class CLIError(Exception):
+    """An expected failure: printed as one line, exit with ``status``."""
+
     def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
         self.status = status
         super().__init__(message)
+
+
+@dataclass(frozen=True)
+class CliCommand:
+    """A ``united <name>`` sub-command contributed by a plugin.
+
+    ``add_arguments(parser)`` declares its arguments; ``run(args)`` does the work
+    and returns the exit status (raise :class:`CLIError` for expected failures).
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def plugin_cli_commands() -> list[CliCommand]:
+    """Commands of every installed plugin; a plugin that fails to import is skipped."""
+    import pluggy
+
+    from . import hookspecs
+    from .plugins import available_plugins
+
+    pm = pluggy.PluginManager("united")
+    pm.add_hookspecs(hookspecs)
+    for name, plugin in sorted(available_plugins().items()):
+        try:
+            pm.register(plugin.load(), name=name)
+        except (ConfigError, ValueError):
+            continue
+    return [c for batch in pm.hook.united_register_cli_commands() for c in batch]
 
 
 def _preset(role: str) -> dict[str, Any]:
@@ -55,35 +89,56 @@ def _setup_logging(level: str) -> None:
 # ---- init ----------------------------------------------------------------------------
 
 
-def cmd_init(args: argparse.Namespace) -> int:
+def render_config(role: str, overrides: dict[str, dict[str, Any]] | None = None) -> str:
+    """A commented ``united.toml`` for ``role``'s preset plus ``overrides``."""
     from .node import declared_sections
     from .plugins import get_plugin_manager
 
-    directory = Path(args.dir)
-    config_path = directory / "united.toml"
-    preset = _preset(args.role)
-    key_name = preset.get("node", {}).get("identity_key", "identity.key")
-    key_path = directory / key_name
-    if config_path.exists():
-        raise CLIError(f"{config_path} already exists; refusing to overwrite it")
+    preset = _preset(role)
+    for name, values in (overrides or {}).items():
+        preset.setdefault(name, {}).update(values)
     pm = get_plugin_manager(preset["node"]["plugins"])
-    sections = declared_sections(pm)
     parts = [
-        f"# UNITED node configuration ({args.role}), written by `united init`.\n"
+        f"# UNITED node configuration ({role}), written by `united`.\n"
         "# Keys shown commented out are at their default; uncomment to change them.\n"
         "# Reference: docs/configuration.md; `united plugins` lists the plugins.\n"
     ]
-    for section in _ordered(sections):
+    for section in _ordered(declared_sections(pm)):
         parts.append(render_section(section, preset.get(section.name, {})))
+    return "\n".join(parts)
+
+
+def write_node_dir(
+    directory: Path,
+    role: str,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    reuse_key: bool = False,
+) -> tuple[Path, Identity]:
+    """Write ``united.toml`` and (unless ``reuse_key`` finds one) a new key; never overwrite."""
+    config_path = directory / "united.toml"
+    key_path = directory / "identity.key"
+    if config_path.exists():
+        raise CLIError(f"{config_path} already exists; refusing to overwrite it")
+    text = render_config(role, overrides)
     directory.mkdir(parents=True, exist_ok=True)
-    identity = Identity.generate()
     try:
-        write_key_file(key_path, identity)
+        if reuse_key and key_path.exists():
+            identity = load_key_file(key_path)
+        else:
+            identity = Identity.generate()
+            write_key_file(key_path, identity)
     except IdentityError as exc:
         raise CLIError(str(exc)) from None
-    config_path.write_text("\n".join(parts))
+    config_path.write_text(text)
+    return config_path, identity
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    config_path, identity = write_node_dir(directory, args.role)
     print(f"wrote {config_path}")
-    print(f"wrote {key_path} (owner-only)")
+    print(f"wrote {directory / 'identity.key'} (owner-only)")
     print(f"peer id: {identity.peer_id}")
     print(f"start it with: united run -c {config_path}")
     return EXIT_OK
@@ -246,6 +301,27 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def call_running_node(config: Path, command: str, args: list[str] | None = None) -> Any:
+    """Run one control command on the node of ``config``; CLIError if it fails."""
+    from .control import ControlClient, ControlClientError
+    from .node import load_settings
+
+    settings, _, _ = load_settings(config)
+    path = settings.resolve(settings["control"].socket)
+
+    async def main() -> Any:
+        client = await ControlClient.connect(path)
+        try:
+            return await client.call(command, args or [])
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(main())
+    except ControlClientError as exc:
+        raise CLIError(str(exc)) from None
+
+
 # ---- entry point ---------------------------------------------------------------------
 
 
@@ -278,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("words", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
     p.set_defaults(func=cmd_ctl)
+
+    builtin = set(sub.choices)
+    for command in plugin_cli_commands():
+        if command.name in builtin:
+            continue
+        p = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
+        builtin.add(command.name)
     return parser
 
 

@@ -57,17 +57,17 @@ def host_options(settings: Settings, pm: pluggy.PluginManager) -> HostOptions:
     return options
 
 
-def peer_gate(pm: pluggy.PluginManager) -> Callable[[str, str], bool]:
+def peer_gate(pm: pluggy.PluginManager, node: Node) -> Callable[[str, str], bool]:
     def allowed(peer_id: str, direction: str) -> bool:
-        answers = pm.hook.united_peer_allowed(peer_id=peer_id, direction=direction)
+        answers = pm.hook.united_peer_allowed(node=node, peer_id=peer_id, direction=direction)
         return all(answer is not False for answer in answers)
 
     return allowed
 
 
-def message_policy(pm: pluggy.PluginManager) -> Callable[[SignedMessage, str], Verdict]:
+def message_policy(pm: pluggy.PluginManager, node: Node) -> Callable[[SignedMessage, str], Verdict]:
     def judge(message: SignedMessage, from_peer: str) -> Verdict:
-        verdicts = pm.hook.united_validate_message(message=message, from_peer=from_peer)
+        verdicts = pm.hook.united_validate_message(node=node, message=message, from_peer=from_peer)
         if Verdict.REJECT in verdicts:
             return Verdict.REJECT
         if Verdict.IGNORE in verdicts:
@@ -79,18 +79,18 @@ def message_policy(pm: pluggy.PluginManager) -> Callable[[SignedMessage, str], V
 
 @contextlib.asynccontextmanager
 async def p2p_runtime(
-    identity: Identity, options: HostOptions, pm: pluggy.PluginManager
+    identity: Identity, options: HostOptions, pm: pluggy.PluginManager, node: Node
 ) -> AsyncIterator[P2PRuntime]:
     from .p2p.runtime import P2PRuntime  # trio and libp2p load only when a node runs
 
     def host_started(context: HostContext) -> None:
-        pm.hook.united_p2p_host_started(context=context)
+        pm.hook.united_p2p_host_started(node=node, context=context)
 
     runtime = P2PRuntime(
         identity,
         options,
-        gate=peer_gate(pm),
-        policy=message_policy(pm),
+        gate=peer_gate(pm, node),
+        policy=message_policy(pm, node),
         on_host_started=host_started,
     )
     await runtime.start()
@@ -133,7 +133,7 @@ class CoreContainer(containers.DeclarativeContainer):
     identity = providers.Singleton(load_identity, settings)
     data_dir = providers.Singleton(data_dir, settings)
     host_options = providers.Singleton(host_options, settings, plugin_manager)
-    p2p = providers.Resource(p2p_runtime, identity, host_options, plugin_manager)
+    p2p = providers.Resource(p2p_runtime, identity, host_options, plugin_manager, node)
     stats = providers.Singleton(StatsBus, node)
     control = providers.Resource(control_server, settings, node, plugin_manager, p2p)
 

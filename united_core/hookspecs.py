@@ -31,10 +31,12 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
 
+    from .cli import CliCommand
     from .config import ConfigSection
     from .containers import PluginContainer
     from .control import ControlCommand
     from .envelope import SignedMessage
+    from .members import Channel, MemberSet
     from .node import Node
     from .p2p.options import HostOptions, Verdict
     from .p2p.runtime import HostContext
@@ -98,6 +100,17 @@ def united_register_containers() -> list[PluginContainer]:
 
 
 @hookspec
+def united_register_cli_commands() -> list[CliCommand]:
+    """Add ``united <name>`` sub-commands (``united join``, ``united invite``, ...).
+
+    Collected from every *installed* plugin, enabled or not, because some commands
+    run before any ``united.toml`` exists (``united join`` writes one).
+
+    :returns: a list of :class:`~united_core.cli.CliCommand`.
+    """
+
+
+@hookspec
 def united_register_commands() -> list[ControlCommand]:
     """Add commands to the local control API (``united ctl``, the console).
 
@@ -123,19 +136,20 @@ def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> N
 
 
 @hookspec
-def united_p2p_host_started(context: HostContext) -> None:
+def united_p2p_host_started(node: Node, context: HostContext) -> None:
     """Set up protocol handlers or trio tasks on the freshly started host.
 
     *Trio side.* ``context.host`` is the libp2p host, ``context.pubsub`` the
     pubsub service and ``context.nursery`` a nursery that is cancelled before
     the host closes.
 
+    :param node: the node (its container and settings; not yet fully started).
     :param context: the host, its pubsub and gossipsub router, and a nursery.
     """
 
 
 @hookspec
-def united_peer_allowed(peer_id: str, direction: str) -> bool | None:
+def united_peer_allowed(node: Node, peer_id: str, direction: str) -> bool | None:
     """Decide whether a peer may connect; runs inside the Noise handshake.
 
     *Trio side.* The remote key has been authenticated by Noise. Any plugin
@@ -143,6 +157,7 @@ def united_peer_allowed(peer_id: str, direction: str) -> bool | None:
     dialer sees a handshake failure); ``None`` means no opinion. An exception
     refuses the peer (fail closed).
 
+    :param node: the node (read plugin state from its container).
     :param peer_id: the remote PeerId (base58).
     :param direction: ``"inbound"`` or ``"outbound"``.
     :returns: ``False`` to refuse, ``True`` or ``None`` otherwise.
@@ -150,7 +165,7 @@ def united_peer_allowed(peer_id: str, direction: str) -> bool | None:
 
 
 @hookspec
-def united_validate_message(message: SignedMessage, from_peer: str) -> Verdict | None:
+def united_validate_message(node: Node, message: SignedMessage, from_peer: str) -> Verdict | None:
     """Judge a gossipsub message whose envelope already verified.
 
     *Trio side*, once per message, before it is forwarded or delivered. The core
@@ -158,6 +173,7 @@ def united_validate_message(message: SignedMessage, from_peer: str) -> Verdict |
     one it arrived on. Any ``REJECT`` rejects (the forwarder's score drops);
     otherwise any ``IGNORE`` drops it quietly; otherwise it is accepted.
 
+    :param node: the node (read plugin state from its container).
     :param message: the verified envelope.
     :param from_peer: the PeerId of the peer that forwarded it.
     :returns: a :class:`~united_core.p2p.options.Verdict`, or ``None``.
@@ -234,6 +250,35 @@ def united_message_received(
     :param message: the verified envelope.
     :param from_peer: the PeerId that forwarded it (our own for our publishes).
     :param received_at: arrival time, seconds since the epoch.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Membership and channels (asyncio side)
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def united_members_changed(node: Node, members: MemberSet) -> Awaitable[None] | None:
+    """The member list changed (or is first known, from the registry or a cache).
+
+    *May be async.* Fired by the plugin that owns the list (``directory`` on the
+    server, ``discovery`` on a client); consumed by the gate (``membership``).
+
+    :param node: the running node.
+    :param members: the complete current list, plus trusted non-member peers.
+    """
+
+
+@hookspec
+def united_channels_changed(node: Node, channels: tuple[Channel, ...]) -> Awaitable[None] | None:
+    """The set of channels this node takes part in changed (or is first known).
+
+    *May be async.* The server takes part in every channel, a client in the ones
+    it joined. The mesh subscribes a topic per channel from this.
+
+    :param node: the running node.
+    :param channels: the complete current set.
     """
 
 

@@ -119,8 +119,20 @@ class Node:
         return self._core.stats()  # type: ignore[no-any-return]
 
     def service(self, plugin: str, name: str = "service") -> Any:
-        """A plugin's service from the container (for control commands and tests)."""
-        return getattr(getattr(self.container, plugin), name)()
+        """A plugin's service from the container.
+
+        An initialised async ``Resource`` resolves to a finished future: its value
+        is returned. A Resource still starting raises ``LookupError``.
+        """
+        value = getattr(getattr(self.container, plugin), name)()
+        if isinstance(value, asyncio.Future):
+            if not value.done():
+                raise LookupError(f"{plugin}.{name} has not started")
+            return value.result()
+        return value
+
+    def has_plugin_container(self, plugin: str) -> bool:
+        return plugin in self.container.providers
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,163 @@
+"""Admin commands: on the control API (``united ctl``) and as ``united invite`` /
+``united channel``, which call the running server's control API."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from united_core.cli import CliCommand, call_running_node
+from united_core.control import CommandError, ControlCommand
+
+from .registry import RegistryError
+
+if TYPE_CHECKING:
+    from united_core.node import Node
+
+    from .service import DirectoryService
+
+JOIN_DIR = "./united-member"
+
+
+def _service(node: Node) -> DirectoryService:
+    return node.service("directory")  # type: ignore[no-any-return]
+
+
+async def _invite(node: Node, args: list[str]) -> dict[str, Any]:
+    invite = await _service(node).create_invite()
+    invite["join_command"] = f"united join {invite['url']} {invite['code']} --dir {JOIN_DIR}"
+    return invite
+
+
+def render_invite(result: dict[str, Any]) -> str:
+    expires = datetime.datetime.fromtimestamp(result["expires_at"], datetime.UTC)
+    return "\n".join(
+        [
+            f"invite code: {result['code']} (single use, expires {expires:%Y-%m-%d %H:%M} UTC)",
+            "a new member runs:",
+            result["join_command"],
+        ]
+    )
+
+
+async def _channel_create(node: Node, args: list[str]) -> dict[str, str]:
+    if len(args) != 1:
+        raise CommandError("usage: channel-create NAME")
+    try:
+        channel = await _service(node).create_channel(args[0])
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    return {"channel_id": channel.channel_id, "name": channel.name, "topic": channel.topic}
+
+
+async def _channels(node: Node, args: list[str]) -> list[dict[str, str]]:
+    return [
+        {"channel_id": c.channel_id, "name": c.name, "topic": c.topic}
+        for c in _service(node).channels()
+    ]
+
+
+async def _members(node: Node, args: list[str]) -> list[dict[str, Any]]:
+    service = _service(node)
+    return [
+        {
+            "member_id": m.member_id,
+            "name": m.display_name,
+            "peer_id": m.peer_id,
+            "online": m.member_id in service._online,
+        }
+        for m in service.member_set().members
+    ]
+
+
+async def _member_remove(node: Node, args: list[str]) -> dict[str, str]:
+    if len(args) != 1:
+        raise CommandError("usage: member-remove MEMBER (id, PeerId or name)")
+    try:
+        member = await _service(node).remove_member(args[0])
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    return {"removed": member.member_id, "name": member.display_name}
+
+
+def _render_rows(key: str) -> Any:
+    def render(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return f"no {key}"
+        return "\n".join("  ".join(str(v) for v in row.values()) for row in rows)
+
+    return render
+
+
+def control_commands() -> list[ControlCommand]:
+    return [
+        ControlCommand("invite", _invite, "Create a single-use invite.", render=render_invite),
+        ControlCommand("channel-create", _channel_create, "Create a channel.", usage="NAME"),
+        ControlCommand("channels", _channels, "All channels.", render=_render_rows("channels")),
+        ControlCommand("members", _members, "Registered members.", render=_render_rows("members")),
+        ControlCommand(
+            "member-remove",
+            _member_remove,
+            "Remove a member (closes their connections).",
+            usage="MEMBER",
+        ),
+    ]
+
+
+# ---- `united invite`, `united channel` ----------------------------------------------
+
+
+def _add_invite_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, help="the server's united.toml")
+    parser.add_argument("--json", action="store_true")
+
+
+def _run_invite(args: argparse.Namespace) -> int:
+    result = call_running_node(Path(args.config), "invite")
+    print(json.dumps(result) if args.json else render_invite(result))
+    return 0
+
+
+def _add_channel_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("create", "list"))
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("-c", "--config", required=True, help="the server's united.toml")
+    parser.add_argument("--json", action="store_true")
+
+
+def _run_channel(args: argparse.Namespace) -> int:
+    if args.action == "create":
+        if not args.name:
+            from united_core.cli import CLIError
+
+            raise CLIError("usage: united channel create NAME -c CONFIG", 2)
+        result: Any = call_running_node(Path(args.config), "channel-create", [args.name])
+        print(
+            json.dumps(result)
+            if args.json
+            else f"created #{result['name']} ({result['channel_id']})"
+        )
+    else:
+        result = call_running_node(Path(args.config), "channels")
+        print(json.dumps(result) if args.json else _render_rows("channels")(result))
+    return 0
+
+
+def cli_commands() -> list[CliCommand]:
+    return [
+        CliCommand(
+            "invite",
+            "create a single-use invite on a running server",
+            _add_invite_args,
+            _run_invite,
+        ),
+        CliCommand(
+            "channel",
+            "create or list channels on a running server",
+            _add_channel_args,
+            _run_channel,
+        ),
+    ]

@@ -1,0 +1,599 @@
+"""The directory: members, invites, channels and presence over a WebSocket endpoint.
+
+One aiohttp application serves ``/ws``. Each connection is a :class:`Session`
+that must authenticate (or register) against a fresh, single-use, expiring
+nonce before anything else. Presence and channel membership are kept in
+memory, so directory queries never touch the database.
+
+Bad input never takes the server down: every frame is decoded inside bounds,
+each refusal is an error frame with a code, and the offending session is
+closed where continuing makes no sense (malformed or oversized frames, too many
+failed logins, anything but authentication before login).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from united_core import frames
+from united_core.members import Channel, Member, MemberSet
+from united_core.node import call_async
+from united_core.wire import frames_pb2 as pb
+
+from .config import Config
+from .registry import ChannelRecord, Registry, RegistryError
+
+if TYPE_CHECKING:
+    from united_core.node import Node
+    from united_core.p2p.runtime import P2PRuntime
+
+log = logging.getLogger(__name__)
+E = pb.ErrorCode
+
+
+@dataclass(eq=False)
+class Session:
+    ws: web.WebSocketResponse
+    remote: str
+    nonce: bytes | None = None
+    nonce_expires: float = 0.0
+    failures: int = 0
+    member: Member | None = None
+    addrs: list[str] = field(default_factory=list)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, frame: pb.ServerFrame) -> None:
+        if self.ws.closed:
+            return
+        async with self.send_lock:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_bytes(frame.SerializeToString())
+
+
+class SessionClosed(Exception):
+    """Raised inside a handler to end the session after the reply was sent."""
+
+
+class DirectoryService:
+    def __init__(self, config: Config, node: Node, p2p: P2PRuntime, data_dir: Path) -> None:
+        self.config = config
+        self.node = node
+        self.p2p = p2p
+        self.db_path = data_dir / config.database
+        self.registry: Registry | None = None
+        self.server_id = ""
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._sessions: set[Session] = set()
+        self._online: dict[str, list[Session]] = collections.defaultdict(list)
+        self._channels: dict[str, ChannelRecord] = {}
+        self._channel_members: dict[str, set[str]] = collections.defaultdict(set)
+        self._members: dict[str, Member] = {}
+        self._failures: dict[str, collections.deque[float]] = {}
+        self.frames_handled = 0
+        self.errors_sent = 0
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.registry = await Registry.open(self.db_path)
+        self.server_id = await self.registry.server_id()
+        for channel in await self.registry.channels():
+            self._channels[channel.channel_id] = channel
+        for member in await self.registry.members():
+            self._members[member.member_id] = member
+            for channel in await self.registry.joined_channels(member.member_id):
+                self._channel_members[channel.channel_id].add(member.member_id)
+        app = web.Application()
+        app.router.add_get("/ws", self._handle_ws)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        log.info("directory listening on %s (server id %s)", self.url, self.server_id)
+
+    async def announce_state(self) -> None:
+        """Tell the other plugins the member list and the channels (at start)."""
+        await self._members_changed()
+        await self._channels_changed()
+
+    async def stop(self) -> None:
+        for session in list(self._sessions):
+            with contextlib.suppress(Exception):
+                await session.ws.close(code=1001, message=b"server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.registry is not None:
+            await self.registry.close()
+
+    @property
+    def url(self) -> str:
+        if self.config.public_url:
+            return self.config.public_url
+        host = self.config.listen_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"ws://{host}:{self.port}/ws"
+
+    # ---- views ---------------------------------------------------------------------
+
+    def member_set(self) -> MemberSet:
+        return MemberSet.of(self._members.values(), trusted=[self.p2p.peer_id])
+
+    def channels(self) -> list[Channel]:
+        return [
+            Channel(c.channel_id, c.name, frames.topic_for(self.server_id, c.channel_id))
+            for c in self._channels.values()
+        ]
+
+    def server_addrs(self) -> list[str]:
+        addrs = self.config.announce_addrs or tuple(self.p2p.listen_addrs)
+        suffix = f"/p2p/{self.p2p.peer_id}"
+        return [a if a.endswith(suffix) else a + suffix for a in addrs]
+
+    def online(self, channel_id: str) -> list[pb.PeerPresence]:
+        out = []
+        for member_id in sorted(self._channel_members.get(channel_id, ())):
+            sessions = self._online.get(member_id)
+            member = self._members.get(member_id)
+            if not sessions or member is None:
+                continue
+            addrs = next((s.addrs for s in reversed(sessions) if s.addrs), [])
+            out.append(pb.PeerPresence(member_id=member_id, peer_id=member.peer_id, addrs=addrs))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "server_id": self.server_id,
+            "url": self.url,
+            "members": len(self._members),
+            "online": len(self._online),
+            "sessions": len(self._sessions),
+            "channels": len(self._channels),
+            "frames_handled": self.frames_handled,
+            "errors_sent": self.errors_sent,
+        }
+
+    # ---- admin operations (control API) --------------------------------------------
+
+    async def create_invite(self) -> dict[str, Any]:
+        assert self.registry is not None
+        code, expires = await self.registry.create_invite(self.config.invite_ttl)
+        return {"code": code, "expires_at": expires, "url": self.url}
+
+    async def create_channel(self, name: str) -> Channel:
+        assert self.registry is not None
+        name = " ".join(name.split())
+        if not 1 <= len(name) <= frames.MAX_CHANNEL_NAME:
+            raise RegistryError(
+                "name", f"a channel name is 1 to {frames.MAX_CHANNEL_NAME} characters"
+            )
+        record = await self.registry.create_channel(name)
+        self._channels[record.channel_id] = record
+        await self._channels_changed()
+        return Channel(record.channel_id, name, frames.topic_for(self.server_id, record.channel_id))
+
+    async def remove_member(self, ref: str) -> Member:
+        assert self.registry is not None
+        member = await self.registry.find_member(ref)
+        if member is None:
+            raise RegistryError("unknown", f"no member {ref!r}")
+        await self.registry.remove_member(member.member_id)
+        self._members.pop(member.member_id, None)
+        for members in self._channel_members.values():
+            members.discard(member.member_id)
+        for session in self._online.pop(member.member_id, []):
+            await session.send(frames.error_frame(0, E.ERROR_CODE_NOT_A_MEMBER, "you were removed"))
+            await session.ws.close(code=4003, message=b"removed")
+        await self._member_list_changed()
+        return member
+
+    # ---- the WebSocket endpoint ----------------------------------------------------
+
+    async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
+        # aiohttp closes (1009) past twice our bound; between the two we answer TOO_LARGE.
+        ws = web.WebSocketResponse(max_msg_size=2 * self.config.max_frame_bytes, heartbeat=30)
+        await ws.prepare(request)
+        session = Session(ws, request.remote or "?")
+        self._sessions.add(session)
+        try:
+            if self._rate_limited(session.remote):
+                await self._error(session, 0, E.ERROR_CODE_RATE_LIMITED, "too many failed logins")
+                return ws
+            await self._challenge(session)
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    try:
+                        await self._on_frame(session, msg.data)
+                    except SessionClosed:
+                        break
+                elif msg.type == WSMsgType.TEXT:
+                    await self._error(
+                        session, 0, E.ERROR_CODE_MALFORMED, "frames are binary protobuf"
+                    )
+                    break
+                else:
+                    break
+        except Exception:
+            log.exception("directory session from %s failed", session.remote)
+        finally:
+            self._sessions.discard(session)
+            await self._went_offline(session)
+            with contextlib.suppress(Exception):
+                await ws.close()
+        return ws
+
+    async def _challenge(self, session: Session) -> None:
+        session.nonce = secrets.token_bytes(frames.NONCE_BYTES)
+        session.nonce_expires = time.time() + self.config.nonce_ttl
+        await session.send(
+            pb.ServerFrame(
+                challenge=pb.Challenge(
+                    nonce=session.nonce,
+                    server_id=self.server_id,
+                    expires_at=int(session.nonce_expires * 1000),
+                )
+            )
+        )
+
+    async def _error(self, session: Session, request_id: int, code: int, message: str) -> None:
+        self.errors_sent += 1
+        await session.send(frames.error_frame(request_id, code, message))
+
+    async def _on_frame(self, session: Session, data: bytes) -> None:
+        self.frames_handled += 1
+        try:
+            frame = frames.decode_client_frame(data, self.config.max_frame_bytes)
+        except frames.FrameError as exc:
+            await self._error(session, 0, exc.code, str(exc))
+            raise SessionClosed from None
+        kind = frame.WhichOneof("body")
+        rid = frame.request_id
+        try:
+            if session.member is None:
+                if kind == "hello":
+                    await self._on_hello(session, frame)
+                elif kind in ("auth", "register"):
+                    await self._on_login(session, frame, kind)
+                else:
+                    await self._error(session, rid, E.ERROR_CODE_UNEXPECTED, "log in first")
+                    raise SessionClosed
+                return
+            handler = self._handlers.get(kind or "")
+            if handler is None:
+                await self._error(
+                    session, rid, E.ERROR_CODE_UNEXPECTED, f"{kind} is not served here"
+                )
+                return
+            await handler(self, session, frame)
+        except frames.FrameError as exc:
+            await self._error(session, rid, exc.code, str(exc))
+        except RegistryError as exc:
+            code = (
+                E.ERROR_CODE_INVITE_INVALID if exc.reason == "invite" else E.ERROR_CODE_UNEXPECTED
+            )
+            await self._error(session, rid, code, str(exc))
+
+    async def _on_hello(self, session: Session, frame: pb.ClientFrame) -> None:
+        if frame.hello.protocol_version != frames.PROTOCOL_VERSION:
+            await self._error(
+                session,
+                frame.request_id,
+                E.ERROR_CODE_UNSUPPORTED_VERSION,
+                f"this server speaks protocol {frames.PROTOCOL_VERSION}",
+            )
+            raise SessionClosed
+        await session.send(pb.ServerFrame(request_id=frame.request_id, ok=pb.Ok()))
+
+    # ---- login -----------------------------------------------------------------------
+
+    def _rate_limited(self, remote: str) -> bool:
+        window = self._failures.get(remote)
+        if not window:
+            return False
+        cutoff = time.monotonic() - 60
+        while window and window[0] < cutoff:
+            window.popleft()
+        return len(window) >= self.config.max_failed_auth_per_minute
+
+    async def _login_failed(self, session: Session, rid: int, code: int, message: str) -> None:
+        session.failures += 1
+        self._failures.setdefault(session.remote, collections.deque()).append(time.monotonic())
+        if len(self._failures) > 10_000:  # bound memory under an address sweep
+            self._failures.pop(next(iter(self._failures)))
+        await self._error(session, rid, code, message)
+        if session.failures >= self.config.max_failed_auth_per_session or self._rate_limited(
+            session.remote
+        ):
+            raise SessionClosed
+        await self._challenge(session)
+
+    async def _on_login(self, session: Session, frame: pb.ClientFrame, kind: str) -> None:
+        assert self.registry is not None
+        rid = frame.request_id
+        if self._rate_limited(session.remote):
+            await self._error(session, rid, E.ERROR_CODE_RATE_LIMITED, "too many failed logins")
+            raise SessionClosed
+        body = frame.auth if kind == "auth" else frame.register
+        nonce, session.nonce = session.nonce, None  # single use, whatever happens next
+        if nonce is None or body.nonce != nonce or time.time() > session.nonce_expires:
+            await self._login_failed(
+                session, rid, E.ERROR_CODE_NONCE_INVALID, "unknown, used or expired nonce"
+            )
+            return
+        key = bytes(body.public_key)
+        if kind == "auth":
+            signed = frames.auth_bytes(self.server_id, nonce, key)
+            if not frames.verify(key, signed, frame.auth.signature):
+                await self._login_failed(
+                    session, rid, E.ERROR_CODE_BAD_SIGNATURE, "signature does not verify"
+                )
+                return
+            member = await self.registry.member_by_key(key)
+            if member is None:
+                await self._login_failed(session, rid, E.ERROR_CODE_NOT_A_MEMBER, "not a member")
+                return
+        else:
+            try:
+                name = frames.clean_display_name(frame.register.display_name)
+            except frames.FrameError as exc:
+                await self._login_failed(session, rid, exc.code, str(exc))
+                return
+            signed = frames.register_bytes(self.server_id, nonce, key, name)
+            if not frames.verify(key, signed, frame.register.signature):
+                await self._login_failed(
+                    session, rid, E.ERROR_CODE_BAD_SIGNATURE, "signature does not verify"
+                )
+                return
+            code = frame.register.invite_code or None
+            if self.config.registration == "invite" and code is None:
+                await self._login_failed(
+                    session, rid, E.ERROR_CODE_INVITE_INVALID, "an invite is required"
+                )
+                return
+            try:
+                member = await self.registry.register(key, name, code)
+            except RegistryError as exc:
+                reason = (
+                    E.ERROR_CODE_INVITE_INVALID
+                    if exc.reason == "invite"
+                    else E.ERROR_CODE_UNEXPECTED
+                )
+                await self._login_failed(session, rid, reason, str(exc))
+                return
+            self._members[member.member_id] = member
+            log.info("registered member %s (%s)", member.display_name, member.peer_id)
+        session.member = member
+        self._online[member.member_id].append(session)
+        await session.send(await self._welcome(rid, member))
+        if kind == "register":
+            await self._member_list_changed()
+
+    async def _welcome(self, rid: int, member: Member) -> pb.ServerFrame:
+        assert self.registry is not None
+        joined = [
+            self._channel_pb(c) for c in await self.registry.joined_channels(member.member_id)
+        ]
+        return pb.ServerFrame(
+            request_id=rid,
+            welcome=pb.Welcome(
+                server_id=self.server_id,
+                you=self._member_pb(member, await self.registry.previous_keys(member.member_id)),
+                members=[self._member_pb(m) for m in self._members.values()],
+                joined=joined,
+                server_addrs=self.server_addrs(),
+                server_peer_id=self.p2p.peer_id,
+            ),
+        )
+
+    # ---- authenticated requests ------------------------------------------------------
+
+    async def _on_rotate(self, session: Session, frame: pb.ClientFrame) -> None:
+        assert self.registry is not None and session.member is not None
+        member, body = session.member, frame.rotate_key
+        new_key = bytes(body.new_public_key)
+        signed = frames.rotation_bytes(self.server_id, member.member_id, member.public_key, new_key)
+        if len(new_key) != 32 or not (
+            frames.verify(member.public_key, signed, body.signature_by_old)
+            and frames.verify(new_key, signed, body.signature_by_new)
+        ):
+            await self._error(
+                session,
+                frame.request_id,
+                E.ERROR_CODE_BAD_SIGNATURE,
+                "rotation signatures do not verify",
+            )
+            return
+        rotated = await self.registry.rotate_key(member, new_key)
+        self._members[member.member_id] = rotated
+        for s in self._online.get(member.member_id, []):
+            s.member = rotated
+        log.info("member %s rotated to %s", member.display_name, rotated.peer_id)
+        await session.send(pb.ServerFrame(request_id=frame.request_id, ok=pb.Ok()))
+        await self._member_list_changed()
+
+    async def _on_join_leave(self, session: Session, frame: pb.ClientFrame) -> None:
+        assert self.registry is not None and session.member is not None
+        kind = frame.WhichOneof("body")
+        ref = frame.join.channel if kind == "join" else frame.leave.channel
+        channel = await self.registry.find_channel(ref)
+        if channel is None:
+            await self._error(
+                session, frame.request_id, E.ERROR_CODE_UNKNOWN_CHANNEL, f"no channel {ref!r}"
+            )
+            return
+        member_id = session.member.member_id
+        if kind == "join":
+            await self.registry.join(member_id, channel.channel_id)
+            self._channel_members[channel.channel_id].add(member_id)
+        else:
+            await self.registry.leave(member_id, channel.channel_id)
+            self._channel_members[channel.channel_id].discard(member_id)
+        joined = await self.registry.joined_channels(member_id)
+        await session.send(
+            pb.ServerFrame(
+                request_id=frame.request_id,
+                channel_list=pb.ChannelList(channels=[self._channel_pb(c) for c in joined]),
+            )
+        )
+        await self._push_presence(channel.channel_id)
+
+    async def _on_create_channel(self, session: Session, frame: pb.ClientFrame) -> None:
+        if not self.config.members_create_channels:
+            await self._error(
+                session,
+                frame.request_id,
+                E.ERROR_CODE_UNEXPECTED,
+                "channels are created by the server admin",
+            )
+            return
+        channel = await self.create_channel(frame.create_channel.name)
+        await session.send(
+            pb.ServerFrame(
+                request_id=frame.request_id,
+                channel_list=pb.ChannelList(
+                    channels=[
+                        pb.Channel(
+                            channel_id=channel.channel_id, name=channel.name, topic=channel.topic
+                        )
+                    ]
+                ),
+            )
+        )
+
+    async def _on_list_channels(self, session: Session, frame: pb.ClientFrame) -> None:
+        channels = [self._channel_pb(c) for c in self._channels.values()]
+        await session.send(
+            pb.ServerFrame(
+                request_id=frame.request_id, channel_list=pb.ChannelList(channels=channels)
+            )
+        )
+
+    async def _on_announce(self, session: Session, frame: pb.ClientFrame) -> None:
+        assert session.member is not None
+        addrs = frames.clean_addrs(list(frame.announce.addrs))
+        # A wildcard listen address is reachable at the address the session came from.
+        session.addrs = [a.replace("/ip4/0.0.0.0/", f"/ip4/{session.remote}/") for a in addrs]
+        await session.send(pb.ServerFrame(request_id=frame.request_id, ok=pb.Ok()))
+        for channel_id, members in self._channel_members.items():
+            if session.member.member_id in members:
+                await self._push_presence(channel_id)
+
+    async def _on_directory_query(self, session: Session, frame: pb.ClientFrame) -> None:
+        channel_id = frame.directory_query.channel_id
+        if channel_id not in self._channels:
+            await self._error(
+                session,
+                frame.request_id,
+                E.ERROR_CODE_UNKNOWN_CHANNEL,
+                f"no channel {channel_id!r}",
+            )
+            return
+        await session.send(
+            pb.ServerFrame(
+                request_id=frame.request_id,
+                directory_answer=pb.DirectoryAnswer(
+                    channel_id=channel_id, online=self.online(channel_id)
+                ),
+            )
+        )
+
+    _handlers = {
+        "rotate_key": _on_rotate,
+        "join": _on_join_leave,
+        "leave": _on_join_leave,
+        "create_channel": _on_create_channel,
+        "list_channels": _on_list_channels,
+        "announce": _on_announce,
+        "directory_query": _on_directory_query,
+    }
+
+    # ---- pushes ----------------------------------------------------------------------
+
+    async def _went_offline(self, session: Session) -> None:
+        if session.member is None:
+            return
+        sessions = self._online.get(session.member.member_id, [])
+        if session in sessions:
+            sessions.remove(session)
+        if not sessions:
+            self._online.pop(session.member.member_id, None)
+        for channel_id, members in self._channel_members.items():
+            if session.member.member_id in members:
+                await self._push_presence(channel_id)
+
+    async def _push_presence(self, channel_id: str) -> None:
+        frame = pb.ServerFrame(
+            presence=pb.Presence(channel_id=channel_id, online=self.online(channel_id))
+        )
+        for member_id in list(self._channel_members.get(channel_id, ())):
+            for session in list(self._online.get(member_id, [])):
+                await session.send(frame)
+
+    async def _member_list_changed(self) -> None:
+        frame = pb.ServerFrame(
+            member_list=pb.MemberList(members=[self._member_pb(m) for m in self._members.values()])
+        )
+        for sessions in list(self._online.values()):
+            for session in list(sessions):
+                await session.send(frame)
+        await self._members_changed()
+
+    async def _members_changed(self) -> None:
+        await call_async(
+            self.node.pm.hook.united_members_changed(node=self.node, members=self.member_set())
+        )
+
+    async def _channels_changed(self) -> None:
+        await call_async(
+            self.node.pm.hook.united_channels_changed(
+                node=self.node, channels=tuple(self.channels())
+            )
+        )
+
+    # ---- protobuf views --------------------------------------------------------------
+
+    def _channel_pb(self, channel: ChannelRecord) -> pb.Channel:
+        return pb.Channel(
+            channel_id=channel.channel_id,
+            name=channel.name,
+            topic=frames.topic_for(self.server_id, channel.channel_id),
+        )
+
+    @staticmethod
+    def _member_pb(member: Member, previous: Iterable[bytes] = ()) -> pb.Member:
+        return pb.Member(
+            member_id=member.member_id,
+            display_name=member.display_name,
+            public_key=member.public_key,
+            peer_id=member.peer_id,
+            previous_keys=list(previous),
+        )
+
+
+@contextlib.asynccontextmanager
+async def directory_service(
+    config: Config, node: Node, p2p: P2PRuntime, data_dir: Path
+) -> AsyncIterator[DirectoryService]:
+    service = DirectoryService(config, node, p2p, data_dir)
+    try:
+        await service.start()
+        await service.announce_state()
+        yield service
+    finally:
+        await service.stop()

@@ -1,0 +1,322 @@
+"""The client's standing session with the coordination server.
+
+- At start, the on-disk cache (member list, joined channels, server addresses)
+  is announced to the other plugins, so the gate and the mesh work while the
+  server is down.
+- A background task keeps a session: connect, log in, apply the welcome, announce
+  our libp2p addresses, dial the server's host; when the session ends, reconnect
+  with exponential backoff (jittered, reset after a successful login).
+- Pushes (member list, presence) update the cache and fire the hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from united_core.identity import Identity
+from united_core.members import Channel, Member, MemberSet
+from united_core.node import call_async
+from united_core.wire import frames_pb2 as pb
+
+from .config import Config
+from .session import DirectoryClient, DirectoryError
+
+if TYPE_CHECKING:
+    from united_core.node import Node
+    from united_core.p2p.runtime import P2PRuntime
+
+log = logging.getLogger(__name__)
+
+
+class NotConnected(Exception):
+    """The server is unreachable right now (the session is reconnecting)."""
+
+
+def member_from_pb(m: pb.Member) -> Member:
+    return Member(m.member_id, m.display_name, bytes(m.public_key), m.peer_id)
+
+
+def concrete_addrs(addrs: list[str], server_url: str) -> list[str]:
+    """Replace wildcard listen addresses with the server host's address."""
+    host = urlparse(server_url).hostname or "127.0.0.1"
+    try:
+        ip = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+    except OSError:
+        ip = host
+    return [a.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/") for a in addrs]
+
+
+class DirectoryCache:
+    """What the client knows of the server, persisted (owner-only, atomic writes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.server_id = ""
+        self.server_peer_id = ""
+        self.server_addrs: list[str] = []
+        self.you = ""
+        self.members: list[Member] = []
+        self.joined: list[Channel] = []
+
+    def load(self) -> bool:
+        try:
+            data = json.loads(self.path.read_text())
+            self.server_id = data["server_id"]
+            self.server_peer_id = data["server_peer_id"]
+            self.server_addrs = list(data["server_addrs"])
+            self.you = data.get("you", "")
+            self.members = [
+                Member(
+                    m["member_id"], m["display_name"], bytes.fromhex(m["public_key"]), m["peer_id"]
+                )
+                for m in data["members"]
+            ]
+            self.joined = [Channel(c["channel_id"], c["name"], c["topic"]) for c in data["joined"]]
+        except FileNotFoundError:
+            return False
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable directory cache %s: %s", self.path, exc)
+            return False
+        return True
+
+    def save(self) -> None:
+        data = {
+            "server_id": self.server_id,
+            "server_peer_id": self.server_peer_id,
+            "server_addrs": self.server_addrs,
+            "you": self.you,
+            "members": [
+                {
+                    "member_id": m.member_id,
+                    "display_name": m.display_name,
+                    "public_key": m.public_key.hex(),
+                    "peer_id": m.peer_id,
+                }
+                for m in self.members
+            ],
+            "joined": [
+                {"channel_id": c.channel_id, "name": c.name, "topic": c.topic} for c in self.joined
+            ],
+            "saved_at": time.time(),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+    def apply_welcome(self, welcome: pb.Welcome, server_url: str) -> None:
+        self.server_id = welcome.server_id
+        self.server_peer_id = welcome.server_peer_id
+        self.server_addrs = concrete_addrs(list(welcome.server_addrs), server_url)
+        self.you = welcome.you.member_id
+        self.members = [member_from_pb(m) for m in welcome.members]
+        self.joined = [Channel(c.channel_id, c.name, c.topic) for c in welcome.joined]
+
+    def member_set(self) -> MemberSet:
+        trusted = [self.server_peer_id] if self.server_peer_id else []
+        return MemberSet.of(self.members, trusted=trusted)
+
+
+class DiscoveryService:
+    def __init__(
+        self, config: Config, node: Node, identity: Identity, p2p: P2PRuntime, data_dir: Path
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.identity = identity
+        self.p2p = p2p
+        self.cache = DirectoryCache(data_dir / config.cache_file)
+        self.presence: dict[str, list[dict[str, Any]]] = {}
+        self.client: DirectoryClient | None = None
+        self.connected = asyncio.Event()
+        self.sessions = 0
+        self.last_error = ""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.cache.load():
+            log.info(
+                "directory cache: %d members, %d channels",
+                len(self.cache.members),
+                len(self.cache.joined),
+            )
+            await self._announce_to_plugins()
+        self._task = asyncio.create_task(self._keep_session(), name="united-discovery")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _announce_to_plugins(self) -> None:
+        hook = self.node.pm.hook
+        await call_async(
+            hook.united_members_changed(node=self.node, members=self.cache.member_set())
+        )
+        await call_async(
+            hook.united_channels_changed(node=self.node, channels=tuple(self.cache.joined))
+        )
+
+    # ---- the session loop ------------------------------------------------------------
+
+    async def _keep_session(self) -> None:
+        delay = self.config.reconnect_min
+        while True:
+            try:
+                await self._one_session()
+                delay = self.config.reconnect_min  # it logged in: start backing off afresh
+            except asyncio.CancelledError:
+                raise
+            except DirectoryError as exc:
+                self.last_error = str(exc)
+                log.warning("directory session: %s", exc)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.info("directory unreachable (%s); retrying in %.1f s", self.last_error, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.config.reconnect_max)
+
+    async def _one_session(self) -> None:
+        client = await DirectoryClient.connect(
+            self.config.server_url,
+            on_push=self._on_push,
+            request_timeout=self.config.request_timeout,
+        )
+        try:
+            welcome = await client.login(self.identity)
+            self.cache.apply_welcome(welcome, self.config.server_url)
+            self.cache.save()
+            self.client = client
+            self.sessions += 1
+            self.last_error = ""
+            self.connected.set()
+            log.info("logged in to %s as %s", self.config.server_url, welcome.you.display_name)
+            await self._announce_to_plugins()
+            own = [a.split("/p2p/")[0] for a in self.p2p.listen_addrs]
+            await client.request(pb.ClientFrame(announce=pb.AnnounceAddrs(addrs=own)))
+            await self._dial_server()
+            await client.closed.wait()
+        finally:
+            self.connected.clear()
+            self.client = None
+            await client.close()
+
+    async def _dial_server(self) -> None:
+        for addr in self.cache.server_addrs:
+            try:
+                await self.p2p.connect(addr)
+                return
+            except Exception as exc:
+                log.info("could not dial the server at %s: %s", addr, exc)
+
+    def _on_push(self, frame: pb.ServerFrame) -> None:
+        kind = frame.WhichOneof("body")
+        if kind == "member_list":
+            self.cache.members = [member_from_pb(m) for m in frame.member_list.members]
+            self.cache.save()
+            asyncio.get_running_loop().create_task(self._announce_members())
+        elif kind == "presence":
+            self.presence[frame.presence.channel_id] = [
+                {"member_id": p.member_id, "peer_id": p.peer_id, "addrs": list(p.addrs)}
+                for p in frame.presence.online
+            ]
+        elif kind == "error":
+            log.warning("the server says: %s", frame.error.message)
+
+    async def _announce_members(self) -> None:
+        await call_async(
+            self.node.pm.hook.united_members_changed(
+                node=self.node, members=self.cache.member_set()
+            )
+        )
+
+    # ---- requests (control commands) -------------------------------------------------
+
+    async def request(self, frame: pb.ClientFrame) -> pb.ServerFrame:
+        client = self.client
+        if client is None:
+            raise NotConnected(
+                f"not connected to {self.config.server_url} ({self.last_error or 'connecting'})"
+            )
+        return await client.request(frame)
+
+    async def join(self, channel: str) -> list[Channel]:
+        reply = await self.request(pb.ClientFrame(join=pb.JoinChannel(channel=channel)))
+        return await self._set_joined(reply)
+
+    async def leave(self, channel: str) -> list[Channel]:
+        ref = self.resolve(channel)
+        reply = await self.request(pb.ClientFrame(leave=pb.LeaveChannel(channel=ref or channel)))
+        return await self._set_joined(reply)
+
+    async def _set_joined(self, reply: pb.ServerFrame) -> list[Channel]:
+        self.cache.joined = [
+            Channel(c.channel_id, c.name, c.topic) for c in reply.channel_list.channels
+        ]
+        self.cache.save()
+        await call_async(
+            self.node.pm.hook.united_channels_changed(
+                node=self.node, channels=tuple(self.cache.joined)
+            )
+        )
+        return self.cache.joined
+
+    def resolve(self, channel: str) -> str | None:
+        for c in self.cache.joined:
+            if channel in (c.channel_id, c.name):
+                return c.channel_id
+        return None
+
+    async def who(self, channel: str) -> list[dict[str, Any]]:
+        channel_id = self.resolve(channel) or channel
+        reply = await self.request(
+            pb.ClientFrame(directory_query=pb.DirectoryQuery(channel_id=channel_id))
+        )
+        names = {m.member_id: m.display_name for m in self.cache.members}
+        return [
+            {
+                "name": names.get(p.member_id, "?"),
+                "member_id": p.member_id,
+                "peer_id": p.peer_id,
+                "addrs": list(p.addrs),
+            }
+            for p in reply.directory_answer.online
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "server_url": self.config.server_url,
+            "connected": self.connected.is_set(),
+            "sessions": self.sessions,
+            "last_error": self.last_error,
+            "members": len(self.cache.members),
+            "joined": [c.name for c in self.cache.joined],
+        }
+
+
+@contextlib.asynccontextmanager
+async def discovery_service(
+    config: Config, node: Node, identity: Identity, p2p: P2PRuntime, data_dir: Path
+) -> AsyncIterator[DiscoveryService]:
+    service = DiscoveryService(config, node, identity, p2p, data_dir)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()

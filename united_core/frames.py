@@ -1,0 +1,124 @@
+"""WebSocket frames between clients and the coordination server: bounds, signatures.
+
+Both sides (the ``directory`` and ``discovery`` plugins) use these helpers, so
+the byte strings that get signed are defined once, next to the schema.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from google.protobuf.message import DecodeError
+
+from .identity import verify_signature
+from .wire import frames_pb2
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 256 * 1024
+NONCE_BYTES = 32
+MAX_DISPLAY_NAME = 64
+MAX_CHANNEL_NAME = 64
+MAX_ADDRS = 16
+MAX_ADDR_LEN = 256
+
+AUTH_DOMAIN = b"united/auth/v1\x00"
+REGISTER_DOMAIN = b"united/register/v1\x00"
+ROTATE_DOMAIN = b"united/rotate-key/v1\x00"
+
+ClientFrame = frames_pb2.ClientFrame
+ServerFrame = frames_pb2.ServerFrame
+ErrorCode = frames_pb2.ErrorCode
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted; ``code`` is the ErrorCode to answer with."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def _lp(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+def auth_bytes(server_id: str, nonce: bytes, public_key: bytes) -> bytes:
+    """What a member signs to log in: bound to this server, this nonce and this key."""
+    return AUTH_DOMAIN + _lp(server_id.encode()) + _lp(nonce) + public_key
+
+
+def register_bytes(server_id: str, nonce: bytes, public_key: bytes, display_name: str) -> bytes:
+    return (
+        REGISTER_DOMAIN
+        + _lp(server_id.encode())
+        + _lp(nonce)
+        + public_key
+        + _lp(display_name.encode())
+    )
+
+
+def rotation_bytes(server_id: str, member_id: str, old_key: bytes, new_key: bytes) -> bytes:
+    """Signed by the old key *and* the new key: the member authorises the change and
+    proves it holds the new key."""
+    return ROTATE_DOMAIN + _lp(server_id.encode()) + _lp(member_id.encode()) + old_key + new_key
+
+
+def verify(public_key: bytes, data: bytes, signature: bytes) -> bool:
+    return verify_signature(public_key, data, signature)
+
+
+def decode_client_frame(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> frames_pb2.ClientFrame:
+    frame = frames_pb2.ClientFrame()
+    _decode(frame, data, max_bytes)
+    return frame
+
+
+def decode_server_frame(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> frames_pb2.ServerFrame:
+    frame = frames_pb2.ServerFrame()
+    _decode(frame, data, max_bytes)
+    return frame
+
+
+def _decode(
+    frame: frames_pb2.ClientFrame | frames_pb2.ServerFrame, data: bytes, max_bytes: int
+) -> None:
+    if len(data) > max_bytes:
+        raise FrameError(
+            frames_pb2.ERROR_CODE_TOO_LARGE, f"frame is {len(data)} bytes, over {max_bytes}"
+        )
+    try:
+        frame.ParseFromString(data)
+    except (DecodeError, ValueError, TypeError, RuntimeError) as exc:
+        raise FrameError(frames_pb2.ERROR_CODE_MALFORMED, f"cannot decode frame: {exc}") from None
+    if frame.WhichOneof("body") is None:
+        raise FrameError(frames_pb2.ERROR_CODE_MALFORMED, "frame has no body")
+
+
+def error_frame(request_id: int, code: int, message: str) -> frames_pb2.ServerFrame:
+    return frames_pb2.ServerFrame(
+        request_id=request_id,
+        error=frames_pb2.Error(code=code, message=message),  # type: ignore[arg-type]
+    )
+
+
+def clean_display_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not 1 <= len(name) <= MAX_DISPLAY_NAME or not name.isprintable():
+        raise FrameError(
+            frames_pb2.ERROR_CODE_MALFORMED,
+            f"a display name is 1 to {MAX_DISPLAY_NAME} printable characters",
+        )
+    return name
+
+
+def clean_addrs(addrs: list[str]) -> list[str]:
+    if len(addrs) > MAX_ADDRS or any(len(a) > MAX_ADDR_LEN or not a.startswith("/") for a in addrs):
+        raise FrameError(
+            frames_pb2.ERROR_CODE_MALFORMED,
+            f"at most {MAX_ADDRS} multiaddrs of at most {MAX_ADDR_LEN} characters",
+        )
+    return list(addrs)
+
+
+def topic_for(server_id: str, channel_id: str) -> str:
+    return f"united/{server_id}/{channel_id}"

@@ -1,0 +1,63 @@
+"""Who may join the mesh: the member list as the core sees it.
+
+The directory (server) and discovery (client) plugins announce the current
+list with ``united_members_changed``; the membership plugin gates connections
+and messages with it. Kept in memory as immutable snapshots so the trio-side
+gate can read it without locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Member:
+    member_id: str
+    display_name: str
+    public_key: bytes
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class MemberSet:
+    """Current members, plus peers trusted without being members (the server)."""
+
+    members: tuple[Member, ...] = ()
+    trusted_peer_ids: frozenset[str] = frozenset()
+    by_peer_id: dict[str, Member] = field(init=False, repr=False, compare=False)
+    by_key: dict[bytes, Member] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_peer_id", {m.peer_id: m for m in self.members})
+        object.__setattr__(self, "by_key", {m.public_key: m for m in self.members})
+
+    @classmethod
+    def of(cls, members: Iterable[Member], trusted: Iterable[str] = ()) -> MemberSet:
+        return cls(tuple(members), frozenset(trusted))
+
+    def allows_peer(self, peer_id: str) -> bool:
+        return peer_id in self.by_peer_id or peer_id in self.trusted_peer_ids
+
+    def allows_key(self, public_key: bytes) -> bool:
+        if public_key in self.by_key:
+            return True
+        from .identity import peer_id_from_public_key
+
+        return (
+            len(public_key) == 32 and peer_id_from_public_key(public_key) in self.trusted_peer_ids
+        )
+
+    def name_of(self, peer_id: str) -> str | None:
+        member = self.by_peer_id.get(peer_id)
+        return member.display_name if member else None
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A channel this node takes part in: the server subscribes all, a client its joined ones."""
+
+    channel_id: str
+    name: str
+    topic: str
