@@ -41,8 +41,35 @@ def make_node_dir(
     if plugins is not None:
         listed = "plugins = [" + ", ".join(f'"{p}"' for p in plugins) + "]"
         text = re.sub(r"^plugins = \[.*\]$", listed, text, count=1, flags=re.M)
-    config.write_text(text + "\n" + extra)
+    config.write_text(merge_toml_text(text, extra))
     return config
+
+
+def merge_toml_text(text: str, extra: str) -> str:
+    """Add ``extra``'s keys into the file's existing tables (TOML forbids a table twice)."""
+    blocks = re.split(r"^(\[[^\]]+\])\s*$", extra, flags=re.M)
+    if blocks[0].strip():
+        raise ValueError("extra must start with a [table] header")
+    for header, body in zip(blocks[1::2], blocks[2::2], strict=True):
+        lines = body.strip("\n")
+        if re.search(rf"^{re.escape(header)}\s*$", text, flags=re.M):
+            for key in re.findall(r"^(\w+)\s*=", lines, flags=re.M):  # the new value wins
+                text = (
+                    re.sub(rf"^{key}\s*=.*$\n?", "", text, flags=re.M)
+                    if _in_table(text, header, key)
+                    else text
+                )
+            text = re.sub(
+                rf"^{re.escape(header)}\s*$", f"{header}\n{lines}", text, count=1, flags=re.M
+            )
+        else:
+            text += f"\n{header}\n{lines}\n"
+    return text
+
+
+def _in_table(text: str, header: str, key: str) -> bool:
+    section = text.split(header, 1)[1].split("\n[", 1)[0]
+    return re.search(rf"^{key}\s*=", section, flags=re.M) is not None
 
 
 @contextlib.asynccontextmanager
@@ -90,7 +117,7 @@ def no_thread_leaks() -> Iterator[None]:
 
 
 def united_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "united_core.cli", *args]
+    return [sys.executable, "-m", "united_core", *args]
 
 
 def run_cli(

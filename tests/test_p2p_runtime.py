@@ -159,6 +159,7 @@ def test_host_is_built_with_the_design_settings() -> None:
                 }
 
             facts = await a.call(inspect_host)
+            assert a.host_context.host.get_network().auto_connector._started is False
             assert facts["security"] == ["/noise"]
             assert facts["per_peer"] == 1
             assert facts["protocol"] == "/meshsub/1.1.0"

@@ -377,7 +377,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"united: {exc}", file=sys.stderr)
         return exc.status
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

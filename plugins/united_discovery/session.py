@@ -106,6 +106,11 @@ class DirectoryClient:
                 self._challenge = asyncio.get_running_loop().create_future()
             self._challenge.set_result(frame.challenge)
             return
+        if kind == "error" and frame.request_id == 0 and not self._challenge.done():
+            # Refused before any challenge (rate limited): that is why the login fails.
+            self._challenge.set_exception(DirectoryError(frame.error.code, frame.error.message))
+            self._challenge.exception()
+            return
         future = self._pending.pop(frame.request_id, None) if frame.request_id else None
         if future is not None:
             if not future.done():

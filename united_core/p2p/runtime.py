@@ -302,8 +302,7 @@ class P2PRuntime:
                 # One connection per peer: the default dialer's 250 ms happy-eyeballs wait goes.
                 max_connections_per_peer=1,
                 dial_timeout=opts.dial_timeout,
-                # No auto-dialing of peerstore entries to reach 50 connections, and no
-                # pruning above 200: the plugins decide whom to dial (DESIGN §2).
+                # No pruning above 200 connections: there is no global cap by design.
                 min_connections=0,
                 low_watermark=0,
                 high_watermark=opts.max_connections,
@@ -311,6 +310,7 @@ class P2PRuntime:
             ),
             listen_addrs=[multiaddr.Multiaddr(a) for a in opts.listen_addrs],
         )
+        disable_auto_connector(host)
         g = opts.gossip
         gossipsub = GossipSub(
             protocols=[TProtocol(p) for p in g.protocols],
@@ -625,6 +625,25 @@ class P2PRuntime:
             }
 
         return await self.call(read)
+
+
+def disable_auto_connector(host: IHost) -> None:
+    """Keep py-libp2p's AutoConnector from ever starting.
+
+    It dials peerstore entries until the connection count reaches the midpoint
+    of the watermarks (50,000 with ours): the plugins decide whom to dial
+    (DESIGN §2). Its ``start()`` is replaced on this instance only, so
+    ``maybe_connect`` and the periodic task stay no-ops.
+    """
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is None:
+        log.warning("py-libp2p has no auto_connector here; nothing to disable")
+        return
+
+    async def never_start() -> None:
+        return None
+
+    connector.start = never_start
 
 
 def check_ports_free(listen_addrs: tuple[str, ...]) -> None:

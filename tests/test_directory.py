@@ -1,0 +1,531 @@
+"""The directory over a real aiohttp server, with real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import TOY_PLUGINS, make_node_dir, run_cli, running_node
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from united_discovery.session import DirectoryClient, DirectoryError
+
+from united_core import frames
+from united_core.identity import Identity
+from united_core.node import Node
+from united_core.wire import frames_pb2 as pb
+
+E = pb.ErrorCode
+SERVER_EXTRA = '[directory]\nlisten_host = "127.0.0.1"\nlisten_port = 0\n'
+
+
+def server_config(tmp_path: Path, extra: str = "", plugins: tuple[str, ...] = ()) -> Path:
+    return make_node_dir(
+        tmp_path,
+        "server",
+        role="server",
+        plugins=("ping", "membership", "directory", *plugins),
+        extra=SERVER_EXTRA + extra,
+    )
+
+
+@contextlib.asynccontextmanager
+async def server(tmp_path: Path, extra: str = "") -> AsyncIterator[tuple[Node, Any, str]]:
+    async with running_node(server_config(tmp_path, extra)) as node:
+        service = node.service("directory")
+        yield node, service, f"ws://127.0.0.1:{service.port}/ws"
+
+
+class Recorder:
+    """A client whose pushes are kept, for assertions."""
+
+    def __init__(self) -> None:
+        self.pushes: list[pb.ServerFrame] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, frame: pb.ServerFrame) -> None:
+        self.pushes.append(frame)
+        self.changed.set()
+
+    async def wait_for(self, predicate: Any, timeout: float = 5) -> pb.ServerFrame:
+        async with asyncio.timeout(timeout):
+            while True:
+                for frame in self.pushes:
+                    if predicate(frame):
+                        return frame
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def registered(
+    url: str, service: Any, name: str
+) -> tuple[DirectoryClient, Identity, pb.Welcome, Recorder]:
+    identity = Identity.generate()
+    pushes = Recorder()
+    client = await DirectoryClient.connect(url, on_push=pushes)
+    invite = await service.create_invite()
+    welcome = await client.register(identity, name, invite["code"])
+    return client, identity, welcome, pushes
+
+
+def test_register_with_invite_once_and_log_in(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with server(tmp_path) as (node, service, url):
+            invite = await service.create_invite()
+            alice = Identity.generate()
+            client = await DirectoryClient.connect(url)
+            welcome = await client.register(alice, "alice", invite["code"])
+            assert welcome.you.display_name == "alice" and welcome.you.peer_id == alice.peer_id
+            assert welcome.server_peer_id == node.identity.peer_id
+            assert any(a.endswith(f"/p2p/{node.identity.peer_id}") for a in welcome.server_addrs)
+            await client.close()
+
+            # The same invite a second time: refused, whoever uses it.
+            other = await DirectoryClient.connect(url)
+            with pytest.raises(DirectoryError) as info:
+                await other.register(Identity.generate(), "mallory", invite["code"])
+            assert info.value.code == E.ERROR_CODE_INVITE_INVALID
+            with pytest.raises(DirectoryError) as info:
+                await other.register(Identity.generate(), "mallory", "made-up-code")
+            assert info.value.code == E.ERROR_CODE_INVITE_INVALID
+            await other.close()
+
+            # Alice logs in with her key on a new session.
+            again = await DirectoryClient.connect(url)
+            welcome = await again.login(alice)
+            assert welcome.you.member_id and welcome.you.display_name == "alice"
+            await again.close()
+            assert [m.display_name for m in service.member_set().members] == ["alice"]
+
+    asyncio.run(scenario())
+
+
+def test_login_failures_are_refused_with_codes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with server(tmp_path) as (_, service, url):
+            member, identity, _, _ = await registered(url, service, "alice")
+            await member.close()
+            client = await DirectoryClient.connect(url)
+            # A key that is not registered.
+            with pytest.raises(DirectoryError) as info:
+                await client.login(Identity.generate())
+            assert info.value.code == E.ERROR_CODE_NOT_A_MEMBER
+            # Alice's public key, signed by someone else.
+            challenge = await client._next_challenge()
+            forger = Identity.generate()
+            signed = frames.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
+            frame = pb.ClientFrame(
+                auth=pb.AuthResponse(
+                    public_key=identity.public_key,
+                    signature=forger.sign(signed),
+                    nonce=challenge.nonce,
+                )
+            )
+            with pytest.raises(DirectoryError) as info:
+                await client.request(frame)
+            assert info.value.code == E.ERROR_CODE_BAD_SIGNATURE
+            # A replayed (already used) nonce, correctly signed.
+            signed = frames.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
+            frame = pb.ClientFrame(
+                auth=pb.AuthResponse(
+                    public_key=identity.public_key,
+                    signature=identity.sign(signed),
+                    nonce=challenge.nonce,
+                )
+            )
+            with pytest.raises(DirectoryError) as info:
+                await client.request(frame)
+            assert info.value.code == E.ERROR_CODE_NONCE_INVALID
+            # Three failures: the session is closed.
+            await asyncio.wait_for(client.closed.wait(), 5)
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_failed_logins_are_rate_limited_per_address(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        extra = "max_failed_auth_per_minute = 4\n"
+        async with server(tmp_path, extra) as (_, service, url):
+            for _ in range(2):
+                client = await DirectoryClient.connect(url)
+                for _ in range(2):
+                    with pytest.raises(DirectoryError):
+                        await client.login(Identity.generate())
+                await client.close()
+            member = Identity.generate()
+            code = (await service.create_invite())["code"]
+            client = await DirectoryClient.connect(url)
+            with pytest.raises(DirectoryError) as info:
+                await client.register(member, "late", code)
+            assert info.value.code == E.ERROR_CODE_RATE_LIMITED
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_channels_presence_and_directory_query(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with server(tmp_path) as (_, service, url):
+            general = await service.create_channel("general")
+            alice, _, _, alice_pushes = await registered(url, service, "alice")
+            bob, bob_id, _, _ = await registered(url, service, "bob")
+            for client in (alice, bob):
+                reply = await client.request(pb.ClientFrame(join=pb.JoinChannel(channel="general")))
+                assert [c.name for c in reply.channel_list.channels] == ["general"]
+                assert (
+                    reply.channel_list.channels[0].topic
+                    == f"united/{service.server_id}/{general.channel_id}"
+                )
+            await bob.request(
+                pb.ClientFrame(announce=pb.AnnounceAddrs(addrs=["/ip4/127.0.0.1/tcp/4242"]))
+            )
+            answer = await alice.request(
+                pb.ClientFrame(directory_query=pb.DirectoryQuery(channel_id=general.channel_id))
+            )
+            online = {p.peer_id: list(p.addrs) for p in answer.directory_answer.online}
+            assert online[bob_id.peer_id] == ["/ip4/127.0.0.1/tcp/4242"]
+            assert len(online) == 2
+            # A presence push reached alice when bob announced, and when bob leaves.
+            await alice_pushes.wait_for(
+                lambda f: (
+                    f.WhichOneof("body") == "presence" and any(p.addrs for p in f.presence.online)
+                )
+            )
+            await bob.close()
+            await alice_pushes.wait_for(
+                lambda f: f.WhichOneof("body") == "presence" and len(f.presence.online) == 1
+            )
+            # Unknown channels are refused with a code.
+            for frame in (
+                pb.ClientFrame(join=pb.JoinChannel(channel="nope")),
+                pb.ClientFrame(directory_query=pb.DirectoryQuery(channel_id="nope")),
+            ):
+                with pytest.raises(DirectoryError) as info:
+                    await alice.request(frame)
+                assert info.value.code == E.ERROR_CODE_UNKNOWN_CHANNEL
+            # Members may not create channels unless the server allows it.
+            with pytest.raises(DirectoryError) as info:
+                await alice.request(pb.ClientFrame(create_channel=pb.CreateChannel(name="x")))
+            assert info.value.code == E.ERROR_CODE_UNEXPECTED
+            await alice.close()
+
+    asyncio.run(scenario())
+
+
+def test_member_list_is_pushed_after_registration_and_rotation(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with server(tmp_path) as (_, service, url):
+            alice, alice_id, alice_welcome, alice_pushes = await registered(url, service, "alice")
+            bob, _, _, bob_pushes = await registered(url, service, "bob")
+
+            def lists(names: set[str]) -> Any:
+                return lambda f: (
+                    f.WhichOneof("body") == "member_list"
+                    and {m.display_name for m in f.member_list.members} == names
+                )
+
+            await alice_pushes.wait_for(lists({"alice", "bob"}))
+            # Alice rotates her key: signed by the old key and the new one.
+            new_key = Identity.generate()
+            await alice.rotate_key(alice_id, new_key, alice_welcome.you.member_id)
+            for pushes in (alice_pushes, bob_pushes):
+                await pushes.wait_for(
+                    lambda f: (
+                        f.WhichOneof("body") == "member_list"
+                        and any(m.peer_id == new_key.peer_id for m in f.member_list.members)
+                    )
+                )
+            assert service.member_set().allows_peer(new_key.peer_id)
+            assert not service.member_set().allows_peer(alice_id.peer_id)
+            # The old key can no longer log in; the new one can, as the same member.
+            for identity, ok in ((alice_id, False), (new_key, True)):
+                client = await DirectoryClient.connect(url)
+                if ok:
+                    welcome = await client.login(identity)
+                    assert welcome.you.member_id == alice_welcome.you.member_id
+                    assert alice_id.public_key in welcome.you.previous_keys
+                else:
+                    with pytest.raises(DirectoryError):
+                        await client.login(identity)
+                await client.close()
+            # A rotation signed only by the old key is refused.
+            third = Identity.generate()
+            signed = frames.rotation_bytes(
+                service.server_id, alice_welcome.you.member_id, new_key.public_key, third.public_key
+            )
+            with pytest.raises(DirectoryError) as info:
+                await alice.request(
+                    pb.ClientFrame(
+                        rotate_key=pb.RotateKey(
+                            new_public_key=third.public_key,
+                            signature_by_old=new_key.sign(signed),
+                            signature_by_new=new_key.sign(signed),
+                        )
+                    )
+                )
+            assert info.value.code == E.ERROR_CODE_BAD_SIGNATURE
+            await alice.close()
+            await bob.close()
+
+    asyncio.run(scenario())
+
+
+async def raw_session(
+    url: str,
+) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse, pb.ServerFrame]:
+    http = aiohttp.ClientSession()
+    ws = await http.ws_connect(url, max_msg_size=0)
+    msg = await ws.receive(timeout=5)
+    return http, ws, frames.decode_server_frame(msg.data)
+
+
+async def replies_until_close(ws: aiohttp.ClientWebSocketResponse) -> list[pb.ServerFrame]:
+    out = []
+    async with asyncio.timeout(5):
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                out.append(frames.decode_server_frame(msg.data))
+    return out
+
+
+def test_bad_frames_get_error_codes_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with server(tmp_path) as (_, service, url):
+            cases: list[tuple[Any, int]] = [
+                (b"\x0a\xff\xff", E.ERROR_CODE_MALFORMED),  # truncated protobuf
+                (b"", E.ERROR_CODE_MALFORMED),  # no body
+                (b"x" * (frames.MAX_FRAME_BYTES + 1), E.ERROR_CODE_TOO_LARGE),
+                ("a text frame", E.ERROR_CODE_MALFORMED),
+                (
+                    pb.ClientFrame(list_channels=pb.ListChannels()).SerializeToString(),
+                    E.ERROR_CODE_UNEXPECTED,
+                ),
+                (
+                    pb.ClientFrame(hello=pb.Hello(protocol_version=99)).SerializeToString(),
+                    E.ERROR_CODE_UNSUPPORTED_VERSION,
+                ),
+            ]
+            for payload, code in cases:
+                http, ws, challenge = await raw_session(url)
+                assert challenge.WhichOneof("body") == "challenge"
+                if isinstance(payload, str):
+                    await ws.send_str(payload)
+                else:
+                    await ws.send_bytes(payload)
+                replies = await replies_until_close(ws)
+                await http.close()
+                assert [r.error.code for r in replies if r.WhichOneof("body") == "error"] == [
+                    code
+                ], payload[:20]
+            # An expired nonce.
+            fast = await DirectoryClient.connect(url)
+            challenge = await fast._next_challenge()
+            service.config = type(service.config)(**{**vars(service.config), "nonce_ttl": 1.0})
+            await asyncio.sleep(0)
+            fast_session = next(iter(service._sessions))
+            fast_session.nonce_expires = 0
+            identity = Identity.generate()
+            signed = frames.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
+            with pytest.raises(DirectoryError) as info:
+                await fast.request(
+                    pb.ClientFrame(
+                        auth=pb.AuthResponse(
+                            public_key=identity.public_key,
+                            signature=identity.sign(signed),
+                            nonce=challenge.nonce,
+                        )
+                    )
+                )
+            assert info.value.code == E.ERROR_CODE_NONCE_INVALID
+            await fast.close()
+            # After all that, a member still registers and lists channels.
+            client, _, _, _ = await registered(url, service, "carol")
+            reply = await client.request(pb.ClientFrame(list_channels=pb.ListChannels()))
+            assert reply.WhichOneof("body") == "channel_list"
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def _valid_frames() -> list[bytes]:
+    return [
+        pb.ClientFrame(request_id=1, hello=pb.Hello(protocol_version=1)).SerializeToString(),
+        pb.ClientFrame(
+            request_id=2,
+            auth=pb.AuthResponse(public_key=b"k" * 32, signature=b"s" * 64, nonce=b"n" * 32),
+        ).SerializeToString(),
+        pb.ClientFrame(
+            request_id=3,
+            register=pb.Register(invite_code="abc", display_name="x", public_key=b"k" * 32),
+        ).SerializeToString(),
+        pb.ClientFrame(request_id=4, join=pb.JoinChannel(channel="general")).SerializeToString(),
+        pb.ClientFrame(
+            request_id=5, announce=pb.AnnounceAddrs(addrs=["/ip4/1.2.3.4/tcp/1"] * 3)
+        ).SerializeToString(),
+    ]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    blobs=st.lists(
+        st.one_of(
+            st.binary(max_size=512),
+            st.tuples(
+                st.sampled_from(_valid_frames()), st.integers(0, 200), st.integers(1, 255)
+            ).map(
+                lambda t: bytes(
+                    b ^ t[2] if i == t[1] % len(t[0]) else b for i, b in enumerate(t[0])
+                )
+            ),
+            st.sampled_from(_valid_frames()),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_fuzzed_frames_never_break_the_server(
+    fuzz_server: dict[str, Any], blobs: list[bytes]
+) -> None:
+    """Random and mutated frames: every session ends cleanly; a good client is still served."""
+    loop, url, service = fuzz_server["loop"], fuzz_server["url"], fuzz_server["service"]
+
+    async def attack_then_check() -> None:
+        http, ws, _ = await raw_session(url)
+        try:
+            for blob in blobs:
+                if ws.closed:
+                    break
+                await ws.send_bytes(blob)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    async for _ in ws:
+                        pass
+        finally:
+            await http.close()
+        client = await DirectoryClient.connect(url)
+        try:
+            code = (await service.create_invite())["code"]
+            welcome = await client.register(Identity.generate(), "fuzz-check", code)
+            assert welcome.you.member_id
+            reply = await client.request(pb.ClientFrame(list_channels=pb.ListChannels()))
+            assert reply.WhichOneof("body") == "channel_list"
+        finally:
+            await client.close()
+
+    asyncio.run_coroutine_threadsafe(attack_then_check(), loop).result(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One server for every fuzz example, on its own event loop thread."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    ready: dict[str, Any] = {}
+    stop = asyncio.Event()
+    started = threading.Event()
+    # Many registrations from one address: lift the per-address failure limit.
+    config = server_config(tmp_path_factory.mktemp("fuzz"), "max_failed_auth_per_minute = 100000\n")
+
+    async def main() -> None:
+        async with running_node(config) as node:
+            service = node.service("directory")
+            ready.update(loop=loop, url=f"ws://127.0.0.1:{service.port}/ws", service=service)
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="fuzz-server")
+    thread.start()
+    assert started.wait(30)
+    yield ready
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(30)
+    loop.close()
+
+
+def test_open_registration_needs_no_invite(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with server(tmp_path, 'registration = "open"\n') as (_, _, url):
+            client = await DirectoryClient.connect(url)
+            welcome = await client.register(Identity.generate(), "walk-in", "")
+            assert welcome.you.display_name == "walk-in"
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_invite_required_by_default(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with server(tmp_path) as (_, _, url):
+            client = await DirectoryClient.connect(url)
+            with pytest.raises(DirectoryError) as info:
+                await client.register(Identity.generate(), "walk-in", "")
+            assert info.value.code == E.ERROR_CODE_INVITE_INVALID
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+# ---- hooks fired by the directory --------------------------------------------------
+
+
+def test_hook_united_members_changed(tmp_path: Path, toy_plugins: Path) -> None:
+    import toy_recorder
+
+    async def scenario() -> None:
+        config = make_node_dir(
+            tmp_path,
+            "server",
+            role="server",
+            plugins=("membership", "directory", "recorder"),
+            extra=SERVER_EXTRA,
+        )
+        async with running_node(config) as node:
+            service = node.service("directory")
+            url = f"ws://127.0.0.1:{service.port}/ws"
+            client, _, _, _ = await registered(url, service, "alice")
+            await client.close()
+        counts = [c["count"] for n, c in toy_recorder.CALLS if n == "members_changed"]
+        assert counts[0] == 0 and counts[-1] == 1  # at start, then after the registration
+
+    asyncio.run(scenario())
+
+
+def test_hook_united_channels_changed(tmp_path: Path, toy_plugins: Path) -> None:
+    import toy_recorder
+
+    async def scenario() -> None:
+        config = make_node_dir(
+            tmp_path,
+            "server",
+            role="server",
+            plugins=("membership", "directory", "recorder"),
+            extra=SERVER_EXTRA,
+        )
+        async with running_node(config) as node:
+            await node.service("directory").create_channel("general")
+            await node.service("directory").create_channel("random")
+        names = [c["names"] for n, c in toy_recorder.CALLS if n == "channels_changed"]
+        assert names == [[], ["general"], ["general", "random"]]
+
+    asyncio.run(scenario())
+
+
+def test_hook_united_register_cli_commands(tmp_path: Path) -> None:
+    """The plugins' commands are `united` sub-commands, usable before any node exists."""
+    result = run_cli("--help")
+    for name in ("join", "invite", "channel"):
+        assert name in result.stdout
+    result = run_cli("join", "http://nope", "code", "--dir", str(tmp_path / "x"))
+    assert result.returncode == 2 and "ws://" in result.stderr
+    assert str(TOY_PLUGINS)  # the toy plugins add none: only installed plugins count
