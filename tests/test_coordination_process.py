@@ -1,0 +1,97 @@
+"""A server and members as a self-hoster runs them: real `united` processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import run_cli, united_cmd
+from test_node_process import free_port, serving_node
+
+
+def poll(fn: Callable[[], Any], timeout: float = 20, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out; last result: {last!r}")
+
+
+def server_dir(tmp_path: Path) -> Path:
+    assert run_cli("init", "--role", "server", "--dir", str(tmp_path / "server")).returncode == 0
+    config = tmp_path / "server" / "united.toml"
+    text = config.read_text().replace('"/ip4/0.0.0.0/tcp/7420"', '"/ip4/127.0.0.1/tcp/0"')
+    text = text.replace(
+        "[directory]\n", f'[directory]\nlisten_host = "127.0.0.1"\nlisten_port = {free_port()}\n', 1
+    )
+    config.write_text(text)
+    return config
+
+
+def who(config: Path, channel: str) -> list[dict[str, Any]] | None:
+    result = run_cli("ctl", "-c", str(config), "who", channel, "--json")
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_members_join_by_invite_and_sessions_survive_a_server_restart(tmp_path: Path) -> None:
+    server = server_dir(tmp_path)
+    with serving_node(server) as server_proc:
+        created = run_cli("channel", "create", "general", "-c", str(server))
+        assert created.returncode == 0 and "general" in created.stdout
+        members = []
+        for name in ("alice", "bob"):
+            invite = run_cli("invite", "-c", str(server))
+            assert invite.returncode == 0
+            join_line = invite.stdout.strip().splitlines()[-1]
+            assert re.fullmatch(r"united join ws://127\.0\.0\.1:\d+/ws \S+ --dir \S+", join_line)
+            _, _, url, code, _, _ = join_line.split()
+            joined = run_cli("join", url, code, "--dir", str(tmp_path / name), "--name", name)
+            assert joined.returncode == 0, joined.stderr
+            members.append(tmp_path / name / "united.toml")
+        # A used invite is refused, with one line and exit 1.
+        again = run_cli("join", url, code, "--dir", str(tmp_path / "eve"), "--name", "eve")
+        assert again.returncode == 1 and "INVITE_INVALID" in again.stderr
+        assert "Traceback" not in again.stderr
+
+        # Both clients run side by side, unedited (ephemeral ports, own sockets and data).
+        with serving_node(members[0]), serving_node(members[1]):
+            for config in members:
+                result = run_cli("ctl", "-c", str(config), "join", "general")
+                assert result.returncode == 0 and "general" in result.stdout
+            online = poll(lambda: (w := who(members[0], "general")) and len(w) == 2 and w)
+            assert {m["name"] for m in online} == {"alice", "bob"}
+            assert all(m["addrs"] for m in online)
+
+            # Restart the server process; both sessions come back by themselves.
+            server_proc.send_signal(signal.SIGTERM)
+            assert server_proc.wait(timeout=10) == 0
+            assert who(members[0], "general") is None  # the server is unreachable
+            restarted = subprocess.Popen(
+                united_cmd("run", "-c", str(server)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                online = poll(
+                    lambda: (w := who(members[1], "general")) and len(w) == 2 and w, timeout=40
+                )
+                assert {m["name"] for m in online} == {"alice", "bob"}
+                left = run_cli("ctl", "-c", str(members[1]), "leave", "general", "--json")
+                assert left.returncode == 0 and json.loads(left.stdout) == []
+                unknown = run_cli("ctl", "-c", str(members[1]), "join", "no-such-channel")
+                assert unknown.returncode == 1 and "UNKNOWN_CHANNEL" in unknown.stderr
+            finally:
+                restarted.send_signal(signal.SIGTERM)
+                assert restarted.wait(timeout=10) == 0

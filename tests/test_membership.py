@@ -1,0 +1,159 @@
+"""The member-only mesh with real libp2p hosts: server and clients on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_node_dir, running_node
+from test_directory import server_config
+
+from united_core import envelope
+from united_core.cli import main as cli_main
+from united_core.members import Member, MemberSet
+from united_core.node import Node
+from united_core.p2p.options import Verdict
+
+
+async def join(url: str, service: Any, directory: Path, name: str) -> Path:
+    """`united join` as a member runs it (in a thread: it runs its own event loop)."""
+    code = (await service.create_invite())["code"]
+    status = await asyncio.to_thread(
+        cli_main, ["join", url, code, "--dir", str(directory), "--name", name]
+    )
+    assert status == 0
+    return directory / "united.toml"
+
+
+async def until(predicate: Any, timeout: float = 10, what: str = "condition") -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def peer_ids(node: Node) -> set[str]:
+    return {p["peer_id"] for p in await node.p2p.peers()}
+
+
+@contextlib.asynccontextmanager
+async def community(
+    tmp_path: Path, members: int = 2
+) -> AsyncIterator[tuple[Node, list[Node], list[Path]]]:
+    """A running server and ``members`` clients created by `united join`, unedited."""
+    async with running_node(server_config(tmp_path)) as server:
+        service = server.service("directory")
+        url = f"ws://127.0.0.1:{service.port}/ws"
+        configs = [
+            await join(url, service, tmp_path / f"member{i}", f"member{i}") for i in range(members)
+        ]
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(running_node(c)) for c in configs]
+            for client in clients:
+                await asyncio.wait_for(client.service("discovery").connected.wait(), 10)
+            yield server, clients, configs
+
+
+def test_members_connect_and_a_non_member_is_refused_in_the_handshake(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with community(tmp_path) as (server, clients, _):
+            # Each client dialed the server after logging in.
+            expected = {c.identity.peer_id for c in clients}
+            await until(lambda: _contains(server, expected))
+            # A node whose key is not registered cannot connect at all.
+            outsider_config = make_node_dir(tmp_path, "outsider", plugins=[])
+            async with running_node(outsider_config) as outsider:
+                with pytest.raises(Exception) as info:
+                    await outsider.p2p.connect(server.p2p.listen_addrs[0])
+                assert "connect" in str(info.value).lower()
+                assert outsider.identity.peer_id not in await peer_ids(server)
+                assert server.service("membership", "state").refused_peers >= 1
+
+    asyncio.run(scenario())
+
+
+async def _contains(node: Node, expected: set[str]) -> bool:
+    return expected <= await peer_ids(node)
+
+
+def test_a_removed_member_is_disconnected(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with community(tmp_path) as (server, clients, _):
+            gone, stays = clients
+            await until(lambda: _contains(server, {gone.identity.peer_id, stays.identity.peer_id}))
+            # The members also connect to each other.
+            await stays.p2p.connect(gone.p2p.listen_addrs[0])
+            await server.service("directory").remove_member(gone.identity.peer_id)
+
+            async def cut_off() -> bool:
+                return gone.identity.peer_id not in await peer_ids(server) and (
+                    gone.identity.peer_id not in await peer_ids(stays)
+                )
+
+            # The server closes its connection; the other member, told by the pushed
+            # member list, closes its own.
+            await until(cut_off, what="removed member disconnected everywhere")
+            assert stays.identity.peer_id in await peer_ids(server)
+            with pytest.raises(Exception, match=r"(?i)connect"):
+                await gone.p2p.connect(server.p2p.listen_addrs[0])
+
+    asyncio.run(scenario())
+
+
+def test_clients_accept_each_other_from_cached_lists_while_the_server_is_down(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with running_node(server_config(tmp_path)) as server:
+            service = server.service("directory")
+            url = f"ws://127.0.0.1:{service.port}/ws"
+            configs = [await join(url, service, tmp_path / f"m{i}", f"m{i}") for i in range(2)]
+            # Both know each other: the second joined after the first, so start
+            # them once while the server runs to refresh the first one's cache.
+            async with running_node(configs[0]) as a, running_node(configs[1]) as b:
+                for node in (a, b):
+                    await asyncio.wait_for(node.service("discovery").connected.wait(), 10)
+        # The server is gone. The clients restart from their caches alone.
+        async with running_node(configs[0]) as a, running_node(configs[1]) as b:
+            assert not a.service("discovery").connected.is_set()
+            assert await b.p2p.connect(a.p2p.listen_addrs[0]) == a.identity.peer_id
+            assert b.identity.peer_id in await peer_ids(a)
+            outsider_config = make_node_dir(tmp_path, "outsider", plugins=[])
+            async with running_node(outsider_config) as outsider:
+                with pytest.raises(Exception, match=r"(?i)connect"):
+                    await outsider.p2p.connect(a.p2p.listen_addrs[0])
+
+    asyncio.run(scenario())
+
+
+def test_messages_from_non_members_are_rejected(tmp_path: Path) -> None:
+    """The membership policy rejects an envelope signed by a key that is not a member."""
+    from united_membership import united_validate_message
+
+    from united_core.identity import Identity
+
+    member, outsider = Identity.generate(), Identity.generate()
+
+    class FakeNode:
+        def __init__(self, state: Any) -> None:
+            self._state = state
+
+        def service(self, plugin: str, name: str = "service") -> Any:
+            return self._state
+
+    from united_membership.state import MembershipState
+
+    state = MembershipState()
+    node: Any = FakeNode(state)
+    topic = "united/s/c"
+    ok = envelope.seal(member, topic=topic, payload=b"hi", sequence_hint=1)
+    bad = envelope.seal(outsider, topic=topic, payload=b"hi", sequence_hint=1)
+    # No list known yet: fail closed.
+    assert united_validate_message(node, ok, "x") is Verdict.REJECT
+    state.replace(MemberSet.of([Member("m", "member", member.public_key, member.peer_id)]))
+    assert united_validate_message(node, ok, "x") is None
+    assert united_validate_message(node, bad, "x") is Verdict.REJECT
+    assert state.rejected_messages == 2
