@@ -157,3 +157,32 @@ def test_messages_from_non_members_are_rejected(tmp_path: Path) -> None:
     assert united_validate_message(node, ok, "x") is None
     assert united_validate_message(node, bad, "x") is Verdict.REJECT
     assert state.rejected_messages == 2
+
+
+def test_hook_united_presence_changed(tmp_path: Path) -> None:
+    """Discovery reports who is online in a channel; the mesh dials them."""
+
+    async def scenario() -> None:
+        async with community(tmp_path) as (server, clients, _):
+            await server.service("directory").create_channel("general")
+            seen: list[tuple[str, int]] = []
+            for client in clients:
+                mesh = client.service("mesh")
+                original = mesh.dial_online
+
+                async def spy(
+                    channel: Any, online: Any, _orig: Any = original, _c: Any = client
+                ) -> None:
+                    seen.append((channel.name, len(online)))
+                    await _orig(channel, online)
+
+                mesh.dial_online = spy
+            for client in clients:
+                await client.service("discovery").join("general")
+            a, b = clients
+            await until(
+                lambda: _contains(a, {b.identity.peer_id}), what="members dialed each other"
+            )
+            assert ("general", 2) in seen
+
+    asyncio.run(scenario())

@@ -46,7 +46,6 @@ class P2PConfig:
         "Gossipsub versions offered, preferred first (v1.2 doubles CPU; see docs).",
         choices=KNOWN_GOSSIPSUB_PROTOCOLS,
     )
-    heartbeat_interval: float = setting(1.0, "Gossipsub heartbeat, seconds.", min=0.05, max=60)
     publish_timeout: float = setting(
         5.0, "Longest a publish waits for a slow peer's queue to drain.", min=0.0, max=120
     )
@@ -94,7 +93,6 @@ def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> N
     options.max_inflight_publishes = p2p.max_inflight_publishes
     options.inbound_queue_size = p2p.inbound_queue_size
     options.gossip.protocols = p2p.gossipsub_protocols
-    options.gossip.heartbeat_interval = p2p.heartbeat_interval
 
 
 # ---- core control commands ------------------------------------------------------------

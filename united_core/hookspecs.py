@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .containers import PluginContainer
     from .control import ControlCommand
     from .envelope import SignedMessage
-    from .members import Channel, MemberSet
+    from .members import Channel, MemberSet, Presence
     from .node import Node
     from .p2p.options import HostOptions, Verdict
     from .p2p.runtime import HostContext
@@ -279,6 +279,21 @@ def united_channels_changed(node: Node, channels: tuple[Channel, ...]) -> Awaita
 
     :param node: the running node.
     :param channels: the complete current set.
+    """
+
+
+@hookspec
+def united_presence_changed(
+    node: Node, channel: Channel, online: tuple[Presence, ...]
+) -> Awaitable[None] | None:
+    """Who is online in a channel changed (or was first learned after a login).
+
+    *May be async.* Fired by discovery on a client from the directory's pushes;
+    the mesh dials from it to fill each channel's mesh.
+
+    :param node: the running node.
+    :param channel: the channel.
+    :param online: the members online in it, with their announced addresses.
     """
 
 

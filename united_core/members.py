@@ -61,3 +61,12 @@ class Channel:
     channel_id: str
     name: str
     topic: str
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A member online in a channel, with the libp2p addresses it announced."""
+
+    member_id: str
+    peer_id: str
+    addrs: tuple[str, ...]

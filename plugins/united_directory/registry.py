@@ -6,6 +6,7 @@ usable invite. Every write is one transaction.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
@@ -205,7 +206,9 @@ class Registry:
     # ---- invites -------------------------------------------------------------------
 
     async def create_invite(self, ttl: float) -> tuple[str, float]:
-        code = secrets.token_urlsafe(18)
+        # Base32: 120 bits, letters and digits only (a code starting with "-" would
+        # read as an option on the `united join` command line).
+        code = base64.b32encode(secrets.token_bytes(15)).decode("ascii")
         now = time.time()
         await self._db.execute(
             "INSERT INTO invites VALUES (?, ?, ?, NULL, NULL)", (_hash_code(code), now, now + ttl)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from united_core.identity import Identity
-from united_core.members import Channel, Member, MemberSet
+from united_core.members import Channel, Member, MemberSet, Presence
 from united_core.node import call_async
 from united_core.wire import frames_pb2 as pb
 
@@ -211,6 +211,14 @@ class DiscoveryService:
             own = [a.split("/p2p/")[0] for a in self.p2p.listen_addrs]
             await client.request(pb.ClientFrame(announce=pb.AnnounceAddrs(addrs=own)))
             await self._dial_server()
+            for channel in self.cache.joined:  # who is online now: fill the meshes
+                reply = await client.request(
+                    pb.ClientFrame(directory_query=pb.DirectoryQuery(channel_id=channel.channel_id))
+                )
+                answer = reply.directory_answer
+                await self._announce_presence(
+                    pb.Presence(channel_id=answer.channel_id, online=answer.online)
+                )
             await client.closed.wait()
         finally:
             self.connected.clear()
@@ -236,8 +244,20 @@ class DiscoveryService:
                 {"member_id": p.member_id, "peer_id": p.peer_id, "addrs": list(p.addrs)}
                 for p in frame.presence.online
             ]
+            asyncio.get_running_loop().create_task(self._announce_presence(frame.presence))
         elif kind == "error":
             log.warning("the server says: %s", frame.error.message)
+
+    async def _announce_presence(self, presence: pb.Presence) -> None:
+        channel = next((c for c in self.cache.joined if c.channel_id == presence.channel_id), None)
+        if channel is None:
+            return
+        online = tuple(Presence(p.member_id, p.peer_id, tuple(p.addrs)) for p in presence.online)
+        await call_async(
+            self.node.pm.hook.united_presence_changed(
+                node=self.node, channel=channel, online=online
+            )
+        )
 
     async def _announce_members(self) -> None:
         await call_async(

@@ -7,6 +7,7 @@ Plain data with no trio or libp2p import, so plugins can adjust them from the
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -33,6 +34,8 @@ class GossipOptions:
     degree: int = 4
     degree_low: int = 3
     degree_high: int = 6
+    # Peers gossiped to (IHAVE) per heartbeat; py-libp2p hard-codes 6 (UnitedGossipSub).
+    degree_lazy: int = 6
     heartbeat_interval: float = 1.0
     gossip_window: int = 3
     gossip_history: int = 5
@@ -42,9 +45,9 @@ class GossipOptions:
     adaptive_gossip: bool = False
     spam_protection: bool = False
     eclipse_protection: bool = False
-    # Peer scoring parameters (``libp2p.pubsub.score.ScoreParams``); None keeps
-    # py-libp2p's defaults (all weights 0). The mesh plugin fills this in.
-    score_params: object | None = None
+    # Peer scoring parameters (``libp2p.pubsub.score.ScoreParams``), built on the
+    # trio side by this factory; None keeps py-libp2p's (all weights 0).
+    score_params: Callable[[], object] | None = None
     seen_ttl: int = 120
 
 

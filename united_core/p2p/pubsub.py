@@ -6,6 +6,8 @@ stops taking effect (tests/test_p2p_runtime.py):
 - ``CountingRpcQueue`` replaces py-libp2p's per-peer outbound queue class so that
   every rejected push (the library drops silently past 32 RPCs) is counted, and a
   publisher can wait for room instead of having its message dropped.
+- ``UnitedGossipSub`` makes the number of peers gossiped to per heartbeat
+  (D_lazy) configurable; py-libp2p 0.8.1 hard-codes 6.
 - ``UnitedPubsub`` validates *every* message with the runtime's envelope validator
   (py-libp2p only runs validators registered per topic), and hands delivered
   messages to the runtime's own bounded inbox instead of 32-slot per-topic
@@ -23,6 +25,7 @@ import libp2p
 import libp2p.pubsub.pubsub as _pubsub_module
 import trio
 from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub, TopicValidator
 from libp2p.pubsub.rpc_queue import RpcQueue
@@ -107,7 +110,7 @@ class UnitedPubsub(Pubsub):
         self, *args: object, validator: MessageValidator, deliver: Deliver, **kwargs: object
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._united_validator = (TopicValidator(validator, False),)
+        self._united_validator: tuple[TopicValidator, ...] = (TopicValidator(validator, False),)
         self._deliver = deliver
 
     def get_msg_validators(self, msg: rpc_pb2.Message) -> tuple[TopicValidator, ...]:
@@ -116,3 +119,16 @@ class UnitedPubsub(Pubsub):
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         if any(topic in self.topic_ids for topic in publish_message.topicIDs):
             self._deliver(publish_message)
+
+
+class UnitedGossipSub(GossipSub):
+    """GossipSub with a configurable D_lazy (the spec's gossip emission degree)."""
+
+    def __init__(self, *args: object, degree_lazy: int = 6, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.degree_lazy = degree_lazy
+
+    def _get_adaptive_gossip_peers_count(self, topic: str, total_peers: int) -> int:
+        if self.adaptive_gossip_enabled:
+            return int(super()._get_adaptive_gossip_peers_count(topic, total_peers))
+        return max(self.degree_lazy, int(total_peers * 0.25))

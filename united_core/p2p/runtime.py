@@ -38,7 +38,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -53,6 +52,7 @@ from .options import HostOptions, Verdict
 from .pubsub import (
     CountingRpcQueue,
     PubsubCounters,
+    UnitedGossipSub,
     UnitedPubsub,
     bind_counters,
     install_queue_patch,
@@ -79,7 +79,7 @@ class HostContext:
 
     host: IHost
     pubsub: UnitedPubsub
-    gossipsub: GossipSub
+    gossipsub: UnitedGossipSub
     nursery: trio.Nursery
     options: HostOptions
 
@@ -287,7 +287,7 @@ class P2PRuntime:
             self._ctx = None
             pubsub.seen_messages.stop()  # py-libp2p starts a thread per Pubsub and never stops it
 
-    def _build(self) -> tuple[IHost, UnitedPubsub, GossipSub]:
+    def _build(self) -> tuple[IHost, UnitedPubsub, UnitedGossipSub]:
         opts = self.options
         key_pair = create_new_key_pair(self.identity.seed)
         noise = GatedNoiseTransport(
@@ -312,16 +312,17 @@ class P2PRuntime:
         )
         disable_auto_connector(host)
         g = opts.gossip
-        gossipsub = GossipSub(
+        gossipsub = UnitedGossipSub(
             protocols=[TProtocol(p) for p in g.protocols],
             degree=g.degree,
             degree_low=g.degree_low,
             degree_high=g.degree_high,
+            degree_lazy=g.degree_lazy,
             time_to_live=g.time_to_live,
             gossip_window=g.gossip_window,
             gossip_history=g.gossip_history,
-            heartbeat_interval=g.heartbeat_interval,  # type: ignore[arg-type]
-            score_params=g.score_params,  # type: ignore[arg-type]
+            heartbeat_interval=g.heartbeat_interval,
+            score_params=g.score_params() if g.score_params else None,
             adaptive_gossip_enabled=g.adaptive_gossip,
             spam_protection_enabled=g.spam_protection,
             eclipse_protection_enabled=g.eclipse_protection,
@@ -604,6 +605,38 @@ class P2PRuntime:
                 self.counters.publish_wait_timeouts += 1
         await ctx.pubsub.publish(topic, data)
         self.counters.published += 1
+
+    async def publish_unchecked(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` without our own validator (a developer test action).
+
+        Lets a test make a member's host send an invalid envelope, to see every
+        receiver reject it and lower the sender's score. Never used otherwise.
+        """
+
+        async def publish() -> None:
+            pubsub = self.host_context.pubsub
+            saved = pubsub._united_validator
+            pubsub._united_validator = ()
+            try:
+                await pubsub.publish(topic, data)
+            finally:
+                pubsub._united_validator = saved
+
+        await self.call(publish)
+
+    async def scores(self) -> dict[str, float]:
+        """Each connected peer's gossipsub score over our subscribed topics."""
+
+        async def read() -> dict[str, float]:
+            ctx = self.host_context
+            scorer = getattr(ctx.gossipsub, "scorer", None)
+            topics = list(ctx.pubsub.topic_ids)
+            peers = list(ctx.host.get_network().connections)
+            if scorer is None:
+                return {}
+            return {p.to_base58(): round(float(scorer.score(p, topics)), 3) for p in peers}
+
+        return await self.call(read)
 
     async def snapshot(self) -> dict[str, Any]:
         """A consistent view of the host, read on the trio thread."""

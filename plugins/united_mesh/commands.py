@@ -1,0 +1,106 @@
+"""``send``, ``tail``, ``scores`` (and the ``send-invalid`` test action) on the control API."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from united_core.control import CommandError, ControlCommand
+from united_core.envelope import EnvelopeError
+
+if TYPE_CHECKING:
+    from united_core.node import Node
+
+    from .service import MeshService
+
+
+def _mesh(node: Node) -> MeshService:
+    return node.service("mesh")  # type: ignore[no-any-return]
+
+
+async def _send(node: Node, args: list[str]) -> dict[str, Any]:
+    if len(args) < 2:
+        raise CommandError("usage: send CHANNEL TEXT")
+    mesh = _mesh(node)
+    try:
+        sealed = await mesh.send(args[0], " ".join(args[1:]))
+    except KeyError:
+        raise CommandError(f"not in channel {args[0]!r} (join it first)") from None
+    except EnvelopeError as exc:
+        raise CommandError(str(exc)) from None
+    return {"id": sealed.id.hex(), "topic": sealed.topic, "sequence_hint": sealed.sequence_hint}
+
+
+async def _tail(node: Node, args: list[str]) -> AsyncIterator[dict[str, Any]]:
+    mesh = _mesh(node)
+    if len(args) > 1:
+        raise CommandError("usage: tail [CHANNEL]")
+    try:
+        topic = mesh.channel(args[0]).topic if args else None
+    except KeyError:
+        raise CommandError(f"not in channel {args[0]!r}") from None
+    async with mesh.tail(topic) as subscriber:
+        while True:
+            yield await subscriber.queue.get()
+
+
+def render_line(line: dict[str, Any]) -> str:
+    when = datetime.datetime.fromtimestamp(line["timestamp"] / 1000).strftime("%H:%M:%S")
+    return f"{when} #{line['channel']} <{line['sender']}> {line['text']}"
+
+
+async def _topics(node: Node, args: list[str]) -> dict[str, Any]:
+    mesh = _mesh(node)
+    snapshot = await node.p2p.snapshot()
+    out = {}
+    for topic, channel in mesh.channels.items():
+        stats = mesh.topic_stats.get(topic)
+        out[channel.name] = {
+            "topic": topic,
+            "mesh_peers": snapshot["mesh"].get(topic, []),
+            "messages": stats.messages if stats else 0,
+            "last_received": stats.last_received if stats else None,
+        }
+    return out
+
+
+async def _scores(node: Node, args: list[str]) -> dict[str, float]:
+    return await node.p2p.scores()
+
+
+async def _send_invalid(node: Node, args: list[str]) -> dict[str, str]:
+    mesh = _mesh(node)
+    if not mesh.config.allow_test_actions:
+        raise CommandError("send-invalid is a test action: set [mesh] allow_test_actions = true")
+    if len(args) != 1:
+        raise CommandError("usage: send-invalid CHANNEL")
+    try:
+        message_id = await mesh.send_invalid(args[0])
+    except KeyError:
+        raise CommandError(f"not in channel {args[0]!r}") from None
+    await asyncio.sleep(0)
+    return {"sent_invalid": message_id.hex()}
+
+
+def control_commands() -> list[ControlCommand]:
+    return [
+        ControlCommand("send", _send, "Publish a text message to a channel.", usage="CHANNEL TEXT"),
+        ControlCommand(
+            "tail",
+            _tail,
+            "Print messages as they arrive.",
+            usage="[CHANNEL]",
+            render=render_line,
+            streaming=True,
+        ),
+        ControlCommand("topics", _topics, "Subscribed channels: topic, mesh peers, messages."),
+        ControlCommand("scores", _scores, "Gossipsub score of each connected peer."),
+        ControlCommand(
+            "send-invalid",
+            _send_invalid,
+            "Test action: publish an envelope with a broken signature.",
+            usage="CHANNEL",
+        ),
+    ]

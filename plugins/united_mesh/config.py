@@ -1,0 +1,61 @@
+"""``[mesh]``: gossipsub parameters and peer scoring for a chat mesh.
+
+Defaults are for a chat community: D=4 (D_lo 3, D_hi 6), a 1 s heartbeat, and
+scoring that punishes invalid messages fast while never penalising volume
+(see docs/mesh.md for the reasoning and the measurements).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from united_core.config import ConfigValueError, setting
+
+
+@dataclass(frozen=True)
+class Config:
+    d: int = setting(4, "Target mesh degree per topic (gossipsub D).", min=1, max=32)
+    d_lo: int = setting(3, "Graft below this many mesh peers (D_lo).", min=1, max=32)
+    d_hi: int = setting(6, "Prune above this many mesh peers (D_hi).", min=1, max=64)
+    d_lazy: int = setting(6, "Peers gossiped to (IHAVE) per heartbeat (D_lazy).", min=0, max=64)
+    heartbeat_interval: float = setting(1.0, "Gossipsub heartbeat, seconds.", min=0.05, max=60)
+    gossip_window: int = setting(3, "Heartbeats of history gossiped about (IHAVE).", min=1, max=100)
+    gossip_history: int = setting(5, "Heartbeats of messages kept for IWANT.", min=1, max=1000)
+    seen_ttl: int = setting(
+        120, "Seconds a message id is remembered (duplicates dropped).", min=1, max=86400
+    )
+    dial_per_channel: int = setting(
+        4, "Online members dialed per channel, to fill its mesh (plus the server).", min=0, max=64
+    )
+    # Peer scoring (gossipsub v1.1). Penalties are subtracted, so weights are positive.
+    score_invalid_weight: float = setting(
+        10.0, "Score lost per invalid message (P4 weight).", min=0.0, max=1e6
+    )
+    score_invalid_decay: float = setting(
+        0.99, "Per-heartbeat decay of the invalid-message counter.", min=0.0, max=1.0
+    )
+    score_first_delivery_weight: float = setting(
+        0.5, "Score gained per first delivery of a message (P2 weight).", min=0.0, max=1e6
+    )
+    score_first_delivery_cap: float = setting(
+        20.0, "Most first deliveries counted (P2 cap).", min=0.0, max=1e6
+    )
+    gossip_threshold: float = setting(-10.0, "Below this score no gossip is exchanged.", max=0.0)
+    publish_threshold: float = setting(
+        -50.0, "Below this score a peer's publishes are refused.", max=0.0
+    )
+    graylist_threshold: float = setting(-80.0, "Below this score a peer is ignored.", max=0.0)
+    server_score_bonus: float = setting(
+        1000.0, "Application score of the server, so it is never graylisted.", min=0.0, max=1e9
+    )
+    allow_test_actions: bool = setting(
+        False, "Enable `send-invalid` (publishes a corrupted envelope; for tests only)."
+    )
+
+    def validate(self) -> None:
+        if not self.d_lo <= self.d <= self.d_hi:
+            raise ConfigValueError("d", "must satisfy d_lo <= d <= d_hi")
+        if not self.graylist_threshold <= self.publish_threshold <= self.gossip_threshold:
+            raise ConfigValueError(
+                "publish_threshold", "must satisfy graylist <= publish <= gossip threshold"
+            )

@@ -1,0 +1,217 @@
+"""The mesh: one gossipsub topic per channel, signed envelopes, Lamport order hints.
+
+- Subscribes the topic of every channel this node takes part in
+  (``united_channels_changed``): all of them on the server, the joined ones on a
+  client, at start-up and whenever the set changes.
+- Dials, per channel, up to ``dial_per_channel`` online members the directory
+  reports (``united_presence_changed``); connections are shared across channels.
+  Of two members, the one with the smaller PeerId dials.
+- Sends text as envelopes signed with the node identity. ``sequence_hint`` is a
+  Lamport counter that never goes below the wall clock in milliseconds, so it
+  stays monotonic across restarts without being persisted.
+- Keeps per-channel counters and feeds ``tail`` subscribers (bounded queues: a
+  slow reader loses its oldest lines, counted, and never slows the node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from united_core import envelope
+from united_core.envelope import SignedMessage
+from united_core.members import Channel, MemberSet, Presence
+
+from .config import Config
+
+if TYPE_CHECKING:
+    from united_core.identity import Identity
+    from united_core.node import Node
+    from united_core.p2p.runtime import P2PRuntime
+
+log = logging.getLogger(__name__)
+TAIL_QUEUE = 1000
+
+
+@dataclass
+class TopicStats:
+    messages: int = 0
+    last_received: float = 0.0
+
+
+@dataclass(eq=False)
+class TailSubscriber:
+    topic: str | None
+    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(TAIL_QUEUE))
+    dropped: int = 0
+
+
+class MeshService:
+    """Created on first use (hooks may fire while other plugins start); it touches
+    the network only once the node runs, then applies what it learned."""
+
+    def __init__(self, config: Config, node: Node, identity: Identity) -> None:
+        self.config = config
+        self.node = node
+        self.identity = identity
+        self.channels: dict[str, Channel] = {}  # subscribed, by topic
+        self.wanted: tuple[Channel, ...] = ()
+        self.members = MemberSet()
+        self.clock = 0
+        self.topic_stats: dict[str, TopicStats] = {}
+        self.tails: set[TailSubscriber] = set()
+        self._lock = asyncio.Lock()
+
+    @property
+    def p2p(self) -> P2PRuntime:
+        return self.node.p2p
+
+    # ---- channels and topics ---------------------------------------------------------
+
+    async def set_channels(self, channels: tuple[Channel, ...]) -> None:
+        self.wanted = channels
+        if self.node.running:
+            await self.apply_channels()
+
+    async def apply_channels(self) -> None:
+        async with self._lock:  # changes apply in order, even when they arrive quickly
+            wanted = {c.topic: c for c in self.wanted}
+            for topic in set(self.channels) - set(wanted):
+                await self.p2p.unsubscribe(topic)
+                log.info("left topic %s", topic)
+            for topic, channel in wanted.items():
+                if topic not in self.channels:
+                    await self.p2p.subscribe(topic)
+                    log.info("subscribed #%s (%s)", channel.name, topic)
+            self.channels = wanted
+
+    def channel(self, ref: str) -> Channel:
+        for channel in self.channels.values():
+            if ref in (channel.name, channel.channel_id, channel.topic):
+                return channel
+        raise KeyError(ref)
+
+    async def dial_online(self, channel: Channel, online: tuple[Presence, ...]) -> None:
+        if not self.node.running or channel.topic not in {c.topic for c in self.wanted}:
+            return
+        connected = {p["peer_id"] for p in await self.p2p.peers()}
+        budget = self.config.dial_per_channel - sum(1 for p in online if p.peer_id in connected)
+        for presence in online:
+            if budget <= 0:
+                break
+            if presence.peer_id in connected or presence.peer_id == self.identity.peer_id:
+                continue
+            # Of two members that learn of each other at once, only one dials: the
+            # one with the smaller PeerId (two simultaneous dials make two connections).
+            if presence.peer_id < self.identity.peer_id:
+                continue
+            for addr in presence.addrs:
+                try:
+                    await self.p2p.connect(f"{addr}/p2p/{presence.peer_id}")
+                    budget -= 1
+                    break
+                except Exception as exc:
+                    log.info("could not dial %s at %s: %s", presence.peer_id, addr, exc)
+
+    # ---- messages ----------------------------------------------------------------------
+
+    def next_sequence_hint(self) -> int:
+        self.clock = max(self.clock + 1, int(time.time() * 1000))
+        return self.clock
+
+    async def send(
+        self, channel_ref: str, text: str, message_type: int = envelope.TEXT
+    ) -> SignedMessage:
+        channel = self.channel(channel_ref)
+        sealed = envelope.seal(
+            self.identity,
+            topic=channel.topic,
+            payload=text.encode("utf-8"),
+            sequence_hint=self.next_sequence_hint(),
+            message_type=message_type,
+        )
+        await self.p2p.publish(channel.topic, sealed.wire)
+        return sealed
+
+    async def send_invalid(self, channel_ref: str) -> bytes:
+        """Publish an envelope whose signature does not verify (test action)."""
+        channel = self.channel(channel_ref)
+        sealed = envelope.seal(
+            self.identity,
+            topic=channel.topic,
+            payload=b"tampered",
+            sequence_hint=self.next_sequence_hint(),
+            message_type=envelope.TEST,
+        )
+        corrupted = sealed.wire[:-1] + bytes(
+            [sealed.wire[-1] ^ 0x01]
+        )  # payload changed after signing
+        await self.p2p.publish_unchecked(channel.topic, corrupted)
+        return sealed.id
+
+    def received(self, message: SignedMessage, from_peer: str, received_at: float) -> None:
+        self.clock = max(self.clock, message.sequence_hint)
+        stats = self.topic_stats.setdefault(message.topic, TopicStats())
+        stats.messages += 1
+        stats.last_received = received_at
+        if not self.tails:
+            return
+        line = self.describe(message, received_at)
+        for tail in list(self.tails):
+            if tail.topic not in (None, message.topic):
+                continue
+            if tail.queue.full():
+                tail.queue.get_nowait()
+                tail.dropped += 1
+            tail.queue.put_nowait(line)
+
+    def describe(self, message: SignedMessage, received_at: float) -> dict[str, Any]:
+        member = self.members.by_key.get(message.sender_pubkey)
+        channel = self.channels.get(message.topic)
+        return {
+            "channel": channel.name if channel else message.topic,
+            "sender": member.display_name
+            if member
+            else "server"
+            if self._is_server(message)
+            else "?",
+            "sender_peer_id": member.peer_id if member else "",
+            "text": message.text,
+            "timestamp": message.timestamp,
+            "sequence_hint": message.sequence_hint,
+            "id": message.id.hex(),
+            "received_at": received_at,
+        }
+
+    def _is_server(self, message: SignedMessage) -> bool:
+        return (
+            self.members.allows_key(message.sender_pubkey)
+            and message.sender_pubkey not in self.members.by_key
+        )
+
+    @contextlib.asynccontextmanager
+    async def tail(self, topic: str | None) -> AsyncIterator[TailSubscriber]:
+        subscriber = TailSubscriber(topic)
+        self.tails.add(subscriber)
+        try:
+            yield subscriber
+        finally:
+            self.tails.discard(subscriber)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "topics": {
+                (self.channels[t].name if t in self.channels else t): {
+                    "messages": s.messages,
+                    "last_received": s.last_received,
+                }
+                for t, s in self.topic_stats.items()
+            },
+            "subscribed": sorted(c.name for c in self.channels.values()),
+            "tails": len(self.tails),
+        }
