@@ -128,11 +128,8 @@ def test_a_non_member_process_cannot_join_the_mesh(community: Community, tmp_pat
     directory = tmp_path / "mallory"
     assert united("init", "--role", "client", "--dir", str(directory)).returncode == 0
     config = directory / "united.toml"
-    add_to_table(
-        config,
-        "discovery",
-        f'server_url = "{json.loads(united("ctl", "-c", str(server.config), "invite", "--json").stdout)["url"]}"\n',
-    )
+    url = server.ctl("invite")["url"]
+    add_to_table(config, "discovery", f'server_url = "{url}"\n')
     mallory = NodeProcess("mallory", config)
     mallory.start()
     try:
