@@ -79,8 +79,8 @@ class Result:
 # ---- UNITED ------------------------------------------------------------------------
 
 
-async def run_united(n: int, messages: int, rate: float, base: Path) -> Result:
-    community = Community(base)
+async def run_united(n: int, messages: int, rate: float, base: Path, d: int) -> Result:
+    community = Community(base, mesh_settings=f"d = {d}\nd_lo = {max(1, d - 1)}\nd_hi = {d + 2}\n")
     nodes: list[NodeProcess] = []
     try:
         community.start_server()
@@ -178,8 +178,8 @@ class RawNode:
             await self.proc.wait()
 
 
-async def run_raw(n: int, messages: int, rate: float, dial_per_member: int = 4) -> Result:
-    nodes = [await RawNode.start() for _ in range(n + 1)]
+async def run_raw(n: int, messages: int, rate: float, d: int, dial_per_member: int = 4) -> Result:
+    nodes = [await RawNode.start(d) for _ in range(n + 1)]
     server, members = nodes[0], nodes[1:]
     try:
         for i, member in enumerate(members):
@@ -242,6 +242,7 @@ async def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--d", type=int, default=4, help="gossipsub D (D_lo D-1, D_hi D+2)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     print(
@@ -250,8 +251,8 @@ async def main() -> None:
     report = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix=f"united-bench-{n}-") as tmp:
-            united = await run_united(n, args.messages, args.rate, Path(tmp))
-        raw = await run_raw(n, args.messages, args.rate)
+            united = await run_united(n, args.messages, args.rate, Path(tmp), args.d)
+        raw = await run_raw(n, args.messages, args.rate, args.d)
         print(f"N = {n} members + server")
         print(row("UNITED", united))
         print(row("raw", raw))

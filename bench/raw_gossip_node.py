@@ -1,7 +1,7 @@
 """A bare py-libp2p gossipsub node: the reference for bench/mesh_latency.py.
 
-Configured like UNITED's host (TCP, Noise, Yamux, gossipsub v1.1 then v1.0, D=4,
-D_lo 3, D_hi 6, heartbeat 1 s, strict signing, spam/eclipse protection and
+Configured like UNITED's host (TCP, Noise, Yamux, gossipsub v1.1 then v1.0, D=4
+(or argv[1]), D_lo D-1, D_hi D+2, heartbeat 1 s, strict signing, spam/eclipse protection and
 adaptive gossip off, one connection per peer) but with no envelope, no
 validator, no membership and no asyncio bridge.
 
