@@ -25,6 +25,9 @@ SERVER_EXTRA = '[directory]\nlisten_host = "127.0.0.1"\nlisten_port = 0\n'
 
 
 def server_config(tmp_path: Path, extra: str = "", plugins: tuple[str, ...] = ()) -> Path:
+    existing = tmp_path / "server" / "united.toml"
+    if existing.exists():
+        return existing
     return make_node_dir(
         tmp_path,
         "server",
@@ -529,3 +532,59 @@ def test_hook_united_register_cli_commands(tmp_path: Path) -> None:
     result = run_cli("join", "http://nope", "code", "--dir", str(tmp_path / "x"))
     assert result.returncode == 2 and "ws://" in result.stderr
     assert str(TOY_PLUGINS)  # the toy plugins add none: only installed plugins count
+
+
+def test_silent_sessions_are_closed_and_capped_per_address(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        extra = "login_timeout = 1.0\nmax_sessions_per_address = 3\n"
+        async with server(tmp_path, extra) as (_, service, url):
+            http, ws, _ = await raw_session(url)
+            started = asyncio.get_running_loop().time()
+            await replies_until_close(ws)  # nothing sent: closed by the login timeout
+            assert asyncio.get_running_loop().time() - started < 4
+            await http.close()
+            held = [await raw_session(url) for _ in range(3)]
+            http4, _, first = await raw_session(url)
+            assert first.WhichOneof("body") == "error"
+            assert first.error.code == E.ERROR_CODE_RATE_LIMITED
+            await http4.close()
+            for h, _, _ in held:
+                await h.close()
+            # Closed sessions free their places.
+            await asyncio.sleep(0.2)
+            client, _, _, _ = await registered(url, service, "after")
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_registrations_cannot_reuse_an_invite(tmp_path: Path) -> None:
+    """Writes are serialised: a failed registration's rollback cannot undo another's."""
+
+    async def scenario() -> None:
+        async with server(tmp_path) as (_, service, url):
+            code = (await service.create_invite())["code"]
+            clients = [await DirectoryClient.connect(url) for _ in range(6)]
+
+            async def attempt(client: DirectoryClient, i: int) -> bool:
+                try:
+                    await client.register(
+                        Identity.generate(), f"racer{i}", code if i % 2 else "bogus"
+                    )
+                    return True
+                except DirectoryError:
+                    return False
+
+            results = await asyncio.gather(*(attempt(c, i) for i, c in enumerate(clients)))
+            assert sum(results) == 1
+            for client in clients:
+                await client.close()
+        # After a restart, the registry agrees: one member, the invite used.
+        async with server(tmp_path) as (_, service, url):
+            assert len(service.member_set().members) == 1
+            client = await DirectoryClient.connect(url)
+            with pytest.raises(DirectoryError):
+                await client.register(Identity.generate(), "late", code)
+            await client.close()
+
+    asyncio.run(scenario())

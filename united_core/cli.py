@@ -154,7 +154,7 @@ def _ordered(sections: dict[str, ConfigSection]) -> list[ConfigSection]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .control import ControlSocketBusy
-    from .node import Node, load_settings
+    from .node import Node, P2PRuntimeDied, load_settings
 
     settings, pm, warnings = load_settings(Path(args.config))
     _setup_logging(settings["node"].log_level)
@@ -176,6 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CLIError(str(cause), EXIT_CONFIG) from None
         if isinstance(cause, OSError | ControlSocketBusy):
             raise CLIError(f"cannot start: {cause}") from None
+        if isinstance(cause, P2PRuntimeDied):
+            raise CLIError(str(cause)) from None
         raise
     return EXIT_OK
 

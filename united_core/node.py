@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 STOPPING_HOOK_TIMEOUT = 1.0
 
 
+class P2PRuntimeDied(RuntimeError):
+    """The libp2p thread ended on its own: the node stops (exit status 1)."""
+
+
 def declared_sections(pm: pluggy.PluginManager) -> dict[str, ConfigSection]:
     from .config import ConfigError
 
@@ -161,8 +165,14 @@ class Node:
                 ready.set()
             async with asyncio.TaskGroup() as tasks:
                 pump = tasks.create_task(self._pump_events(), name="united-event-pump")
-                await self._stop.wait()
-                pump.cancel()
+                stop = tasks.create_task(self._stop.wait())
+                died = tasks.create_task(self._p2p.wait_stopped())
+                await asyncio.wait({stop, died}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (pump, stop, died):
+                    task.cancel()
+            if not self._stop.is_set():
+                log.error("the P2P runtime stopped unexpectedly; stopping the node")
+                raise P2PRuntimeDied("the P2P runtime stopped unexpectedly")
         finally:
             self._running = False
             if started:

@@ -29,6 +29,18 @@ class Config:
     max_failed_auth_per_minute: int = setting(
         20, "Failed logins per remote address per minute.", min=1, max=100_000
     )
+    login_timeout: float = setting(
+        30.0, "Seconds a connection may stay without logging in.", min=1, max=600
+    )
+    max_sessions_per_address: int = setting(
+        64, "Open WebSocket sessions allowed from one remote address.", min=1, max=100_000
+    )
+    send_timeout: float = setting(
+        10.0,
+        "Seconds a slow reader may hold up a frame before its session is dropped.",
+        min=0.5,
+        max=300,
+    )
     members_create_channels: bool = setting(False, "Whether members may create channels.")
     announce_addrs: tuple[str, ...] = setting(
         (), "libp2p addresses given to members (default: the host's, 0.0.0.0 made concrete)."

@@ -6,18 +6,25 @@ usable invite. Every write is one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import aiosqlite
 
 from united_core.identity import peer_id_from_public_key
 from united_core.members import Member
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,9 +79,24 @@ def _hash_code(code: str) -> bytes:
     return hashlib.sha256(code.strip().encode()).digest()
 
 
+def _serialized(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Run a write method alone: all sessions share one connection, hence one
+    transaction, and a rollback in one request must not undo another's writes."""
+
+    @functools.wraps(method)
+    async def locked(*args: P.args, **kwargs: P.kwargs) -> T:
+        registry = args[0]
+        assert isinstance(registry, Registry)
+        async with registry._write_lock:
+            return await method(*args, **kwargs)
+
+    return locked
+
+
 class Registry:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Registry:
@@ -89,6 +111,7 @@ class Registry:
     async def close(self) -> None:
         await self._db.close()
 
+    @_serialized
     async def server_id(self) -> str:
         """This server's stable id (scopes topics); created on first use."""
         async with self._db.execute("SELECT value FROM meta WHERE key='server_id'") as cur:
@@ -137,6 +160,7 @@ class Registry:
             raise RegistryError("ambiguous", f"{ref!r} names several members; use the member id")
         return Member(rows[0][0], rows[0][1], bytes(rows[0][2]), rows[0][3]) if rows else None
 
+    @_serialized
     async def register(
         self, public_key: bytes, display_name: str, invite_code: str | None
     ) -> Member:
@@ -174,6 +198,7 @@ class Registry:
         ) as cur:
             return await cur.fetchone() is not None
 
+    @_serialized
     async def rotate_key(self, member: Member, new_key: bytes) -> Member:
         if await self._key_known(new_key):
             raise RegistryError("exists", "the new key is already in use")
@@ -195,6 +220,7 @@ class Registry:
             raise
         return rotated
 
+    @_serialized
     async def remove_member(self, member_id: str) -> None:
         await self._db.execute(
             "UPDATE members SET removed_at=? WHERE member_id=? AND removed_at IS NULL",
@@ -205,6 +231,7 @@ class Registry:
 
     # ---- invites -------------------------------------------------------------------
 
+    @_serialized
     async def create_invite(self, ttl: float) -> tuple[str, float]:
         # Base32: 120 bits, letters and digits only (a code starting with "-" would
         # read as an option on the `united join` command line).
@@ -224,6 +251,7 @@ class Registry:
         ) as cur:
             return [ChannelRecord(r[0], r[1]) for r in await cur.fetchall()]
 
+    @_serialized
     async def create_channel(self, name: str) -> ChannelRecord:
         record = ChannelRecord(str(uuid.uuid4()), name)
         try:
@@ -251,12 +279,14 @@ class Registry:
         ) as cur:
             return [ChannelRecord(r[0], r[1]) for r in await cur.fetchall()]
 
+    @_serialized
     async def join(self, member_id: str, channel_id: str) -> None:
         await self._db.execute(
             "INSERT OR IGNORE INTO channel_members VALUES (?, ?)", (channel_id, member_id)
         )
         await self._db.commit()
 
+    @_serialized
     async def leave(self, member_id: str, channel_id: str) -> None:
         await self._db.execute(
             "DELETE FROM channel_members WHERE channel_id=? AND member_id=?",

@@ -47,6 +47,8 @@ E = pb.ErrorCode
 class Session:
     ws: web.WebSocketResponse
     remote: str
+    request: web.Request
+    send_timeout: float
     nonce: bytes | None = None
     nonce_expires: float = 0.0
     failures: int = 0
@@ -55,11 +57,20 @@ class Session:
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, frame: pb.ServerFrame) -> None:
+        """Send, or drop the session if its reader is too slow (it must not stall
+        pushes to everyone else)."""
         if self.ws.closed:
             return
-        async with self.send_lock:
-            with contextlib.suppress(ConnectionError, RuntimeError):
+        try:
+            async with asyncio.timeout(self.send_timeout), self.send_lock:
                 await self.ws.send_bytes(frame.SerializeToString())
+        except TimeoutError:
+            log.warning("dropping the session from %s: it does not read its frames", self.remote)
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+        except (ConnectionError, RuntimeError):
+            pass
 
 
 class SessionClosed(Exception):
@@ -82,6 +93,7 @@ class DirectoryService:
         self._channel_members: dict[str, set[str]] = collections.defaultdict(set)
         self._members: dict[str, Member] = {}
         self._failures: dict[str, collections.deque[float]] = {}
+        self._closers: set[asyncio.Task[Any]] = set()
         self.frames_handled = 0
         self.errors_sent = 0
 
@@ -209,11 +221,20 @@ class DirectoryService:
         # aiohttp closes (1009) past twice our bound; between the two we answer TOO_LARGE.
         ws = web.WebSocketResponse(max_msg_size=2 * self.config.max_frame_bytes, heartbeat=30)
         await ws.prepare(request)
-        session = Session(ws, request.remote or "?")
+        session = Session(ws, request.remote or "?", request, self.config.send_timeout)
         self._sessions.add(session)
+        login_timer = asyncio.get_running_loop().call_later(
+            self.config.login_timeout, self._login_expired, session
+        )
         try:
             if self._rate_limited(session.remote):
                 await self._error(session, 0, E.ERROR_CODE_RATE_LIMITED, "too many failed logins")
+                return ws
+            same_address = sum(1 for s in self._sessions if s.remote == session.remote)
+            if same_address > self.config.max_sessions_per_address:
+                await self._error(
+                    session, 0, E.ERROR_CODE_RATE_LIMITED, "too many sessions from this address"
+                )
                 return ws
             await self._challenge(session)
             async for msg in ws:
@@ -232,11 +253,21 @@ class DirectoryService:
         except Exception:
             log.exception("directory session from %s failed", session.remote)
         finally:
+            login_timer.cancel()
             self._sessions.discard(session)
             await self._went_offline(session)
             with contextlib.suppress(Exception):
                 await ws.close()
         return ws
+
+    def _login_expired(self, session: Session) -> None:
+        if session.member is None and not session.ws.closed:
+            log.info("closing a session from %s that never logged in", session.remote)
+            task = asyncio.get_running_loop().create_task(
+                session.ws.close(code=4008, message=b"login timeout")
+            )
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
 
     async def _challenge(self, session: Session) -> None:
         session.nonce = secrets.token_bytes(frames.NONCE_BYTES)

@@ -147,6 +147,7 @@ class DiscoveryService:
         self.sessions = 0
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
+        self._pushes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self.cache.load():
@@ -159,10 +160,23 @@ class DiscoveryService:
         self._task = asyncio.create_task(self._keep_session(), name="united-discovery")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._pushes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+
+    def _spawn(self, coro: Any) -> None:
+        """Handle a push in its own task, kept so stop() can cancel it."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pushes.add(task)
+        task.add_done_callback(self._push_done)
+
+    def _push_done(self, task: asyncio.Task[None]) -> None:
+        self._pushes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("handling a push from the server failed: %r", task.exception())
 
     async def _announce_to_plugins(self) -> None:
         hook = self.node.pm.hook
@@ -238,13 +252,13 @@ class DiscoveryService:
         if kind == "member_list":
             self.cache.members = [member_from_pb(m) for m in frame.member_list.members]
             self.cache.save()
-            asyncio.get_running_loop().create_task(self._announce_members())
+            self._spawn(self._announce_members())
         elif kind == "presence":
             self.presence[frame.presence.channel_id] = [
                 {"member_id": p.member_id, "peer_id": p.peer_id, "addrs": list(p.addrs)}
                 for p in frame.presence.online
             ]
-            asyncio.get_running_loop().create_task(self._announce_presence(frame.presence))
+            self._spawn(self._announce_presence(frame.presence))
         elif kind == "error":
             log.warning("the server says: %s", frame.error.message)
 

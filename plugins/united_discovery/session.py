@@ -48,6 +48,7 @@ class DirectoryClient:
         self._pending: dict[int, asyncio.Future[pb.ServerFrame]] = {}
         self._challenge: asyncio.Future[pb.Challenge] = asyncio.get_running_loop().create_future()
         self.server_id = ""
+        self.logged_in = False
         self.closed = asyncio.Event()
         self._reader = asyncio.create_task(self._read(), name="united-directory-reader")
 
@@ -106,7 +107,12 @@ class DirectoryClient:
                 self._challenge = asyncio.get_running_loop().create_future()
             self._challenge.set_result(frame.challenge)
             return
-        if kind == "error" and frame.request_id == 0 and not self._challenge.done():
+        if (
+            kind == "error"
+            and frame.request_id == 0
+            and not self.logged_in
+            and not self._challenge.done()
+        ):
             # Refused before any challenge (rate limited): that is why the login fails.
             self._challenge.set_exception(DirectoryError(frame.error.code, frame.error.message))
             self._challenge.exception()
@@ -159,6 +165,7 @@ class DirectoryClient:
                 )
             )
         )
+        self.logged_in = True
         return reply.welcome
 
     async def register(self, identity: Identity, display_name: str, invite_code: str) -> pb.Welcome:
@@ -177,6 +184,7 @@ class DirectoryClient:
                 )
             )
         )
+        self.logged_in = True
         return reply.welcome
 
     async def rotate_key(self, old: Identity, new: Identity, member_id: str) -> None:

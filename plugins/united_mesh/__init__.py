@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from united_core.envelope import SignedMessage
     from united_core.members import Channel, MemberSet, Presence
     from united_core.node import Node
-    from united_core.p2p.options import HostOptions
+    from united_core.p2p.options import HostOptions, Verdict
 
 
 class Container(containers.DeclarativeContainer):
@@ -103,6 +103,11 @@ def united_message_received(
     node: Node, message: SignedMessage, from_peer: str, received_at: float
 ) -> None:
     _mesh(node).received(message, from_peer, received_at)
+
+
+@hookimpl
+def united_validate_message(node: Node, message: SignedMessage, from_peer: str) -> Verdict | None:
+    return _mesh(node).judge(message)
 
 
 @hookimpl

@@ -22,7 +22,16 @@ class Config:
     gossip_window: int = setting(3, "Heartbeats of history gossiped about (IHAVE).", min=1, max=100)
     gossip_history: int = setting(5, "Heartbeats of messages kept for IWANT.", min=1, max=1000)
     seen_ttl: int = setting(
-        120, "Seconds a message id is remembered (duplicates dropped).", min=1, max=86400
+        600, "Seconds a message id is remembered (duplicates dropped).", min=10, max=86400
+    )
+    max_message_age: float = setting(
+        300.0,
+        "Envelopes older than this (by their timestamp) are dropped as replays.",
+        min=5,
+        max=86400,
+    )
+    max_future_skew: float = setting(
+        120.0, "Envelopes stamped further in the future are rejected.", min=1, max=86400
     )
     dial_per_channel: int = setting(
         4, "Online members dialed per channel, to fill its mesh (plus the server).", min=0, max=64
@@ -53,6 +62,8 @@ class Config:
     )
 
     def validate(self) -> None:
+        if self.max_message_age >= self.seen_ttl:
+            raise ConfigValueError("max_message_age", "must be below seen_ttl (replay window)")
         if not self.d_lo <= self.d <= self.d_hi:
             raise ConfigValueError("d", "must satisfy d_lo <= d <= d_hi")
         if not self.graylist_threshold <= self.publish_threshold <= self.gossip_threshold:

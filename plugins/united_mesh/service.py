@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from united_core import envelope
 from united_core.envelope import SignedMessage
 from united_core.members import Channel, MemberSet, Presence
+from united_core.p2p.options import Verdict
 
 from .config import Config
 
@@ -155,7 +156,10 @@ class MeshService:
         return sealed.id
 
     def received(self, message: SignedMessage, from_peer: str, received_at: float) -> None:
-        self.clock = max(self.clock, message.sequence_hint)
+        # Follow others' counters, but never past "now + the allowed skew": one
+        # member's huge hint must not push everyone's counter out of range.
+        ceiling = int(time.time() * 1000) + int(self.config.max_future_skew * 1000)
+        self.clock = max(self.clock, min(message.sequence_hint, ceiling))
         stats = self.topic_stats.setdefault(message.topic, TopicStats())
         stats.messages += 1
         stats.last_received = received_at
@@ -169,6 +173,21 @@ class MeshService:
                 tail.queue.get_nowait()
                 tail.dropped += 1
             tail.queue.put_nowait(line)
+
+    def judge(self, message: SignedMessage) -> Verdict | None:
+        """Freshness: replays of old envelopes and envelopes from the future are dropped.
+
+        The seen-message cache forgets ids after ``seen_ttl``; refusing envelopes
+        older than ``max_message_age`` (< ``seen_ttl``) closes that replay window.
+        """
+        now_ms = time.time() * 1000
+        if message.timestamp > now_ms + self.config.max_future_skew * 1000:
+            return Verdict.REJECT
+        if message.sequence_hint > now_ms + self.config.max_future_skew * 1000:
+            return Verdict.REJECT
+        if message.timestamp < now_ms - self.config.max_message_age * 1000:
+            return Verdict.IGNORE
+        return None
 
     def describe(self, message: SignedMessage, received_at: float) -> dict[str, Any]:
         member = self.members.by_key.get(message.sender_pubkey)

@@ -207,6 +207,7 @@ class P2PRuntime:
         try:
             await started
         except BaseException:
+            self._signal_stop()  # e.g. start() itself was cancelled
             await self._join()
             raise
         self.started_at = time.time()
@@ -216,13 +217,21 @@ class P2PRuntime:
         if self._thread is None or self._done is None:
             return
         self._accepting = False
+        self._signal_stop()
+        await self._join()
+
+    def _signal_stop(self) -> None:
         token, stop_event = self._token, self._stop_event
         if token is not None and stop_event is not None:
             try:
                 token.run_sync_soon(stop_event.set)
             except trio.RunFinishedError:
                 pass
-        await self._join()
+
+    async def wait_stopped(self) -> None:
+        """Return when the trio thread has ended (after stop(), or because it failed)."""
+        if self._done is not None:
+            await asyncio.shield(self._done)
 
     async def _join(self) -> None:
         assert self._done is not None and self._thread is not None
@@ -253,6 +262,8 @@ class P2PRuntime:
     async def _trio_main(self, started: asyncio.Future[None]) -> None:
         bind_counters(self.counters)
         self._stop_event = trio.Event()
+        # Reachable at once, so stop() works even while the host is still starting.
+        self._token = trio.lowlevel.current_trio_token()
         self._credits = trio.Semaphore(self.options.inbound_queue_size)
         inbox_send, inbox_recv = trio.open_memory_channel[MessageReceived](
             self.options.inbound_queue_size
@@ -273,7 +284,6 @@ class P2PRuntime:
                             if self._on_host_started is not None:
                                 self._on_host_started(self._ctx)
                             self.listen_addrs = [str(a) for a in host.get_addrs()]
-                            self._token = trio.lowlevel.current_trio_token()
                             self._accepting = True
                             self._post(_settle, started, None, None)
                             await self._stop_event.wait()
@@ -336,6 +346,9 @@ class P2PRuntime:
             msg_id_constructor=lambda msg: message_id_from_wire(msg.data),
             strict_signing=True,
             seen_ttl=g.seen_ttl,
+            # A cached "valid" verdict skips our validator (membership included):
+            # it must never outlive the seen-message cache that stops replays.
+            validation_cache_ttl=min(300, g.seen_ttl),
         )
         return host, pubsub, gossipsub
 
@@ -423,13 +436,13 @@ class P2PRuntime:
             raise RuntimeStopped("the P2P runtime is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        scope_box: list[trio.CancelScope] = []
+        handle = _CallHandle()
 
         def spawn() -> None:
             if not self._accepting or self._nursery is None:
                 self._post(_settle, future, None, RuntimeStopped("the P2P runtime is stopping"))
                 return
-            self._nursery.start_soon(self._run_call, future, scope_box, fn, args)
+            self._nursery.start_soon(self._run_call, future, handle, fn, args)
 
         try:
             token.run_sync_soon(spawn)
@@ -439,7 +452,7 @@ class P2PRuntime:
             return await future
         except asyncio.CancelledError:
             try:
-                token.run_sync_soon(_cancel_box, scope_box)
+                token.run_sync_soon(handle.cancel)
             except trio.RunFinishedError:
                 pass
             raise
@@ -447,12 +460,14 @@ class P2PRuntime:
     async def _run_call(
         self,
         future: asyncio.Future[Any],
-        scope_box: list[trio.CancelScope],
+        handle: _CallHandle,
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
     ) -> None:
         with trio.CancelScope() as scope:
-            scope_box.append(scope)
+            handle.scope = scope
+            if handle.cancelled:  # the caller gave up before this task ran
+                scope.cancel()
             try:
                 result = await fn(*args)
             except trio.Cancelled:
@@ -547,8 +562,12 @@ class P2PRuntime:
             try:
                 await finished.wait()
             finally:
+                failed = not cf.done() or cf.cancelled() or cf.exception() is not None
                 if not cf.done():
                     cf.cancel()
+                elif not cf.cancelled() and cf.exception() is not None:
+                    log.warning("stream handler for %s failed: %r", protocol, cf.exception())
+                if failed:
                     with trio.CancelScope(shield=True):
                         await stream.reset()
 
@@ -718,9 +737,17 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_result(result)
 
 
-def _cancel_box(scope_box: list[trio.CancelScope]) -> None:
-    for scope in scope_box:
-        scope.cancel()
+class _CallHandle:
+    """Lets an asyncio caller cancel its trio task, even before the task has run."""
+
+    def __init__(self) -> None:
+        self.scope: trio.CancelScope | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 def _run_sync_soon_quietly(token: trio.lowlevel.TrioToken, fn: Callable[[], object]) -> None:
