@@ -154,10 +154,11 @@ class RawNode:
         self.addr = addr
 
     @classmethod
-    async def start(cls) -> RawNode:
+    async def start(cls, d: int) -> RawNode:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(BENCH / "raw_gossip_node.py"),
+            str(d),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
