@@ -250,7 +250,8 @@ async def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     print(
-        f"mesh_latency: {args.messages} messages at {args.rate:g} msg/s per size; 200-byte payloads"
+        f"mesh_latency: {args.messages} messages at {args.rate:g} msg/s per size; "
+        f"200-byte payloads; D={args.d}"
     )
     report = []
     for n in args.sizes:
