@@ -18,7 +18,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_and_preset_values(tmp_path: Path) -> None:
     settings, _, warnings = load_settings(make_node_dir(tmp_path, role="server", plugins=None))
     assert settings["node"].plugin_set == "server"
-    assert settings["node"].plugins == ("ping", "membership", "directory", "mesh")
+    assert settings["node"].plugins == ("ping", "membership", "directory", "mesh", "archive")
     assert settings["mesh"].d == 4 and settings["mesh"].heartbeat_interval == 1.0
     assert settings["directory"].registration == "invite"
     assert settings["p2p"].gossipsub_protocols == ("/meshsub/1.1.0", "/meshsub/1.0.0")

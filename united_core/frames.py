@@ -7,11 +7,18 @@ the byte strings that get signed are defined once, next to the schema.
 from __future__ import annotations
 
 import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
 from .identity import verify_signature
 from .wire import frames_pb2
+
+if TYPE_CHECKING:
+    from .members import Member, MemberSet
+    from .node import Node
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 256 * 1024
@@ -122,3 +129,28 @@ def clean_addrs(addrs: list[str]) -> list[str]:
 
 def topic_for(server_id: str, channel_id: str) -> str:
     return f"united/{server_id}/{channel_id}"
+
+
+@dataclass(frozen=True)
+class FrameContext:
+    """What a plugin's frame handler learns about the session and the directory."""
+
+    member: Member
+    server_id: str
+    members: MemberSet
+    topic_of: Callable[[str], str | None]  # channel id -> topic, None if unknown
+    channel_of: Callable[[str], str | None]  # topic -> channel id, None if unknown
+
+
+FrameHandlerFn = Callable[
+    ["Node", FrameContext, frames_pb2.ClientFrame], Awaitable[frames_pb2.ServerFrame]
+]
+
+
+@dataclass(frozen=True)
+class FrameHandler:
+    """Serves one kind of client frame (the ``oneof`` name, e.g. ``"history"``) for
+    logged-in members; raise :class:`FrameError` to answer with an error frame."""
+
+    kind: str
+    handler: FrameHandlerFn

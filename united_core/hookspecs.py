@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .containers import PluginContainer
     from .control import ControlCommand
     from .envelope import SignedMessage
+    from .frames import FrameHandler
     from .members import Channel, MemberSet, Presence
     from .node import Node
     from .p2p.options import HostOptions, Verdict
@@ -107,6 +108,17 @@ def united_register_cli_commands() -> list[CliCommand]:
     run before any ``united.toml`` exists (``united join`` writes one).
 
     :returns: a list of :class:`~united_core.cli.CliCommand`.
+    """
+
+
+@hookspec
+def united_register_frame_handlers() -> list[FrameHandler]:
+    """Serve kinds of directory WebSocket frames (``history``, ``submit``, ...).
+
+    The directory plugin authenticates the session and calls the handler for the
+    frame kinds it does not serve itself; the reply gets the request's id.
+
+    :returns: a list of :class:`~united_core.frames.FrameHandler`.
     """
 
 

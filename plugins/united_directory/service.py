@@ -94,6 +94,7 @@ class DirectoryService:
         self._members: dict[str, Member] = {}
         self._failures: dict[str, collections.deque[float]] = {}
         self._closers: set[asyncio.Task[Any]] = set()
+        self._plugin_handlers: dict[str, frames.FrameHandler] = {}
         self.frames_handled = 0
         self.errors_sent = 0
 
@@ -108,6 +109,9 @@ class DirectoryService:
             self._members[member.member_id] = member
             for channel in await self.registry.joined_channels(member.member_id):
                 self._channel_members[channel.channel_id].add(member.member_id)
+        self._plugin_handlers = {
+            h.kind: h for batch in self.node.pm.hook.united_register_frame_handlers() for h in batch
+        }
         app = web.Application()
         app.router.add_get("/ws", self._handle_ws)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -306,12 +310,18 @@ class DirectoryService:
                     raise SessionClosed
                 return
             handler = self._handlers.get(kind or "")
-            if handler is None:
+            if handler is not None:
+                await handler(self, session, frame)
+                return
+            plugin_handler = self._plugin_handlers.get(kind or "")
+            if plugin_handler is None:
                 await self._error(
                     session, rid, E.ERROR_CODE_UNEXPECTED, f"{kind} is not served here"
                 )
                 return
-            await handler(self, session, frame)
+            reply = await plugin_handler.handler(self.node, self._context(session), frame)
+            reply.request_id = rid
+            await session.send(reply)
         except frames.FrameError as exc:
             await self._error(session, rid, exc.code, str(exc))
         except RegistryError as exc:
@@ -319,6 +329,25 @@ class DirectoryService:
                 E.ERROR_CODE_INVITE_INVALID if exc.reason == "invite" else E.ERROR_CODE_UNEXPECTED
             )
             await self._error(session, rid, code, str(exc))
+
+    def _context(self, session: Session) -> frames.FrameContext:
+        assert session.member is not None
+        by_topic = {frames.topic_for(self.server_id, c): c for c in self._channels}
+
+        def topic_of(channel_id: str) -> str | None:
+            return (
+                frames.topic_for(self.server_id, channel_id)
+                if channel_id in self._channels
+                else None
+            )
+
+        return frames.FrameContext(
+            member=session.member,
+            server_id=self.server_id,
+            members=self.member_set(),
+            topic_of=topic_of,
+            channel_of=by_topic.get,
+        )
 
     async def _on_hello(self, session: Session, frame: pb.ClientFrame) -> None:
         if frame.hello.protocol_version != frames.PROTOCOL_VERSION:

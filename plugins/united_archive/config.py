@@ -1,0 +1,20 @@
+"""``[archive]``: the server's message store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from united_core.config import setting
+
+
+@dataclass(frozen=True)
+class Config:
+    database: str = setting("archive.sqlite3", "Message store, inside [node] data_dir.")
+    batch_max: int = setting(1000, "Most messages written in one transaction.", min=1, max=100_000)
+    batch_wait_ms: float = setting(
+        2.0, "How long a write waits for more messages to batch with, in ms.", min=0.0, max=1000
+    )
+    page_max: int = setting(500, "Most messages in one history page.", min=1, max=10_000)
+    queue_max: int = setting(
+        10_000, "Messages waiting to be written before receivers are slowed.", min=1, max=1_000_000
+    )

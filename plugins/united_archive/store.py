@@ -1,0 +1,148 @@
+"""The archive: every accepted envelope once, with a per-channel sequence number.
+
+Sequence numbers are assigned inside the write transaction that stores the
+message, from a per-topic head kept in memory and in ``heads``. A message is
+*acknowledged* once that transaction has committed: with WAL, a committed
+transaction survives a SIGKILL of the server (``synchronous=NORMAL`` gives up
+only the last transactions on a power loss, not on a process crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from united_core.envelope import SignedMessage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id BLOB PRIMARY KEY,
+    topic TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sender BLOB NOT NULL,
+    sequence_hint INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    wire BLOB NOT NULL,
+    stored_at REAL NOT NULL,
+    UNIQUE (topic, seq)
+);
+CREATE TABLE IF NOT EXISTS heads (topic TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: bytes
+    topic: str
+    seq: int
+    new: bool  # False: the archive already had it (it keeps its number)
+
+
+@dataclass(frozen=True)
+class Page:
+    messages: list[tuple[int, bytes]]  # (seq, envelope wire)
+    next_seq: int  # where the next page starts; 0 when this is the last
+    last_seq: int  # the channel's highest sequence number
+
+
+class ArchiveStore:
+    def __init__(self, db: aiosqlite.Connection, heads: dict[str, int]) -> None:
+        self._db = db
+        self._heads = heads
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> ArchiveStore:
+        db = await aiosqlite.connect(path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.executescript(SCHEMA)
+        await db.commit()
+        async with db.execute("SELECT topic, last_seq FROM heads") as cur:
+            heads = {row[0]: int(row[1]) for row in await cur.fetchall()}
+        return cls(db, heads)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    def last_seq(self, topic: str) -> int:
+        return self._heads.get(topic, 0)
+
+    async def append(self, messages: list[SignedMessage]) -> list[Stored]:
+        """Store ``messages`` in the given order, in one transaction; idempotent by id.
+
+        One lookup for the ids already stored and one ``executemany`` per batch:
+        aiosqlite runs each statement on its own thread, so per-message
+        statements would cost a thread hop each.
+        """
+        async with self._lock:
+            known = await self._known([m.id for m in messages])
+            heads = dict(self._heads)
+            out: list[Stored] = []
+            rows = []
+            now = time.time()
+            for m in messages:
+                if m.id in known:
+                    topic, seq = known[m.id]
+                    out.append(Stored(m.id, topic, seq, False))
+                    continue
+                seq = heads.get(m.topic, 0) + 1
+                heads[m.topic] = seq
+                known[m.id] = (m.topic, seq)  # the same message twice in one batch
+                rows.append(
+                    (m.id, m.topic, seq, m.sender_pubkey, m.sequence_hint, m.timestamp, m.wire, now)
+                )
+                out.append(Stored(m.id, m.topic, seq, True))
+            if not rows:
+                return out
+            try:
+                await self._db.executemany(
+                    "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
+                await self._db.executemany(
+                    "INSERT INTO heads VALUES (?, ?) "
+                    "ON CONFLICT(topic) DO UPDATE SET last_seq=excluded.last_seq",
+                    [(t, s) for t, s in heads.items() if s != self._heads.get(t)],
+                )
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+            self._heads = heads
+            return out
+
+    async def _known(self, ids: list[bytes]) -> dict[bytes, tuple[str, int]]:
+        found: dict[bytes, tuple[str, int]] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self._db.execute(
+                f"SELECT id, topic, seq FROM messages WHERE id IN ({marks})", chunk
+            ) as cur:
+                for row in await cur.fetchall():
+                    found[bytes(row[0])] = (row[1], int(row[2]))
+        return found
+
+    async def page(self, topic: str, from_seq: int, limit: int) -> Page:
+        """Messages with ``seq >= from_seq``, in order; holes are simply skipped."""
+        async with self._db.execute(
+            "SELECT seq, wire FROM messages WHERE topic=? AND seq>=? ORDER BY seq LIMIT ?",
+            (topic, max(1, from_seq), limit),
+        ) as cur:
+            rows = [(int(r[0]), bytes(r[1])) for r in await cur.fetchall()]
+        last = self.last_seq(topic)
+        next_seq = rows[-1][0] + 1 if len(rows) == limit and rows[-1][0] < last else 0
+        return Page(rows, next_seq, last)
+
+    async def count(self, topic: str | None = None) -> int:
+        query, args = ("SELECT COUNT(*) FROM messages", ())
+        if topic is not None:
+            query, args = ("SELECT COUNT(*) FROM messages WHERE topic=?", (topic,))  # type: ignore[assignment]
+        async with self._db.execute(query, args) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0

@@ -1,0 +1,236 @@
+"""The server archive: real SQLite files, a real server node, real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import running_node
+from test_directory import registered, server_config
+from united_archive.store import ArchiveStore
+from united_discovery.session import DirectoryClient, DirectoryError
+
+from united_core import envelope
+from united_core.identity import Identity
+from united_core.testing import Community
+from united_core.wire import frames_pb2 as pb
+
+E = pb.ErrorCode
+ALICE, BOB = Identity.generate(), Identity.generate()
+
+
+def seal(identity: Identity, topic: str, text: str, hint: int) -> envelope.SignedMessage:
+    return envelope.seal(identity, topic=topic, payload=text.encode(), sequence_hint=hint)
+
+
+def test_store_assigns_numbers_per_channel_once_and_keeps_them(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await ArchiveStore.open(tmp_path / "a.sqlite3")
+        a = [seal(ALICE, "t/a", f"a{i}", i) for i in range(5)]
+        b = [seal(BOB, "t/b", f"b{i}", i) for i in range(3)]
+        stored = await store.append([a[0], b[0], a[1], a[2], b[1]])
+        assert [(s.topic, s.seq, s.new) for s in stored] == [
+            ("t/a", 1, True),
+            ("t/b", 1, True),
+            ("t/a", 2, True),
+            ("t/a", 3, True),
+            ("t/b", 2, True),
+        ]
+        again = await store.append([a[1], a[3], a[3]])  # a duplicate, a new one, the same twice
+        assert [(s.seq, s.new) for s in again] == [(2, False), (4, True), (4, False)]
+        await store.close()
+        reopened = await ArchiveStore.open(tmp_path / "a.sqlite3")
+        assert reopened.last_seq("t/a") == 4 and reopened.last_seq("t/b") == 2
+        assert [(s.seq, s.new) for s in await reopened.append([a[4], b[2]])] == [
+            (5, True),
+            (3, True),
+        ]
+        await reopened.close()
+
+    asyncio.run(scenario())
+
+
+def test_history_pages_skip_permanent_holes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "a.sqlite3"
+        store = await ArchiveStore.open(path)
+        await store.append([seal(ALICE, "t", f"m{i}", i) for i in range(10)])
+        await store.close()
+        with sqlite3.connect(path) as db:  # seqs 3, 4 and 8 are gone for good
+            db.execute("DELETE FROM messages WHERE seq IN (3, 4, 8)")
+        store = await ArchiveStore.open(path)
+        seen, start = [], 1
+        while start:
+            page = await store.page("t", start, 3)
+            assert page.last_seq == 10
+            seen.extend(seq for seq, _ in page.messages)
+            start = page.next_seq
+        assert seen == [1, 2, 5, 6, 7, 9, 10]
+        empty = await store.page("t", 11, 3)
+        assert empty.messages == [] and empty.next_seq == 0
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_gossip_and_submissions_are_archived_once_in_lamport_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_node(server_config(tmp_path, plugins=("archive",))) as server:
+            directory = server.service("directory")
+            archive = server.service("archive")
+            url = f"ws://127.0.0.1:{directory.port}/ws"
+            channel = await directory.create_channel("general")
+            client, alice, _, _ = await registered(url, directory, "alice")
+            # A message that reached the server by gossip...
+            live = seal(alice, channel.topic, "live", 10)
+            await archive.ingest(live)
+            await archive._queue.join()
+            # ...then a submission after an outage: out of order, with that message again.
+            offline = [seal(alice, channel.topic, f"offline-{h}", h) for h in (30, 20, 40)]
+            reply = await client.request(
+                pb.ClientFrame(
+                    submit=pb.SubmitMessages(
+                        envelopes=[
+                            pb_envelope(m) for m in [offline[0], live, offline[1], offline[2]]
+                        ]
+                    )
+                )
+            )
+            assigned = {a.message_id: a.seq for a in reply.submit_result.assigned}
+            assert assigned[live.id] == 1  # kept its number
+            # (Lamport, sender) order: hints 20, 30, 40.
+            assert [assigned[m.id] for m in sorted(offline, key=lambda m: m.sequence_hint)] == [
+                2,
+                3,
+                4,
+            ]
+            # Submitting the same again changes nothing.
+            reply = await client.request(
+                pb.ClientFrame(submit=pb.SubmitMessages(envelopes=[pb_envelope(offline[0])]))
+            )
+            assert reply.submit_result.assigned[0].seq == assigned[offline[0].id]
+            # History, page by page.
+            texts, start = [], 1
+            while start:
+                page = await client.request(
+                    pb.ClientFrame(
+                        history=pb.HistoryRequest(
+                            channel_id=channel.channel_id, from_seq=start, limit=2
+                        )
+                    )
+                )
+                texts += [(m.seq, m.envelope.payload.decode()) for m in page.history_page.messages]
+                start = page.history_page.next_seq
+            assert texts == [(1, "live"), (2, "offline-20"), (3, "offline-30"), (4, "offline-40")]
+            assert archive.snapshot()["stored"] == 4
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def pb_envelope(message: envelope.SignedMessage) -> object:
+    from united_core.wire import envelope_pb2
+
+    return envelope_pb2.Envelope.FromString(message.wire)
+
+
+def test_bad_submissions_are_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_node(server_config(tmp_path, plugins=("archive",))) as server:
+            directory = server.service("directory")
+            url = f"ws://127.0.0.1:{directory.port}/ws"
+            channel = await directory.create_channel("general")
+            client, alice, _, _ = await registered(url, directory, "alice")
+            outsider = seal(Identity.generate(), channel.topic, "hi", 1)
+            nowhere = seal(alice, "united/other/x", "hi", 1)
+            forged = pb_envelope(seal(alice, channel.topic, "hi", 1))
+            forged.payload = b"changed"  # type: ignore[attr-defined]
+            for env, code in (
+                (pb_envelope(outsider), E.ERROR_CODE_NOT_A_MEMBER),
+                (pb_envelope(nowhere), E.ERROR_CODE_UNKNOWN_CHANNEL),
+                (forged, E.ERROR_CODE_BAD_SIGNATURE),
+            ):
+                with pytest.raises(DirectoryError) as info:
+                    await client.request(pb.ClientFrame(submit=pb.SubmitMessages(envelopes=[env])))
+                assert info.value.code == code
+            with pytest.raises(DirectoryError) as info:
+                await client.request(pb.ClientFrame(history=pb.HistoryRequest(channel_id="nope")))
+            assert info.value.code == E.ERROR_CODE_UNKNOWN_CHANNEL
+            assert server.service("archive").snapshot()["stored"] == 0
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_hook_united_register_frame_handlers(tmp_path: Path) -> None:
+    """Without the archive plugin, the directory does not serve history."""
+
+    async def scenario() -> None:
+        async with running_node(server_config(tmp_path)) as server:
+            directory = server.service("directory")
+            url = f"ws://127.0.0.1:{directory.port}/ws"
+            channel = await directory.create_channel("general")
+            client, _, _, _ = await registered(url, directory, "alice")
+            with pytest.raises(DirectoryError) as info:
+                await client.request(
+                    pb.ClientFrame(history=pb.HistoryRequest(channel_id=channel.channel_id))
+                )
+            assert info.value.code == E.ERROR_CODE_UNEXPECTED
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_acknowledged_submissions_survive_sigkill(tmp_path: Path) -> None:
+    """A SubmitResult is an acknowledgement: SIGKILL the server, restart it, all there."""
+    community = Community(tmp_path)
+    try:
+        server = community.start_server()
+        channel = community.create_channel("general")
+        invite = server.ctl("invite")
+
+        async def submit_then_read(kill: bool) -> list[int]:
+            client = await DirectoryClient.connect(invite["url"])
+            try:
+                if kill:
+                    welcome = await client.register(ALICE, "alice", invite["code"])
+                    assert welcome.you.member_id
+                    acked = []
+                    for batch in range(20):
+                        msgs = [
+                            seal(ALICE, channel["topic"], f"m{batch}-{i}", batch * 10 + i)
+                            for i in range(10)
+                        ]
+                        reply = await client.request(
+                            pb.ClientFrame(
+                                submit=pb.SubmitMessages(envelopes=[pb_envelope(m) for m in msgs])
+                            )
+                        )
+                        acked += [a.seq for a in reply.submit_result.assigned]
+                    return acked
+                await client.login(ALICE)
+                seqs, start = [], 1
+                while start:
+                    page = await client.request(
+                        pb.ClientFrame(
+                            history=pb.HistoryRequest(
+                                channel_id=channel["channel_id"], from_seq=start
+                            )
+                        )
+                    )
+                    seqs += [m.seq for m in page.history_page.messages]
+                    start = page.history_page.next_seq
+                return seqs
+            finally:
+                await client.close()
+
+        acked = asyncio.run(submit_then_read(kill=True))
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+        server.start()
+        assert asyncio.run(submit_then_read(kill=False)) == sorted(acked) == list(range(1, 201))
+    finally:
+        community.stop()
