@@ -19,7 +19,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -148,6 +148,11 @@ class DiscoveryService:
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
         self._pushes: set[asyncio.Task[None]] = set()
+        self._login_listeners: list[Callable[[], Awaitable[None]]] = []
+
+    def add_login_listener(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Call ``listener()`` after every successful login (other plugins' sync)."""
+        self._login_listeners.append(listener)
 
     async def start(self) -> None:
         if self.cache.load():
@@ -225,6 +230,8 @@ class DiscoveryService:
             own = [a.split("/p2p/")[0] for a in self.p2p.listen_addrs]
             await client.request(pb.ClientFrame(announce=pb.AnnounceAddrs(addrs=own)))
             await self._dial_server()
+            for listener in self._login_listeners:
+                self._spawn(listener())
             for channel in self.cache.joined:  # who is online now: fill the meshes
                 reply = await client.request(
                     pb.ClientFrame(directory_query=pb.DirectoryQuery(channel_id=channel.channel_id))

@@ -1,0 +1,97 @@
+"""Client cache: the joined channels' messages in local SQLite, gap-filled in server order."""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING, Any
+
+from dependency_injector import containers, providers
+
+from united_core import hookimpl
+from united_core.config import ConfigSection
+from united_core.containers import PluginContainer
+from united_core.control import CommandError, ControlCommand
+
+from .config import Config
+from .service import CacheService, cache_service
+
+if TYPE_CHECKING:
+    from united_core.envelope import SignedMessage
+    from united_core.node import Node
+
+
+class Container(containers.DeclarativeContainer):
+    config = providers.Dependency(instance_of=Config)
+    core = providers.DependenciesContainer()
+    discovery = providers.DependenciesContainer()
+    service = providers.Resource(cache_service, config, core.node, core.data_dir, discovery.service)
+
+
+def _cache(node: Node) -> CacheService:
+    return node.service("cache")  # type: ignore[no-any-return]
+
+
+@hookimpl
+def united_register_config_sections() -> list[ConfigSection]:
+    return [ConfigSection("cache", Config, "The client's local message cache (SQLite).")]
+
+
+@hookimpl
+def united_register_containers() -> list[PluginContainer]:
+    return [PluginContainer("cache", Container)]
+
+
+@hookimpl
+async def united_message_received(
+    node: Node, message: SignedMessage, from_peer: str, received_at: float
+) -> None:
+    await _cache(node).received(message)
+
+
+async def _history(node: Node, args: list[str]) -> list[dict[str, Any]]:
+    usage = "usage: history CHANNEL [--from SEQ] [--limit N]"
+    if not args:
+        raise CommandError(usage)
+    channel, rest = args[0], args[1:]
+    options = {"--from": 1, "--limit": 50}
+    while rest:
+        if len(rest) < 2 or rest[0] not in options:
+            raise CommandError(usage)
+        try:
+            options[rest[0]] = int(rest[1])
+        except ValueError:
+            raise CommandError(f"{rest[0]} takes a number") from None
+        rest = rest[2:]
+    if not 1 <= options["--limit"] <= 10_000:
+        raise CommandError("--limit must be between 1 and 10000")
+    try:
+        return await _cache(node).history(channel, options["--from"], options["--limit"])
+    except KeyError:
+        raise CommandError(f"not in channel {channel!r}") from None
+
+
+def _render(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        when = datetime.datetime.fromtimestamp(r["timestamp"] / 1000).strftime("%H:%M:%S")
+        mark = f"#{r['seq']}" if r["confirmed"] else "(unconfirmed)"
+        lines.append(f"{mark:>14} {when} <{r['sender']}> {r['text']}")
+    return "\n".join(lines) or "(no messages)"
+
+
+@hookimpl
+def united_register_commands() -> list[ControlCommand]:
+    return [
+        ControlCommand(
+            "history",
+            _history,
+            "Messages of a channel from the local cache (unconfirmed marked).",
+            usage="CHANNEL [--from SEQ] [--limit N]",
+            render=_render,
+        )
+    ]
+
+
+@hookimpl
+def united_collect_stats(node: Node) -> dict[str, Any] | None:
+    return None  # the cache's counters need the database: see `ctl history` and issue 6

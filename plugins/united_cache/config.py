@@ -1,0 +1,22 @@
+"""``[cache]``: the client's local message store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from united_core.config import setting
+
+
+@dataclass(frozen=True)
+class Config:
+    database: str = setting("cache.sqlite3", "Local message cache, inside [node] data_dir.")
+    sync_interval: float = setting(
+        3.0,
+        "Seconds between submissions of unconfirmed messages while connected.",
+        min=0.1,
+        max=3600,
+    )
+    submit_batch: int = setting(500, "Most envelopes per submission.", min=1, max=1000)
+    page_size: int = setting(
+        500, "History page size requested when filling gaps.", min=1, max=10_000
+    )

@@ -1,0 +1,172 @@
+"""The client's cache: every message of the joined channels, confirmed or not.
+
+A message is *confirmed* once the server has given it a sequence number (from a
+submission's result or a history page). Reading a channel orders confirmed
+messages by that number, then the unconfirmed ones by (Lamport hint, sender
+key), the same order the server will use when it numbers them. ``holes``
+remembers sequence numbers the server no longer has, so they are not asked for
+again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from united_core.envelope import SignedMessage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id BLOB PRIMARY KEY,
+    topic TEXT NOT NULL,
+    seq INTEGER,
+    sender BLOB NOT NULL,
+    sequence_hint INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    wire BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_topic_seq
+    ON messages(topic, seq) WHERE seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_unconfirmed ON messages(topic, sequence_hint) WHERE seq IS NULL;
+CREATE TABLE IF NOT EXISTS holes (
+    topic TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (topic, seq)
+);
+"""
+
+
+@dataclass(frozen=True)
+class CachedMessage:
+    id: bytes
+    topic: str
+    seq: int | None
+    sender: bytes
+    sequence_hint: int
+    timestamp: int
+    wire: bytes
+
+    @property
+    def confirmed(self) -> bool:
+        return self.seq is not None
+
+
+class CacheStore:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> CacheStore:
+        db = await aiosqlite.connect(path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.executescript(SCHEMA)
+        await db.commit()
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def add(
+        self, messages: list[SignedMessage], seqs: Sequence[int | None] | None = None
+    ) -> int:
+        """Insert messages (idempotent by id); with ``seqs``, confirm them too."""
+        now = time.time()
+        rows = [
+            (m.id, m.topic, None, m.sender_pubkey, m.sequence_hint, m.timestamp, m.wire, now)
+            for m in messages
+        ]
+        async with self._lock:
+            before = self._db.total_changes
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            added = self._db.total_changes - before
+            if seqs is not None:
+                await self._confirm([(m.id, s) for m, s in zip(messages, seqs, strict=True) if s])
+            await self._db.commit()
+        return added
+
+    async def confirm(self, assigned: list[tuple[bytes, int]]) -> None:
+        async with self._lock:
+            await self._confirm(assigned)
+            await self._db.commit()
+
+    async def _confirm(self, assigned: list[tuple[bytes, int]]) -> None:
+        # The server's number wins: a row holding it by mistake (it cannot happen
+        # with a single server) is un-numbered first, then re-confirmed later.
+        for message_id, seq in assigned:
+            async with self._db.execute(
+                "SELECT topic FROM messages WHERE id=?", (message_id,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                continue
+            await self._db.execute(
+                "UPDATE messages SET seq=NULL WHERE topic=? AND seq=? AND id!=?",
+                (row[0], seq, message_id),
+            )
+            await self._db.execute("UPDATE messages SET seq=? WHERE id=?", (seq, message_id))
+
+    async def unconfirmed(self, limit: int) -> list[CachedMessage]:
+        return await self._select(
+            "WHERE seq IS NULL ORDER BY sequence_hint, sender LIMIT ?", (limit,)
+        )
+
+    async def seqs(self, topic: str) -> set[int]:
+        async with self._db.execute(
+            "SELECT seq FROM messages WHERE topic=? AND seq IS NOT NULL "
+            "UNION SELECT seq FROM holes WHERE topic=?",
+            (topic, topic),
+        ) as cur:
+            return {int(r[0]) for r in await cur.fetchall()}
+
+    async def add_holes(self, topic: str, seqs: list[int]) -> None:
+        async with self._lock:
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO holes VALUES (?, ?)", [(topic, s) for s in seqs]
+            )
+            await self._db.commit()
+
+    async def history(self, topic: str, from_seq: int, limit: int) -> list[CachedMessage]:
+        """Confirmed messages from ``from_seq`` in server order, then the unconfirmed."""
+        confirmed = await self._select(
+            "WHERE topic=? AND seq>=? ORDER BY seq LIMIT ?", (topic, from_seq, limit)
+        )
+        room = limit - len(confirmed)
+        pending = (
+            await self._select(
+                "WHERE topic=? AND seq IS NULL ORDER BY sequence_hint, sender LIMIT ?",
+                (topic, room),
+            )
+            if room > 0
+            else []
+        )
+        return confirmed + pending
+
+    async def count(self, topic: str | None = None, *, confirmed: bool | None = None) -> int:
+        clauses, args = [], []
+        if topic is not None:
+            clauses.append("topic=?")
+            args.append(topic)
+        if confirmed is not None:
+            clauses.append("seq IS NOT NULL" if confirmed else "seq IS NULL")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self._db.execute(f"SELECT COUNT(*) FROM messages {where}", args) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _select(self, clause: str, args: tuple[object, ...]) -> list[CachedMessage]:
+        async with self._db.execute(
+            "SELECT id, topic, seq, sender, sequence_hint, timestamp, wire FROM messages " + clause,
+            args,
+        ) as cur:
+            return [
+                CachedMessage(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], r[5], bytes(r[6]))
+                for r in await cur.fetchall()
+            ]
