@@ -106,6 +106,7 @@ class NodeProcess:
 class Community:
     base: Path
     mesh_settings: str = ""
+    member_settings: dict[str, str] = field(default_factory=dict)  # table -> lines
     server: NodeProcess | None = None
     members: list[NodeProcess] = field(default_factory=list)
 
@@ -141,6 +142,8 @@ class Community:
         config = directory / "united.toml"
         if self.mesh_settings:
             add_to_table(config, "mesh", self.mesh_settings)
+        for table, lines in self.member_settings.items():
+            add_to_table(config, table, lines)
         member = NodeProcess(name, config)
         self.members.append(member)
         if start:
