@@ -11,6 +11,7 @@ from conftest import running_node
 from test_directory import server_config
 from test_membership import join, until
 from united_cache.store import CacheStore
+
 from united_core import envelope
 from united_core.identity import Identity
 from united_core.node import Node
@@ -22,7 +23,10 @@ ALICE = Identity.generate()
 def test_store_orders_confirmed_by_seq_then_unconfirmed_by_lamport(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = await CacheStore.open(tmp_path / "c.sqlite3")
-        msgs = [envelope.seal(ALICE, topic="t", payload=f"m{h}".encode(), sequence_hint=h) for h in (5, 3, 9, 1)]
+        msgs = [
+            envelope.seal(ALICE, topic="t", payload=f"m{h}".encode(), sequence_hint=h)
+            for h in (5, 3, 9, 1)
+        ]
         assert await store.add(msgs) == 4
         assert await store.add(msgs[:2]) == 0  # idempotent by id
         await store.confirm([(msgs[2].id, 1), (msgs[0].id, 2)])  # m9 is #1, m5 is #2
@@ -92,11 +96,15 @@ async def _archived(server: Node, n: int) -> bool:
     return bool(server.service("archive").snapshot()["stored"] >= n)
 
 
-def test_messages_sent_while_the_server_is_down_get_numbers_in_lamport_order(tmp_path: Path) -> None:
+def test_messages_sent_while_the_server_is_down_get_numbers_in_lamport_order(
+    tmp_path: Path,
+) -> None:
     async def scenario() -> None:
         config = server_config(tmp_path, plugins=("mesh", "archive"))
         # The server comes back on the same port (members keep its URL).
-        config.write_text(config.read_text().replace("listen_port = 0", f"listen_port = {free_port()}"))
+        config.write_text(
+            config.read_text().replace("listen_port = 0", f"listen_port = {free_port()}")
+        )
         async with running_node(config) as server:
             directory = server.service("directory")
             url = f"ws://127.0.0.1:{directory.port}/ws"
@@ -130,11 +138,14 @@ def test_messages_sent_while_the_server_is_down_get_numbers_in_lamport_order(tmp
             for n in (alice, bob):
                 assert not any(c for _, _, c in await history(n))
             async with running_node(config) as server:
+
                 async def confirmed_everywhere() -> bool:
                     rows = [await history(alice), await history(bob)]
                     return all(all(c for _, _, c in r) and len(r) == 6 for r in rows)
 
-                await until(confirmed_everywhere, timeout=20, what="confirmed after the server returned")
+                await until(
+                    confirmed_everywhere, timeout=20, what="confirmed after the server returned"
+                )
                 a_rows, b_rows = await history(alice), await history(bob)
                 assert a_rows == b_rows  # both caches in the server's order
                 assert [s for s, _, _ in a_rows] == [1, 2, 3, 4, 5, 6]

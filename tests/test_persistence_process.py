@@ -24,7 +24,10 @@ def community(tmp_path: Path) -> Iterator[Community]:
             c.add_member(name)
         for member in c.members:
             member.ctl("join", "general")
-        poll(lambda: all(len(m.ctl("topics")["general"]["mesh_peers"]) >= 2 for m in c.members), timeout=30)
+        poll(
+            lambda: all(len(m.ctl("topics")["general"]["mesh_peers"]) >= 2 for m in c.members),
+            timeout=30,
+        )
         yield c
     finally:
         c.stop()

@@ -75,11 +75,16 @@ class CacheStore:
     async def add(
         self, messages: list[SignedMessage], seqs: Sequence[int | None] | None = None
     ) -> int:
-        """Insert messages (idempotent by id); with ``seqs``, confirm them too."""
+        """Insert messages (idempotent by id); with ``seqs``, as confirmed by the server.
+
+        Two ``executemany`` per call whatever the count: aiosqlite runs every
+        statement on its own thread, so per-message statements cost a hop each.
+        """
         now = time.time()
+        numbers = list(seqs) if seqs is not None else [None] * len(messages)
         rows = [
-            (m.id, m.topic, None, m.sender_pubkey, m.sequence_hint, m.timestamp, m.wire, now)
-            for m in messages
+            (m.id, m.topic, seq, m.sender_pubkey, m.sequence_hint, m.timestamp, m.wire, now)
+            for m, seq in zip(messages, numbers, strict=True)
         ]
         async with self._lock:
             before = self._db.total_changes
@@ -87,8 +92,11 @@ class CacheStore:
                 "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
             added = self._db.total_changes - before
-            if seqs is not None:
-                await self._confirm([(m.id, s) for m, s in zip(messages, seqs, strict=True) if s])
+            if seqs is not None and added < len(rows):  # some were cached unconfirmed
+                await self._db.executemany(
+                    "UPDATE messages SET seq=? WHERE id=? AND seq IS NULL",
+                    [(seq, m.id) for m, seq in zip(messages, numbers, strict=True) if seq],
+                )
             await self._db.commit()
         return added
 
