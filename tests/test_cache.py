@@ -71,6 +71,10 @@ def test_messages_are_confirmed_and_a_returning_client_fills_its_gaps(tmp_path: 
                         return True
 
                     await until(both_confirmed, timeout=15, what="confirmed in server order")
+                    # The sender sees it in stats too: nothing of hers is unconfirmed.
+                    snapshot = await alice.stats.snapshot()
+                    assert snapshot["plugins"]["cache"]["own_unconfirmed"] == 0
+                    assert snapshot["plugins"]["cache"]["confirmed_by_submission"] >= 5
                 # Bob is gone; alice keeps talking.
                 for i in range(5, 10):
                     await alice.service("mesh").send("general", f"live-{i}")

@@ -93,5 +93,5 @@ def united_register_commands() -> list[ControlCommand]:
 
 
 @hookimpl
-def united_collect_stats(node: Node) -> dict[str, Any] | None:
-    return None  # the cache's counters need the database: see `ctl history` and issue 6
+def united_collect_stats(node: Node) -> dict[str, Any]:
+    return {"cache": _cache(node).stats()}

@@ -43,6 +43,8 @@ class CacheService:
         self.filled = 0
         self.submitted = 0
         self.syncs = 0
+        # Our own messages the server has not numbered yet (shown in stats).
+        self.own_unconfirmed: set[bytes] = set()
 
     async def start(self) -> None:
         self.store = await CacheStore.open(self.path)
@@ -59,7 +61,11 @@ class CacheService:
 
     async def received(self, message: SignedMessage) -> None:
         assert self.store is not None
-        await self.store.add([message])
+        if (
+            await self.store.add([message])
+            and message.sender_pubkey == self.node.identity.public_key
+        ):
+            self.own_unconfirmed.add(message.id)
 
     async def _periodic(self) -> None:
         while True:
@@ -87,6 +93,7 @@ class CacheService:
                 return confirmed
             assigned = await self._submit(batch)
             await self.store.confirm(assigned)
+            self.own_unconfirmed.difference_update(message_id for message_id, _ in assigned)
             confirmed += len(assigned)
             self.submitted += len(assigned)
             if len(batch) < self.config.submit_batch or not assigned:
@@ -147,6 +154,7 @@ class CacheService:
                 messages.append(message)
                 seqs.append(int(stored.seq))
             added += await self.store.add(messages, seqs)
+            self.own_unconfirmed.difference_update(m.id for m in messages)
             returned = set(seqs)
             end = page.next_seq - 1 if page.next_seq else page.last_seq
             holes = [s for s in range(start, end + 1) if s not in returned and s not in have]
@@ -183,13 +191,11 @@ class CacheService:
             )
         return out
 
-    async def stats(self) -> dict[str, Any]:
-        assert self.store is not None
+    def stats(self) -> dict[str, Any]:
         return {
-            "messages": await self.store.count(),
-            "unconfirmed": await self.store.count(confirmed=False),
+            "own_unconfirmed": len(self.own_unconfirmed),
+            "confirmed_by_submission": self.submitted,
             "filled": self.filled,
-            "submitted": self.submitted,
             "syncs": self.syncs,
         }
 
