@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,22 +54,32 @@ def test_server_killed_mid_stream_loses_nothing_acknowledged(community: Communit
     server = community.server
     assert server is not None
     members = community.members
-    for i in range(12):
+    for i in range(6):
         members[i % 3].ctl("send", "general", f"before-{i}")
-    acknowledged = poll(lambda: settled(members, 12), timeout=30)
-    assert [s for s, _ in acknowledged] == list(range(1, 13))
+    acknowledged = poll(lambda: settled(members, 6), timeout=30)
 
+    # Three members keep sending while the server is SIGKILLed and restarted.
+    def stream(member: NodeProcess) -> None:
+        for i in range(8):
+            member.ctl("send", "general", f"{member.name}-{i}")
+            time.sleep(0.25)
+
+    senders = [threading.Thread(target=stream, args=(m,)) for m in members]
+    for thread in senders:
+        thread.start()
+    time.sleep(0.6)
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL
-    for i in range(9):  # the mesh still carries messages while the server is down
-        members[i % 3].ctl("send", "general", f"during-{i}")
-    poll(lambda: all(len(history(m)) == 21 for m in members), timeout=30)
-    assert all(not r["confirmed"] for r in history(members[0]) if r["text"].startswith("during-"))
-
+    time.sleep(2.0)
     server.start()
-    final = poll(lambda: settled(members, 21), timeout=60)
-    assert [s for s, _ in final] == list(range(1, 22))
-    assert final[:12] == acknowledged  # numbers given before the crash are kept
-    assert [t for _, t in final[12:]] == [f"during-{i}" for i in range(9)]  # Lamport order
+    for thread in senders:
+        thread.join(timeout=60)
+
+    final = poll(lambda: settled(members, 6 + 24), timeout=60)
+    assert [s for s, _ in final] == list(range(1, 31))  # every message has a number
+    assert final[:6] == acknowledged  # numbers given before the crash are kept
+    for member in members:  # each sender's messages in its send order
+        mine = [t for _, t in final if t.startswith(member.name + "-")]
+        assert mine == [f"{member.name}-{i}" for i in range(8)]
 
 
 def test_client_killed_catches_up_on_restart(community: Community) -> None:
