@@ -19,7 +19,7 @@ from .control import CommandError, ControlCommand
 from .p2p.options import KNOWN_GOSSIPSUB_PROTOCOLS, HostOptions
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import AsyncIterator, Mapping
 
     from .node import Node
 
@@ -128,6 +128,28 @@ async def _connect(node: Node, args: list[str]) -> dict[str, str]:
     return {"connected": peer}
 
 
+async def _help(node: Node, args: list[str]) -> list[dict[str, Any]]:
+    from .containers import collect_commands
+
+    return [
+        {"name": c.name, "usage": c.usage, "help": c.help, "streaming": c.streaming}
+        for c in sorted(collect_commands(node.pm).values(), key=lambda c: c.name)
+    ]
+
+
+def _render_help(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{(r['name'] + ' ' + r['usage']).strip():<34} {r['help']}" for r in rows)
+
+
+async def _snapshot(node: Node, args: list[str]) -> dict[str, Any]:
+    return await node.stats.snapshot()
+
+
+async def _subscribe(node: Node, args: list[str]) -> AsyncIterator[dict[str, Any]]:
+    async for snapshot in node.stats.subscribe():
+        yield snapshot
+
+
 def _render_peers(result: Any) -> str:
     if not result:
         return "no peers connected"
@@ -141,4 +163,12 @@ def united_register_commands() -> list[ControlCommand]:
         ControlCommand("stop", _stop, "Stop the node (exit status 0)."),
         ControlCommand("peers", _peers, "Connected peers.", render=_render_peers),
         ControlCommand("connect", _connect, "Dial a peer.", usage="MULTIADDR"),
+        ControlCommand("help", _help, "List the commands.", render=_render_help),
+        ControlCommand("snapshot", _snapshot, "One stats snapshot (peers, topics, plugins)."),
+        ControlCommand(
+            "subscribe",
+            _subscribe,
+            "Stats snapshots about every second, while attached.",
+            streaming=True,
+        ),
     ]

@@ -324,6 +324,27 @@ def call_running_node(config: Path, command: str, args: list[str] | None = None)
         raise CLIError(str(exc)) from None
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from .console import Console
+    from .containers import collect_commands
+    from .control import ControlClientError
+    from .node import load_settings
+
+    settings, pm, _ = load_settings(Path(args.config))
+    data_dir = settings.resolve(settings["node"].data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    console = Console(
+        settings.resolve(settings["control"].socket),
+        collect_commands(pm),
+        history_path=data_dir / "console-history",
+    )
+    try:
+        asyncio.run(console.run())
+    except ControlClientError as exc:
+        raise CLIError(str(exc)) from None
+    return EXIT_OK
+
+
 # ---- entry point ---------------------------------------------------------------------
 
 
@@ -350,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("console", help="the developer console of a running node (F2: live panel)")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("ctl", help="send one command to a running node")
     p.add_argument("-c", "--config", required=True)

@@ -125,7 +125,7 @@ class ControlServer:
                     break
                 if not line:
                     break
-                await self._handle_line(line, writer)
+                await self._handle_line(line, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -134,7 +134,9 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handle_line(self, line: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _handle_line(
+        self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             request = json.loads(line)
             if not isinstance(request, dict):
@@ -168,9 +170,7 @@ class ControlServer:
         try:
             outcome = command.handler(self.node, args)
             if inspect.isasyncgen(outcome):
-                async for event in outcome:
-                    await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "event": event})
-                await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "end": True})
+                await self._stream(outcome, req_id, reader, writer)
             else:
                 result = await outcome  # type: ignore[misc]
                 await _send(
@@ -183,6 +183,33 @@ class ControlServer:
         except Exception as exc:
             log.exception("control command %s failed", name)
             await _send(writer, _error(req_id, "internal", f"{type(exc).__name__}: {exc}"))
+
+    async def _stream(
+        self, events: Any, req_id: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Send a streaming command's events until it ends or the client leaves.
+
+        A stream occupies its connection: anything the client sends (or its
+        going away) ends the stream at once, so a subscriber that disconnects
+        stops costing the node immediately, not at the next event.
+        """
+
+        async def pump() -> None:
+            async for event in events:
+                await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "event": event})
+            await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "end": True})
+
+        pumping = asyncio.create_task(pump())
+        leaving = asyncio.create_task(reader.read(1))
+        try:
+            await asyncio.wait({pumping, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pumping, leaving):
+                task.cancel()
+            await asyncio.gather(pumping, leaving, return_exceptions=True)
+            await events.aclose()
+        if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
+            raise pumping.exception()  # type: ignore[misc]
 
 
 def _error(req_id: Any, code: str, message: str) -> dict[str, Any]:

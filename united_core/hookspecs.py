@@ -315,6 +315,17 @@ def united_presence_changed(
 
 
 @hookspec
+def united_stats_refresh(node: Node) -> Awaitable[None] | None:
+    """Refresh measurements that cost something (ping RTTs), for the live stream.
+
+    *May be async.* Called once per live-stream tick (about every second) and only
+    while at least one subscriber is attached: when nobody watches, it never runs.
+
+    :param node: the running node.
+    """
+
+
+@hookspec
 def united_collect_stats(node: Node) -> Mapping[str, Any] | None:
     """Contribute to a stats snapshot (computed on request, never periodically).
 

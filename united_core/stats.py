@@ -26,6 +26,7 @@ class StatsBus:
         self.interval = interval
         self.subscribers = 0
         self.snapshots_built = 0
+        self.ticks = 0
 
     async def snapshot(self) -> dict[str, Any]:
         node = self._node
@@ -37,16 +38,24 @@ class StatsBus:
         return {
             "time": time.time(),
             "peer_id": node.identity.peer_id,
+            "peers": await node.p2p.peers(),
             "p2p": await node.p2p.snapshot(),
             "plugins": plugins,
         }
 
     async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
         """Yield a snapshot about every ``interval`` seconds, for as long as iterated."""
+        from .node import call_async
+
         self.subscribers += 1
         try:
             while True:
                 started = time.monotonic()
+                self.ticks += 1
+                try:
+                    await call_async(self._node.pm.hook.united_stats_refresh(node=self._node))
+                except Exception:
+                    log.exception("a united_stats_refresh hook failed")
                 yield await self.snapshot()
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
         finally:

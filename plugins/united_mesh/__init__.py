@@ -111,5 +111,12 @@ def united_validate_message(node: Node, message: SignedMessage, from_peer: str) 
 
 
 @hookimpl
+def united_peer_connected(
+    node: Node, peer_id: str, addrs: tuple[str, ...], direction: str, relayed: bool
+) -> None:
+    _mesh(node).remember(peer_id, addrs, direction)
+
+
+@hookimpl
 def united_collect_stats(node: Node) -> dict[str, Any]:
     return {"mesh": _mesh(node).stats()}

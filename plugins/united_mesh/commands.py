@@ -7,6 +7,7 @@ import datetime
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from united_core import envelope
 from united_core.control import CommandError, ControlCommand
 from united_core.envelope import EnvelopeError
 
@@ -49,6 +50,23 @@ async def _tail(node: Node, args: list[str]) -> AsyncIterator[dict[str, Any]]:
 def render_line(line: dict[str, Any]) -> str:
     when = datetime.datetime.fromtimestamp(line["timestamp"] / 1000).strftime("%H:%M:%S")
     return f"{when} #{line['channel']} <{line['sender']}> {line['text']}"
+
+
+async def _send_test(node: Node, args: list[str]) -> dict[str, Any]:
+    if len(args) != 1:
+        raise CommandError("usage: send-test CHANNEL")
+    mesh = _mesh(node)
+    try:
+        sealed = await mesh.send(
+            args[0], f"test message from {node.identity.peer_id[-8:]}", envelope.TEST
+        )
+    except KeyError:
+        raise CommandError(f"not in channel {args[0]!r} (join it first)") from None
+    return {"id": sealed.id.hex(), "topic": sealed.topic, "text": sealed.text}
+
+
+async def _reconnect(node: Node, args: list[str]) -> dict[str, Any]:
+    return await _mesh(node).reconnect()
 
 
 async def _topics(node: Node, args: list[str]) -> dict[str, Any]:
@@ -96,6 +114,10 @@ def control_commands() -> list[ControlCommand]:
             streaming=True,
         ),
         ControlCommand("topics", _topics, "Subscribed channels: topic, mesh peers, messages."),
+        ControlCommand(
+            "send-test", _send_test, "Publish a test message to a channel.", usage="CHANNEL"
+        ),
+        ControlCommand("reconnect", _reconnect, "Drop every connection and dial the mesh again."),
         ControlCommand("scores", _scores, "Gossipsub score of each connected peer."),
         ControlCommand(
             "send-invalid",

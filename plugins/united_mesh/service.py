@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -43,6 +44,16 @@ TAIL_QUEUE = 1000
 class TopicStats:
     messages: int = 0
     last_received: float = 0.0
+    # Publish-to-delivery latencies (ms, from the envelope timestamp), last 256.
+    latencies: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=256)
+    )
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
 @dataclass(eq=False)
@@ -66,6 +77,8 @@ class MeshService:
         self.clock = 0
         self.topic_stats: dict[str, TopicStats] = {}
         self.tails: set[TailSubscriber] = set()
+        self.dialed: dict[str, str] = {}  # peer id -> address we dialed it at
+        self.presence: dict[str, tuple[Channel, tuple[Presence, ...]]] = {}  # last known, by topic
         self._lock = asyncio.Lock()
 
     @property
@@ -97,7 +110,12 @@ class MeshService:
                 return channel
         raise KeyError(ref)
 
-    async def dial_online(self, channel: Channel, online: tuple[Presence, ...]) -> None:
+    async def dial_online(
+        self, channel: Channel, online: tuple[Presence, ...], *, force: bool = False
+    ) -> None:
+        """Dial members online in ``channel``; ``force`` drops the smaller-PeerId rule
+        (after ``reconnect`` nobody else will dial us back)."""
+        self.presence[channel.topic] = (channel, online)
         if not self.node.running or channel.topic not in {c.topic for c in self.wanted}:
             return
         connected = {p["peer_id"] for p in await self.p2p.peers()}
@@ -109,7 +127,7 @@ class MeshService:
                 continue
             # Of two members that learn of each other at once, only one dials: the
             # one with the smaller PeerId (two simultaneous dials make two connections).
-            if presence.peer_id < self.identity.peer_id:
+            if presence.peer_id < self.identity.peer_id and not force:
                 continue
             for addr in presence.addrs:
                 try:
@@ -163,6 +181,8 @@ class MeshService:
         stats = self.topic_stats.setdefault(message.topic, TopicStats())
         stats.messages += 1
         stats.last_received = received_at
+        if from_peer != self.identity.peer_id:
+            stats.latencies.append(max(0.0, received_at * 1000 - message.timestamp))
         if not self.tails:
             return
         line = self.describe(message, received_at)
@@ -223,14 +243,47 @@ class MeshService:
             self.tails.discard(subscriber)
 
     def stats(self) -> dict[str, Any]:
+        topics = {}
+        for topic, channel in self.channels.items():
+            s = self.topic_stats.get(topic, TopicStats())
+            topics[channel.name] = {
+                "topic": topic,
+                "messages": s.messages,
+                "last_received": s.last_received or None,
+                "latency_p50_ms": s.percentile(0.5),
+                "latency_p95_ms": s.percentile(0.95),
+            }
+        names = {m.peer_id: m.display_name for m in self.members.members}
+        names.update({p: "server" for p in self.members.trusted_peer_ids})
         return {
-            "topics": {
-                (self.channels[t].name if t in self.channels else t): {
-                    "messages": s.messages,
-                    "last_received": s.last_received,
-                }
-                for t, s in self.topic_stats.items()
-            },
+            "topics": topics,
+            "names": names,
             "subscribed": sorted(c.name for c in self.channels.values()),
             "tails": len(self.tails),
         }
+
+    # ---- reconnection ------------------------------------------------------------------
+
+    def remember(self, peer_id: str, addrs: tuple[str, ...], direction: str) -> None:
+        """Outbound connections are the ones this node re-dials on `reconnect`."""
+        if direction == "outbound" and addrs:
+            self.dialed[peer_id] = addrs[0]
+
+    async def reconnect(self) -> dict[str, Any]:
+        """Drop every connection, then dial again the peers this node had dialed."""
+        peers = [p["peer_id"] for p in await self.p2p.peers()]
+        for peer in peers:
+            with contextlib.suppress(Exception):
+                await self.p2p.disconnect(peer)
+        await asyncio.sleep(0.2)
+        redialed = []
+        for peer, addr in list(self.dialed.items()):
+            try:
+                await self.p2p.connect(f"{addr}/p2p/{peer}")
+                redialed.append(peer)
+            except Exception as exc:
+                log.info("reconnect: could not dial %s: %s", peer, exc)
+        for channel, online in list(self.presence.values()):
+            await self.dial_online(channel, online, force=True)
+        connected = [p["peer_id"] for p in await self.p2p.peers()]
+        return {"dropped": len(peers), "redialed": sorted(set(redialed) | set(connected))}

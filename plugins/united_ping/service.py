@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from united_core.node import Node
 
 PING_PROTOCOL = "/ipfs/ping/1.0.0"
+# Last RTT (ms) per node, per peer: several nodes may share a process (tests).
+LAST_RTT: dict[str, dict[str, float]] = {}
 PING_SIZE = 32
 PING_TIMEOUT_S = 10.0
 MAX_COUNT = 100
@@ -78,6 +80,7 @@ async def ping_command(node: Node, args: list[str]) -> dict[str, Any]:
         rtts = await ping_peer(node, peer_id, count)
     except Exception as exc:
         raise CommandError(f"ping {peer_id} failed: {type(exc).__name__}: {exc}") from None
+    LAST_RTT.setdefault(node.identity.peer_id, {})[peer_id] = rtts[-1]
     return {
         "peer_id": peer_id,
         "count": count,
