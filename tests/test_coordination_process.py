@@ -6,24 +6,13 @@ import json
 import re
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from conftest import run_cli, united_cmd
 from test_node_process import free_port, serving_node
 
-
-def poll(fn: Callable[[], Any], timeout: float = 20, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out; last result: {last!r}")
+from united_core.testing import poll
 
 
 def server_dir(tmp_path: Path) -> Path:

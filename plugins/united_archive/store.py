@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 
 from united_core.envelope import SignedMessage
+from united_core.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -57,11 +58,7 @@ class ArchiveStore:
 
     @classmethod
     async def open(cls, path: Path) -> ArchiveStore:
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.executescript(SCHEMA)
-        await db.commit()
+        db = await open_database(path, SCHEMA)
         async with db.execute("SELECT topic, last_seq FROM heads") as cur:
             heads = {row[0]: int(row[1]) for row in await cur.fetchall()}
         return cls(db, heads)

@@ -19,6 +19,7 @@ from pathlib import Path
 import aiosqlite
 
 from united_core.envelope import SignedMessage
+from united_core.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -62,11 +63,7 @@ class CacheStore:
 
     @classmethod
     async def open(cls, path: Path) -> CacheStore:
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.executescript(SCHEMA)
-        await db.commit()
+        db = await open_database(path, SCHEMA)
         return cls(db)
 
     async def close(self) -> None:

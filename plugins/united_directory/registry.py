@@ -22,6 +22,7 @@ import aiosqlite
 
 from united_core.identity import peer_id_from_public_key
 from united_core.members import Member
+from united_core.sqlite import open_database
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -100,12 +101,7 @@ class Registry:
 
     @classmethod
     async def open(cls, path: Path) -> Registry:
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.executescript(SCHEMA)
-        await db.commit()
+        db = await open_database(path, SCHEMA)
         return cls(db)
 
     async def close(self) -> None:
