@@ -13,7 +13,7 @@ from test_directory import registered, server_config
 from united_archive.store import ArchiveStore
 from united_discovery.session import DirectoryClient, DirectoryError
 
-from united_core import envelope
+from united_core import envelope, frames
 from united_core.identity import Identity
 from united_core.testing import Community
 from united_core.wire import frames_pb2 as pb
@@ -234,3 +234,30 @@ def test_acknowledged_submissions_survive_sigkill(tmp_path: Path) -> None:
         assert asyncio.run(submit_then_read(kill=False)) == sorted(acked) == list(range(1, 201))
     finally:
         community.stop()
+
+
+def test_history_pages_fit_in_a_frame_whatever_the_payloads(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_node(server_config(tmp_path, plugins=("archive",))) as server:
+            directory, archive = server.service("directory"), server.service("archive")
+            url = f"ws://127.0.0.1:{directory.port}/ws"
+            channel = await directory.create_channel("general")
+            client, alice, _, _ = await registered(url, directory, "alice")
+            big = "x" * (envelope.MAX_PAYLOAD_BYTES - 100)
+            await archive.write([seal(alice, channel.topic, big + str(i), i) for i in range(10)])
+            seqs, start, pages = [], 1, 0
+            while start:
+                page = await client.request(
+                    pb.ClientFrame(
+                        history=pb.HistoryRequest(
+                            channel_id=channel.channel_id, from_seq=start, limit=500
+                        )
+                    )
+                )
+                assert page.ByteSize() <= frames.MAX_FRAME_BYTES
+                seqs += [m.seq for m in page.history_page.messages]
+                start, pages = page.history_page.next_seq, pages + 1
+            assert seqs == list(range(1, 11)) and pages >= 3
+            await client.close()
+
+    asyncio.run(scenario())

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 E = pb.ErrorCode
 MAX_SUBMIT = 1000
+# A history page stays well inside one WebSocket frame.
+PAGE_BYTES = frames.MAX_FRAME_BYTES - 16 * 1024
+PAGE_OVERHEAD = 16  # per-message protobuf framing (tags, lengths, seq)
 
 
 @dataclass
@@ -150,14 +153,23 @@ class ArchiveService:
         limit = min(request.limit or self.config.page_max, self.config.page_max)
         page = await self.store.page(topic, request.from_seq, limit)
         self.stats.history_pages += 1
+        # Pages are bounded in bytes too: a page must fit in one frame, whatever
+        # the payload sizes (at least one message per page, which always fits).
+        messages: list[pb.StoredMessage] = []
+        size, next_seq = 0, page.next_seq
+        for seq, wire in page.messages:
+            if messages and size + len(wire) + PAGE_OVERHEAD > PAGE_BYTES:
+                next_seq = seq
+                break
+            messages.append(
+                pb.StoredMessage(seq=seq, envelope=envelope_pb2.Envelope.FromString(wire))
+            )
+            size += len(wire) + PAGE_OVERHEAD
         return pb.ServerFrame(
             history_page=pb.HistoryPage(
                 channel_id=request.channel_id,
-                messages=[
-                    pb.StoredMessage(seq=seq, envelope=envelope_pb2.Envelope.FromString(wire))
-                    for seq, wire in page.messages
-                ],
-                next_seq=page.next_seq,
+                messages=messages,
+                next_seq=next_seq,
                 last_seq=page.last_seq,
             )
         )
