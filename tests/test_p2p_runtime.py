@@ -277,19 +277,11 @@ def test_receiver_rejects_invalid_envelopes_and_policy_verdicts() -> None:
             await b.connect(a.listen_addrs[0])
             await asyncio.sleep(1.5)
 
-            async def publish_unchecked(data: bytes) -> None:
-                pubsub = b.host_context.pubsub
-                saved = pubsub._united_validator
-                pubsub._united_validator = ()  # a misbehaving sender skips validation
-                try:
-                    await pubsub.publish(TOPIC, data)
-                finally:
-                    pubsub._united_validator = saved
-
             forged = envelope.seal(b.identity, topic=TOPIC, payload=b"x", sequence_hint=1).wire
             forged = forged[:-1] + bytes([forged[-1] ^ 1])  # payload changed after signing
-            await b.call(publish_unchecked, forged)
-            await b.call(publish_unchecked, b"garbage")
+            # A misbehaving sender: its own validator is skipped.
+            await b.publish_unchecked(TOPIC, forged)
+            await b.publish_unchecked(TOPIC, b"garbage")
             for payload in (b"reject-me", b"ignore-me", b"fine"):
                 await b.publish(
                     TOPIC,

@@ -135,9 +135,6 @@ class Node:
             return value.result()
         return value
 
-    def has_plugin_container(self, plugin: str) -> bool:
-        return plugin in self.container.providers
-
     def request_stop(self) -> None:
         self._stop.set()
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,6 @@ class ArchiveStats:
     write_seconds: float = 0.0
     submitted: int = 0
     history_pages: int = 0
-    by_topic: dict[str, int] = field(default_factory=dict)
 
 
 class ArchiveService:
@@ -134,7 +133,6 @@ class ArchiveService:
         for item in stored:
             if item.new:
                 s.stored += 1
-                s.by_topic[item.topic] = s.by_topic.get(item.topic, 0) + 1
             else:
                 s.duplicates += 1
 

@@ -135,11 +135,3 @@ class ArchiveStore:
         last = self.last_seq(topic)
         next_seq = rows[-1][0] + 1 if len(rows) == limit and rows[-1][0] < last else 0
         return Page(rows, next_seq, last)
-
-    async def count(self, topic: str | None = None) -> int:
-        query, args = ("SELECT COUNT(*) FROM messages", ())
-        if topic is not None:
-            query, args = ("SELECT COUNT(*) FROM messages WHERE topic=?", (topic,))  # type: ignore[assignment]
-        async with self._db.execute(query, args) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0

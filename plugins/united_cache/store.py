@@ -154,18 +154,6 @@ class CacheStore:
         )
         return confirmed + pending
 
-    async def count(self, topic: str | None = None, *, confirmed: bool | None = None) -> int:
-        clauses, args = [], []
-        if topic is not None:
-            clauses.append("topic=?")
-            args.append(topic)
-        if confirmed is not None:
-            clauses.append("seq IS NOT NULL" if confirmed else "seq IS NULL")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self._db.execute(f"SELECT COUNT(*) FROM messages {where}", args) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
     async def _select(self, clause: str, args: tuple[object, ...]) -> list[CachedMessage]:
         async with self._db.execute(
             "SELECT id, topic, seq, sender, sequence_hint, timestamp, wire FROM messages " + clause,

@@ -141,7 +141,6 @@ class DiscoveryService:
         self.identity = identity
         self.p2p = p2p
         self.cache = DirectoryCache(data_dir / config.cache_file)
-        self.presence: dict[str, list[dict[str, Any]]] = {}
         self.client: DirectoryClient | None = None
         self.connected = asyncio.Event()
         self.sessions = 0
@@ -261,10 +260,6 @@ class DiscoveryService:
             self.cache.save()
             self._spawn(self._announce_members())
         elif kind == "presence":
-            self.presence[frame.presence.channel_id] = [
-                {"member_id": p.member_id, "peer_id": p.peer_id, "addrs": list(p.addrs)}
-                for p in frame.presence.online
-            ]
             self._spawn(self._announce_presence(frame.presence))
         elif kind == "error":
             log.warning("the server says: %s", frame.error.message)
