@@ -486,13 +486,7 @@ def test_hook_united_members_changed(tmp_path: Path, toy_plugins: Path) -> None:
     import toy_recorder
 
     async def scenario() -> None:
-        config = make_node_dir(
-            tmp_path,
-            "server",
-            role="server",
-            plugins=("membership", "directory", "recorder"),
-            extra=SERVER_EXTRA,
-        )
+        config = server_config(tmp_path, plugins=("recorder",))
         async with running_node(config) as node:
             service = node.service("directory")
             url = f"ws://127.0.0.1:{service.port}/ws"
@@ -508,13 +502,7 @@ def test_hook_united_channels_changed(tmp_path: Path, toy_plugins: Path) -> None
     import toy_recorder
 
     async def scenario() -> None:
-        config = make_node_dir(
-            tmp_path,
-            "server",
-            role="server",
-            plugins=("membership", "directory", "recorder"),
-            extra=SERVER_EXTRA,
-        )
+        config = server_config(tmp_path, plugins=("recorder",))
         async with running_node(config) as node:
             await node.service("directory").create_channel("general")
             await node.service("directory").create_channel("random")
