@@ -229,3 +229,31 @@ def test_hook_united_stats_refresh(tmp_path: Path) -> None:
             assert a.stats.ticks >= 1
 
     asyncio.run(scenario())
+
+
+def test_plugin_commands_refuse_garbage_and_the_node_keeps_serving(tmp_path: Path) -> None:
+    from united_core.control import ControlClientError
+
+    async def scenario() -> None:
+        async with community(tmp_path) as (server, clients, _):
+            await server.service("directory").create_channel("general")
+            alice = clients[0]
+            await alice.service("discovery").join("general")
+            client = await ControlClient.connect(alice.settings.resolve("united.sock"))
+            try:
+                for words in (
+                    ["history"], ["history", "general", "--limit", "x"],
+                    ["history", "general", "--limit", "0"], ["history", "general", "--bogus", "1"],
+                    ["history", "nope"], ["send", "nope", "hi"], ["send", "general"],
+                    ["send-test"], ["send-test", "nope"], ["send-invalid", "general"],
+                    ["tail", "a", "b"], ["ping"], ["ping", "x", "1000"], ["who"], ["join", "nope"],
+                ):
+                    with pytest.raises(ControlClientError) as info:
+                        await client.call(words[0], words[1:])
+                    assert info.value.code == "bad_request", (words, info.value)
+                assert (await client.call("status"))["peer_id"] == alice.identity.peer_id
+                assert await client.call("history", ["general"]) == []
+            finally:
+                await client.close()
+
+    asyncio.run(scenario())
