@@ -242,11 +242,21 @@ def test_plugin_commands_refuse_garbage_and_the_node_keeps_serving(tmp_path: Pat
             client = await ControlClient.connect(alice.settings.resolve("united.sock"))
             try:
                 for words in (
-                    ["history"], ["history", "general", "--limit", "x"],
-                    ["history", "general", "--limit", "0"], ["history", "general", "--bogus", "1"],
-                    ["history", "nope"], ["send", "nope", "hi"], ["send", "general"],
-                    ["send-test"], ["send-test", "nope"], ["send-invalid", "general"],
-                    ["tail", "a", "b"], ["ping"], ["ping", "x", "1000"], ["who"], ["join", "nope"],
+                    ["history"],
+                    ["history", "general", "--limit", "x"],
+                    ["history", "general", "--limit", "0"],
+                    ["history", "general", "--bogus", "1"],
+                    ["history", "nope"],
+                    ["send", "nope", "hi"],
+                    ["send", "general"],
+                    ["send-test"],
+                    ["send-test", "nope"],
+                    ["send-invalid", "general"],
+                    ["tail", "a", "b"],
+                    ["ping"],
+                    ["ping", "x", "1000"],
+                    ["who"],
+                    ["join", "nope"],
                 ):
                     with pytest.raises(ControlClientError) as info:
                         await client.call(words[0], words[1:])
