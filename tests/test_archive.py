@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from united_archive.store import ArchiveStore
 from united_discovery.session import DirectoryClient, DirectoryError
 
 from united_core import envelope, frames
+from united_core.envelope import message_id_from_wire
 from united_core.identity import Identity
 from united_core.testing import Community
 from united_core.wire import frames_pb2 as pb
@@ -137,29 +139,94 @@ def pb_envelope(message: envelope.SignedMessage) -> object:
     return envelope_pb2.Envelope.FromString(message.wire)
 
 
-def test_bad_submissions_are_refused(tmp_path: Path) -> None:
+def test_each_submitted_envelope_gets_its_own_verdict(tmp_path: Path, toy_plugins: Path) -> None:
+    """Bad envelopes in a batch are refused one by one, with reasons; the rest are stored.
+
+    Regressions: a 2^64-1 Lamport hint rolled back the whole write batch, an
+    envelope dated 2001 was archived, a server-side plugin validator could not
+    stop a submission, and one bad envelope failed the whole submission.
+    """
+
     async def scenario() -> None:
-        async with running_node(server_config(tmp_path, plugins=("archive",))) as server:
+        config = server_config(tmp_path, plugins=("archive", "gatekeeper"))
+        async with running_node(config) as server:
             directory = server.service("directory")
             url = f"ws://127.0.0.1:{directory.port}/ws"
             channel = await directory.create_channel("general")
             client, alice, _, _ = await registered(url, directory, "alice")
-            outsider = seal(Identity.generate(), channel.topic, "hi", 1)
-            nowhere = seal(alice, "united/other/x", "hi", 1)
-            forged = pb_envelope(seal(alice, channel.topic, "hi", 1))
+            now = int(time.time() * 1000)
+            good = [seal(alice, channel.topic, f"good {i}", now + i) for i in range(3)]
+            forged = pb_envelope(seal(alice, channel.topic, "hi", now))
             forged.payload = b"changed"  # type: ignore[attr-defined]
-            for env, code in (
-                (pb_envelope(outsider), E.ERROR_CODE_NOT_A_MEMBER),
-                (pb_envelope(nowhere), E.ERROR_CODE_UNKNOWN_CHANNEL),
-                (forged, E.ERROR_CODE_BAD_SIGNATURE),
-            ):
-                with pytest.raises(DirectoryError) as info:
-                    await client.request(pb.ClientFrame(submit=pb.SubmitMessages(envelopes=[env])))
-                assert info.value.code == code
+            bad = {
+                "not_a_member": pb_envelope(seal(Identity.generate(), channel.topic, "hi", now)),
+                "unknown_channel": pb_envelope(seal(alice, "united/other/x", "hi", now)),
+                "bad_signature": forged,
+                "out_of_bounds": pb_envelope(seal(alice, channel.topic, "huge", 2**64 - 1)),
+                "stale": pb_envelope(
+                    envelope.seal(
+                        alice,
+                        topic=channel.topic,
+                        payload=b"from 2001",
+                        sequence_hint=1,
+                        timestamp_ms=978_307_200_000,
+                    )
+                ),
+                "from_the_future": pb_envelope(
+                    envelope.seal(
+                        alice,
+                        topic=channel.topic,
+                        payload=b"later",
+                        sequence_hint=now,
+                        timestamp_ms=now + 86_400_000,
+                    )
+                ),
+                "policy": pb_envelope(seal(alice, channel.topic, "a forbidden word", now)),
+            }
+            batch = [pb_envelope(good[0]), *bad.values(), pb_envelope(good[1])]
+            batch.append(pb_envelope(good[2]))
+            reply = await client.request(
+                pb.ClientFrame(submit=pb.SubmitMessages(envelopes=batch))  # type: ignore[arg-type]
+            )
+            result = reply.submit_result
+            assert sorted(a.seq for a in result.assigned) == [1, 2, 3]
+            assert {bytes(a.message_id) for a in result.assigned} == {m.id for m in good}
+            reasons = {
+                pb.RefusalReason.Name(r.reason).removeprefix("REFUSAL_REASON_").lower(): r
+                for r in result.refused
+            }
+            assert set(reasons) == set(bad)
+            assert all(r.permanent for r in result.refused)
+            assert "forbidden" in reasons["policy"].detail
+            # The refused ids are the ids of what was sent (garbage included).
+            assert bytes(reasons["bad_signature"].message_id) == message_id_from_wire(
+                forged.SerializeToString()  # type: ignore[attr-defined]
+            )
+            archive = server.service("archive")
+            assert archive.snapshot()["stored"] == 3
+            # The session is still open and a resubmission answers the same numbers.
+            again = await client.request(
+                pb.ClientFrame(submit=pb.SubmitMessages(envelopes=[pb_envelope(good[1])]))
+            )
+            assert [a.seq for a in again.submit_result.assigned] == [
+                next(a.seq for a in result.assigned if bytes(a.message_id) == good[1].id)
+            ]
+            garbage = await client.request(
+                pb.ClientFrame(
+                    submit=pb.SubmitMessages(
+                        envelopes=[pb_envelope(seal(alice, channel.topic, "x", now))]
+                    ),
+                )
+            )
+            assert len(garbage.submit_result.assigned) == 1
             with pytest.raises(DirectoryError) as info:
                 await client.request(pb.ClientFrame(history=pb.HistoryRequest(channel_id="nope")))
             assert info.value.code == E.ERROR_CODE_UNKNOWN_CHANNEL
-            assert server.service("archive").snapshot()["stored"] == 0
+            # A lookup answers only what the archive holds.
+            found = await client.request(
+                pb.ClientFrame(lookup=pb.LookupMessages(message_ids=[good[0].id, b"\0" * 32]))
+            )
+            assert [bytes(f.message_id) for f in found.lookup_result.found] == [good[0].id]
             await client.close()
 
     asyncio.run(scenario())

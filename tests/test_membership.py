@@ -13,10 +13,10 @@ from conftest import make_node_dir, running_node
 from test_directory import server_config
 
 from united_core import envelope
+from united_core.acceptance import Origin, Reason, Verdict
 from united_core.cli import main as cli_main
 from united_core.members import Member, MemberSet
 from united_core.node import Node
-from united_core.p2p.options import Verdict
 
 
 async def join(url: str, service: Any, directory: Path, name: str) -> Path:
@@ -152,11 +152,16 @@ def test_messages_from_non_members_are_rejected(tmp_path: Path) -> None:
     ok = envelope.seal(member, topic=topic, payload=b"hi", sequence_hint=1)
     bad = envelope.seal(outsider, topic=topic, payload=b"hi", sequence_hint=1)
     # No list known yet: fail closed.
-    assert united_validate_message(node, ok, "x") is Verdict.REJECT
+    refusal = united_validate_message(node, ok, Origin.GOSSIP)
+    assert refusal is not None and refusal.verdict is Verdict.REJECT
     state.replace(MemberSet.of([Member("m", "member", member.public_key, member.peer_id)]))
-    assert united_validate_message(node, ok, "x") is None
-    assert united_validate_message(node, bad, "x") is Verdict.REJECT
-    assert state.rejected_messages == 2
+    for origin in (Origin.GOSSIP, Origin.SUBMISSION, Origin.PUBLISH):
+        assert united_validate_message(node, ok, origin) is None
+        refusal = united_validate_message(node, bad, origin)
+        assert refusal is not None and refusal.code is Reason.NOT_A_MEMBER
+    # History is the server's record: a removed member's old messages stay readable.
+    assert united_validate_message(node, bad, Origin.HISTORY) is None
+    assert state.rejected_messages == 4
 
 
 def test_hook_united_presence_changed(tmp_path: Path) -> None:

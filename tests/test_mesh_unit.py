@@ -6,11 +6,13 @@ import time
 from typing import Any
 
 from united_mesh.config import Config
+from united_mesh.limits import VolumeLimiter
 from united_mesh.service import MeshService
 
 from united_core import envelope
+from united_core.acceptance import Origin, Reason, Verdict
 from united_core.identity import Identity
-from united_core.p2p.options import Verdict
+from united_core.members import Member, MemberSet
 
 ALICE = Identity.generate()
 TOPIC = "united/s/c"
@@ -47,11 +49,32 @@ def test_a_huge_received_hint_cannot_push_the_counter_out_of_range() -> None:
     assert fresh.next_sequence_hint() == now + 5001
 
 
-def test_freshness_policy() -> None:
+def test_volume_limit_charges_each_message_once_and_refuses_the_excess() -> None:
+    clock = [0.0]
+    limiter = VolumeLimiter(rate=2.0, burst=3, clock=lambda: clock[0])
+    ids = [bytes([i]) * 32 for i in range(6)]
+    assert [limiter.allow(b"k", i) for i in ids[:4]] == [True, True, True, False]
+    # The same ids again (another forwarder, a later submission): the same answers, free.
+    assert [limiter.allow(b"k", i) for i in ids[:4]] == [True, True, True, False]
+    assert limiter.allow(b"other", ids[5])  # buckets are per sender
+    clock[0] += 1.0  # two tokens back
+    assert limiter.allow(b"k", ids[4]) and limiter.allow(b"k", b"r" * 32)
+    # A refused submission is not remembered: the member retries it later and gets in.
+    assert not limiter.allow(b"k", b"s" * 32, remember_refusal=False)
+    clock[0] += 10.0
+    assert limiter.allow(b"k", b"s" * 32)
+    assert limiter.stats()["limited"] >= 2
+
+
+def test_mesh_limits_members_on_every_origin_but_history() -> None:
     m = mesh()
+    m.config = Config(rate_limit=0.01, rate_burst=1)
+    m.limiter = VolumeLimiter(0.01, 1)
+    m.members = MemberSet.of([Member("a", "alice", ALICE.public_key, ALICE.peer_id)])
     now = int(time.time() * 1000)
-    assert m.judge(sealed(timestamp_ms=now, hint=now)) is None
-    assert m.judge(sealed(timestamp_ms=now + 3_600_000, hint=now)) is Verdict.REJECT
-    assert m.judge(sealed(timestamp_ms=now, hint=2**63)) is Verdict.REJECT
-    old = now - int(m.config.max_message_age * 1000) - 5000
-    assert m.judge(sealed(timestamp_ms=old, hint=old)) is Verdict.IGNORE
+    first, second = sealed(timestamp_ms=now, hint=now), sealed(timestamp_ms=now, hint=now + 1)
+    assert m.judge(first, Origin.GOSSIP) is None
+    refusal = m.judge(second, Origin.GOSSIP)
+    assert refusal is not None and refusal.verdict is Verdict.IGNORE
+    assert refusal.code is Reason.RATE_LIMITED and not refusal.code.permanent
+    assert m.judge(second, Origin.HISTORY) is None

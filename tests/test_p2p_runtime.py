@@ -15,9 +15,10 @@ import trio
 import trio.lowlevel
 
 from united_core import envelope
+from united_core.acceptance import Acceptor, MessageRefused, Origin, Reason, Verdict
 from united_core.identity import Identity
 from united_core.p2p.events import MessageReceived, PeerConnected
-from united_core.p2p.options import HostOptions, Verdict
+from united_core.p2p.options import HostOptions
 from united_core.p2p.pubsub import CountingRpcQueue
 from united_core.p2p.runtime import P2PRuntime, RuntimeStopped
 
@@ -255,23 +256,28 @@ def test_publish_subscribe_and_peer_events() -> None:
 def test_publish_rejects_a_bad_envelope_before_sending() -> None:
     async def scenario() -> None:
         async with runtime() as a:
-            with pytest.raises(envelope.EnvelopeError):
+            with pytest.raises(MessageRefused) as info:
                 await a.publish(TOPIC, b"not an envelope")
+            assert info.value.judgement.reason is Reason.MALFORMED
             other = envelope.seal(a.identity, topic=TOPIC + "x", payload=b"", sequence_hint=1)
-            with pytest.raises(envelope.TopicMismatch):
+            with pytest.raises(MessageRefused) as info:
                 await a.publish(TOPIC, other.wire)
+            assert info.value.judgement.reason is Reason.WRONG_TOPIC
+            assert a.counters.published == 0
 
     asyncio.run(scenario())
 
 
 def test_receiver_rejects_invalid_envelopes_and_policy_verdicts() -> None:
-    def policy(message: envelope.SignedMessage, from_peer: str) -> Verdict:
-        return {b"reject-me": Verdict.REJECT, b"ignore-me": Verdict.IGNORE}.get(
-            message.payload, Verdict.ACCEPT
-        )
+    def policy(message: envelope.SignedMessage, origin: Origin, from_peer: str) -> list[object]:
+        return [
+            {b"reject-me": Verdict.REJECT, b"ignore-me": Verdict.IGNORE}.get(
+                message.payload, Verdict.ACCEPT
+            )
+        ]
 
     async def scenario() -> None:
-        async with runtime(policy=policy) as a, runtime() as b:
+        async with runtime(acceptor=Acceptor(plugins=policy)) as a, runtime() as b:
             await a.subscribe(TOPIC)
             await b.subscribe(TOPIC)
             await b.connect(a.listen_addrs[0])
@@ -296,42 +302,84 @@ def test_receiver_rejects_invalid_envelopes_and_policy_verdicts() -> None:
 
 
 def test_outbound_drops_are_counted_and_publish_waits_for_room() -> None:
-    """The CountingRpcQueue patch is in effect: a full peer queue slows the publisher."""
+    """The CountingRpcQueue patch is in effect: a full peer queue slows the publisher.
+
+    Deterministic on a loaded machine: the queue is counted relative to what it
+    already holds, and b's sending loop towards a is held while the queue is
+    above the high-water mark, so the publish must wait until the test lets it drain
+    (it used to race that loop, which could drain the queue before the publish looked).
+    """
 
     async def scenario() -> None:
         async with runtime() as a, runtime() as b:
+            b.options.publish_timeout = 60.0  # the wait ends when the queue drains, not on time
             await a.subscribe(TOPIC)
             await b.subscribe(TOPIC)
             await b.connect(a.listen_addrs[0])
-            await asyncio.sleep(1.5)
 
-            async def flood() -> tuple[str, int]:
+            async def ready() -> bool:  # a has a queue at b, and is in b's mesh for TOPIC
+                ctx = b.host_context
+                return ID_of(a) in ctx.pubsub.peer_queues and ID_of(a) in ctx.gossipsub.mesh.get(
+                    TOPIC, ()
+                )
+
+            async with asyncio.timeout(20):
+                while not await b.call(ready):
+                    await asyncio.sleep(0.05)
+
+            async def flood() -> tuple[str, int, int, int]:
                 from libp2p.pubsub.pb import rpc_pb2
 
                 queue = b.host_context.pubsub.peer_queues[ID_of(a)]
-                accepted = sum(
-                    queue.push(rpc_pb2.RPC()) for _ in range(40)
-                )  # no checkpoint in between
-                return type(queue).__name__, accepted
+                queued, drops = len(queue), b.counters.outbound_drops
+                accepted = sum(queue.push(rpc_pb2.RPC()) for _ in range(40))  # no checkpoint
+                return type(queue).__name__, queued, accepted, b.counters.outbound_drops - drops
 
-            kind, accepted = await b.call(flood)
+            kind, queued, accepted, dropped = await b.call(flood)
             assert kind == CountingRpcQueue.__name__
-            assert accepted == 32 and b.counters.outbound_drops == 8
+            assert queued + accepted == 32 and dropped == 40 - accepted  # 32-slot queue
 
-            async def fill_to_high_water() -> None:
+            high_water = b.options.outbound_high_water
+            gate: list[trio.Event] = []
+
+            async def hold_and_fill() -> None:
+                """Hold b's sending loop to a, then fill its queue above high water."""
                 from libp2p.pubsub.pb import rpc_pb2
 
                 queue = b.host_context.pubsub.peer_queues[ID_of(a)]
-                while len(queue) < b.options.outbound_high_water:
+                gate.append(trio.Event())
+
+                async def held_pop() -> Any:
+                    await gate[0].wait()
+                    return await CountingRpcQueue.pop(queue)
+
+                queue.pop = held_pop  # py-libp2p's loop looks it up on every RPC
+                # One pop may already be under way (the loop waiting inside it): +1.
+                while len(queue) < high_water + 1:
                     queue.push(rpc_pb2.RPC())
 
-            await b.call(fill_to_high_water)
-            await b.publish(
-                TOPIC,
-                envelope.seal(b.identity, topic=TOPIC, payload=b"after", sequence_hint=1).wire,
+            async def release() -> None:
+                queue = b.host_context.pubsub.peer_queues[ID_of(a)]
+                del queue.pop
+                gate[0].set()
+
+            await b.call(hold_and_fill)
+            waits_before = b.counters.publish_waits
+            publish = asyncio.create_task(
+                b.publish(
+                    TOPIC,
+                    envelope.seal(b.identity, topic=TOPIC, payload=b"after", sequence_hint=1).wire,
+                )
             )
-            assert b.counters.publish_waits >= 1
-            got = await next_event(a, MessageReceived)
+            async with asyncio.timeout(20):
+                while b.counters.publish_waits == waits_before:
+                    await asyncio.sleep(0.01)
+            assert not publish.done()  # waiting for room, as long as the queue is held
+            await b.call(release)
+            await asyncio.wait_for(publish, 20)
+            assert b.counters.publish_waits == waits_before + 1
+            assert b.counters.publish_wait_timeouts == 0
+            got = await next_event(a, MessageReceived, timeout=20)
             assert got.message.payload == b"after"
 
     asyncio.run(scenario())

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pluggy
 from dependency_injector import containers, providers
 
+from .acceptance import Acceptor, Origin
 from .config import ConfigError, Settings
 from .control import ControlCommand, ControlServer
 from .identity import Identity, load_key_file
-from .p2p.options import HostOptions, Verdict
+from .p2p.options import HostOptions
 from .stats import StatsBus
 
 if TYPE_CHECKING:
@@ -65,21 +66,26 @@ def peer_gate(pm: pluggy.PluginManager, node: Node) -> Callable[[str, str], bool
     return allowed
 
 
-def message_policy(pm: pluggy.PluginManager, node: Node) -> Callable[[SignedMessage, str], Verdict]:
-    def judge(message: SignedMessage, from_peer: str) -> Verdict:
-        verdicts = pm.hook.united_validate_message(node=node, message=message, from_peer=from_peer)
-        if Verdict.REJECT in verdicts:
-            return Verdict.REJECT
-        if Verdict.IGNORE in verdicts:
-            return Verdict.IGNORE
-        return Verdict.ACCEPT
+def acceptor(options: HostOptions, pm: pluggy.PluginManager, node: Node) -> Acceptor:
+    """The node's one acceptance path: core checks, then every ``united_validate_message``."""
 
-    return judge
+    def plugins(message: SignedMessage, origin: Origin, from_peer: str) -> list[object]:
+        return list(
+            pm.hook.united_validate_message(
+                node=node, message=message, origin=origin, from_peer=from_peer
+            )
+        )
+
+    return Acceptor(options.acceptance, plugins)
 
 
 @contextlib.asynccontextmanager
 async def p2p_runtime(
-    identity: Identity, options: HostOptions, pm: pluggy.PluginManager, node: Node
+    identity: Identity,
+    options: HostOptions,
+    pm: pluggy.PluginManager,
+    node: Node,
+    acceptor: Acceptor,
 ) -> AsyncIterator[P2PRuntime]:
     from .p2p.runtime import P2PRuntime  # trio and libp2p load only when a node runs
 
@@ -90,7 +96,7 @@ async def p2p_runtime(
         identity,
         options,
         gate=peer_gate(pm, node),
-        policy=message_policy(pm, node),
+        acceptor=acceptor,
         on_host_started=host_started,
     )
     await runtime.start()
@@ -133,7 +139,8 @@ class CoreContainer(containers.DeclarativeContainer):
     identity = providers.Singleton(load_identity, settings)
     data_dir = providers.Singleton(data_dir, settings)
     host_options = providers.Singleton(host_options, settings, plugin_manager)
-    p2p = providers.Resource(p2p_runtime, identity, host_options, plugin_manager, node)
+    acceptor = providers.Singleton(acceptor, host_options, plugin_manager, node)
+    p2p = providers.Resource(p2p_runtime, identity, host_options, plugin_manager, node, acceptor)
     stats = providers.Singleton(StatsBus, node)
     control = providers.Resource(control_server, settings, node, plugin_manager, p2p)
 

@@ -31,6 +31,7 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
 
+    from .acceptance import Origin, Refusal
     from .cli import CliCommand
     from .config import ConfigSection
     from .containers import PluginContainer
@@ -177,18 +178,30 @@ def united_peer_allowed(node: Node, peer_id: str, direction: str) -> bool | None
 
 
 @hookspec
-def united_validate_message(node: Node, message: SignedMessage, from_peer: str) -> Verdict | None:
-    """Judge a gossipsub message whose envelope already verified.
+def united_validate_message(
+    node: Node, message: SignedMessage, origin: Origin, from_peer: str
+) -> Verdict | Refusal | None:
+    """Judge an envelope that passed the core checks, on every way into the node.
 
-    *Trio side*, once per message, before it is forwarded or delivered. The core
-    has checked size bounds, the signature and that the envelope's topic is the
-    one it arrived on. Any ``REJECT`` rejects (the forwarder's score drops);
-    otherwise any ``IGNORE`` drops it quietly; otherwise it is accepted.
+    The node's one acceptance path (``united_core/acceptance.py``) calls this for
+    gossip from a peer (*trio side*), a member's submission to the archive, this
+    node's own publish and history pages (asyncio side), after it has checked
+    size, decoding, the signature, the topic binding, integer bounds and
+    freshness. Any ``REJECT`` rejects (the forwarder's score drops, once);
+    otherwise any ``IGNORE`` drops it quietly (no score change); otherwise it is
+    accepted. A refused own publish is an error for the sender, with the reason.
+    Return a :class:`~united_core.acceptance.Refusal` instead of a bare verdict to
+    say why. Must be thread-safe and must not block; an exception refuses.
 
     :param node: the node (read plugin state from its container).
     :param message: the verified envelope.
-    :param from_peer: the PeerId of the peer that forwarded it.
-    :returns: a :class:`~united_core.p2p.options.Verdict`, or ``None``.
+    :param origin: how it came in (:class:`~united_core.acceptance.Origin`):
+        ``GOSSIP``, ``SUBMISSION``, ``PUBLISH`` or ``HISTORY`` (the server's
+        record: most policies should let history through).
+    :param from_peer: the PeerId of the forwarding, submitting or (own publish)
+        this node.
+    :returns: a :class:`~united_core.acceptance.Verdict` or
+        :class:`~united_core.acceptance.Refusal`, or ``None`` for no opinion.
     """
 
 

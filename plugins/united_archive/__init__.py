@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
@@ -15,15 +16,18 @@ from .config import Config
 from .service import ArchiveService, archive_service
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from united_core.envelope import SignedMessage
     from united_core.node import Node
+    from united_core.p2p.options import HostOptions
     from united_core.wire import frames_pb2 as pb
 
 
 class Container(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Config)
     core = providers.DependenciesContainer()
-    service = providers.Resource(archive_service, config, core.data_dir)
+    service = providers.Resource(archive_service, config, core.data_dir, core.acceptor)
 
 
 def _archive(node: Node) -> ArchiveService:
@@ -48,9 +52,25 @@ async def _submit(node: Node, ctx: FrameContext, frame: pb.ClientFrame) -> pb.Se
     return await _archive(node).submit(node, ctx, frame)
 
 
+async def _lookup(node: Node, ctx: FrameContext, frame: pb.ClientFrame) -> pb.ServerFrame:
+    return await _archive(node).lookup(node, ctx, frame)
+
+
 @hookimpl
 def united_register_frame_handlers() -> list[FrameHandler]:
-    return [FrameHandler("history", _history), FrameHandler("submit", _submit)]
+    return [
+        FrameHandler("history", _history),
+        FrameHandler("submit", _submit),
+        FrameHandler("lookup", _lookup),
+    ]
+
+
+@hookimpl
+def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> None:
+    config: Config = settings["archive"]
+    options.acceptance = dataclasses.replace(
+        options.acceptance, max_submission_age=config.max_submission_age
+    )
 
 
 @hookimpl

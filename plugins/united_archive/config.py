@@ -15,6 +15,13 @@ class Config:
         2.0, "How long a write waits for more messages to batch with, in ms.", min=0.0, max=1000
     )
     page_max: int = setting(500, "Most messages in one history page.", min=1, max=10_000)
+    max_submission_age: float = setting(
+        30 * 86400.0,
+        "Oldest envelope (by its timestamp, seconds) a member may upload: messages "
+        "written while the server was away are reconciled within this window.",
+        min=60.0,
+        max=10 * 365 * 86400.0,
+    )
     queue_max: int = setting(
         10_000, "Messages waiting to be written before receivers are slowed.", min=1, max=1_000_000
     )

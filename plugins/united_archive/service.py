@@ -1,10 +1,18 @@
-"""The archive service: batched writes, history pages, and submissions.
+"""The archive service: batched writes, history pages, lookups and submissions.
 
-Live messages (``united_message_received``) go through a bounded queue to one
-writer task that commits them in batches (up to ``batch_max`` per transaction,
-waiting at most ``batch_wait_ms`` for more): a full queue slows the event pump,
-it never drops. Submissions from reconnecting clients are written in
-(Lamport hint, sender key) order and answered once committed.
+Live messages (``united_message_received``, already accepted by gossip) go
+through a bounded queue to one writer task that commits them in batches (up to
+``batch_max`` per transaction, waiting at most ``batch_wait_ms`` for more): a
+full queue slows the event pump, it never drops. A batch that fails as a whole
+is written again message by message, so one message that storage cannot take
+never rolls back another's.
+
+Submissions are judged envelope by envelope by the node's acceptance path
+(origin ``SUBMISSION``): the answer carries a verdict for every envelope, the
+sequence number it got or why it was refused and whether that is permanent.
+An envelope the archive already holds is answered with its number without
+being judged or written again. Accepted ones are written in (Lamport hint,
+sender key) order and answered once committed.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from united_core import frames
-from united_core.envelope import EnvelopeError, SignedMessage, open_envelope
+from united_core.acceptance import Acceptor, Judgement, Origin, Reason
+from united_core.envelope import SignedMessage, message_id_from_wire
 from united_core.wire import envelope_pb2
 from united_core.wire import frames_pb2 as pb
 
@@ -32,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 E = pb.ErrorCode
 MAX_SUBMIT = 1000
+MAX_LOOKUP = 5000
+REASON_CODES = {reason: getattr(pb, f"REFUSAL_REASON_{reason.name}") for reason in Reason}
 # A history page stays well inside one WebSocket frame.
 PAGE_BYTES = frames.MAX_FRAME_BYTES - 16 * 1024
 PAGE_OVERHEAD = 16  # per-message protobuf framing (tags, lengths, seq)
@@ -51,12 +62,17 @@ class ArchiveStats:
     largest_batch: int = 0
     write_seconds: float = 0.0
     submitted: int = 0
+    submitted_known: int = 0  # already archived: answered without a write
+    refused: int = 0
+    write_errors: int = 0
+    lookups: int = 0
     history_pages: int = 0
 
 
 class ArchiveService:
-    def __init__(self, config: Config, data_dir: Path) -> None:
+    def __init__(self, config: Config, data_dir: Path, acceptor: Acceptor | None = None) -> None:
         self.config = config
+        self.acceptor = acceptor or Acceptor()
         self.path = data_dir / config.database
         self.store: ArchiveStore | None = None
         self.stats = ArchiveStats()
@@ -107,15 +123,12 @@ class ArchiveService:
                 batch.append(item)
                 size += len(item.messages)
             started = time.perf_counter()
+            messages = [m for w in batch for m in w.messages]
             try:
-                stored = await self.store.append([m for w in batch for m in w.messages])
-            except Exception as exc:
-                log.exception("archive write failed")
-                for w in batch:
-                    if w.done is not None and not w.done.done():
-                        w.done.set_exception(exc)
-                    self._queue.task_done()
-                continue
+                stored = await self.store.append(messages)
+            except Exception:
+                log.exception("archive write of %d messages failed; writing one by one", size)
+                stored = [await self._append_one(m) for m in messages]
             self._account(stored, time.perf_counter() - started)
             offset = 0
             for w in batch:
@@ -125,12 +138,23 @@ class ArchiveService:
                     w.done.set_result(part)
                 self._queue.task_done()
 
+    async def _append_one(self, message: SignedMessage) -> Stored:
+        assert self.store is not None
+        try:
+            return (await self.store.append([message]))[0]
+        except Exception as exc:
+            self.stats.write_errors += 1
+            log.error("the archive cannot store message %s: %s", message.id.hex()[:12], exc)
+            return Stored(message.id, message.topic, 0, False, f"{type(exc).__name__}: {exc}")
+
     def _account(self, stored: list[Stored], seconds: float) -> None:
         s = self.stats
         s.batches += 1
         s.largest_batch = max(s.largest_batch, len(stored))
         s.write_seconds += seconds
         for item in stored:
+            if item.error is not None:
+                continue
             if item.new:
                 s.stored += 1
             else:
@@ -172,45 +196,75 @@ class ArchiveService:
             )
         )
 
+    async def lookup(
+        self, node: Node, ctx: frames.FrameContext, frame: pb.ClientFrame
+    ) -> pb.ServerFrame:
+        """Which of the asked-for ids the archive holds, with their numbers."""
+        assert self.store is not None
+        ids = [bytes(i) for i in frame.lookup.message_ids]
+        if len(ids) > MAX_LOOKUP:
+            raise frames.FrameError(E.ERROR_CODE_TOO_LARGE, f"at most {MAX_LOOKUP} ids per lookup")
+        self.stats.lookups += 1
+        known = await self.store.known([i for i in ids if len(i) == 32])
+        return pb.ServerFrame(
+            lookup_result=pb.LookupResult(
+                found=[
+                    pb.SequenceAssigned(
+                        message_id=mid, channel_id=ctx.channel_of(topic) or "", seq=seq
+                    )
+                    for mid, (topic, seq) in known.items()
+                ]
+            )
+        )
+
     async def submit(
         self, node: Node, ctx: frames.FrameContext, frame: pb.ClientFrame
     ) -> pb.ServerFrame:
+        """Judge and store each envelope on its own; answer a verdict for each."""
+        assert self.store is not None
         envelopes = frame.submit.envelopes
         if len(envelopes) > MAX_SUBMIT:
             raise frames.FrameError(
                 E.ERROR_CODE_TOO_LARGE, f"at most {MAX_SUBMIT} envelopes per submission"
             )
-        messages = []
-        for env in envelopes:
-            try:
-                message = open_envelope(env.SerializeToString())
-            except EnvelopeError as exc:
-                raise frames.FrameError(
-                    E.ERROR_CODE_BAD_SIGNATURE, f"rejected envelope: {exc}"
-                ) from None
-            if ctx.channel_of(message.topic) is None:
-                raise frames.FrameError(
-                    E.ERROR_CODE_UNKNOWN_CHANNEL, f"no channel for topic {message.topic!r}"
-                )
-            if not ctx.members.allows_key(message.sender_pubkey):
-                raise frames.FrameError(
-                    E.ERROR_CODE_NOT_A_MEMBER, "an envelope's sender is not a member"
-                )
-            messages.append(message)
-        # Messages sent while the server was away get numbers in (Lamport, sender) order.
-        messages.sort(key=lambda m: (m.sequence_hint, m.sender_pubkey))
-        stored = await self.write(messages)
-        self.stats.submitted += len(messages)
-        return pb.ServerFrame(
-            submit_result=pb.SubmitResult(
-                assigned=[
-                    pb.SequenceAssigned(
-                        message_id=s.id, channel_id=ctx.channel_of(s.topic) or "", seq=s.seq
-                    )
-                    for s in stored
-                ]
+        wires = [env.SerializeToString() for env in envelopes]
+        ids = [message_id_from_wire(w) for w in wires]
+        known = await self.store.known(ids)
+        assigned: list[pb.SequenceAssigned] = []
+        refused: list[pb.EnvelopeRefused] = []
+        accepted: list[SignedMessage] = []
+        topics = _ChannelTopics(ctx)
+        submitter = ctx.member.peer_id
+        for mid, wire in zip(ids, wires, strict=True):
+            if mid in known:  # judged when it was first stored; keeps its number
+                topic, seq = known[mid]
+                assigned.append(_assigned(ctx, mid, topic, seq))
+                self.stats.submitted_known += 1
+                continue
+            judgement = self.acceptor.judge(
+                wire, Origin.SUBMISSION, topics=topics, from_peer=submitter
             )
-        )
+            if judgement.accepted and judgement.message is not None:
+                accepted.append(judgement.message)
+            else:
+                refused.append(_refused(mid, judgement))
+        # Messages sent while the server was away get numbers in (Lamport, sender) order.
+        accepted.sort(key=lambda m: (m.sequence_hint, m.sender_pubkey))
+        for stored in await self.write(accepted) if accepted else []:
+            if stored.error is not None:
+                refused.append(
+                    pb.EnvelopeRefused(
+                        message_id=stored.id,
+                        reason=pb.REFUSAL_REASON_INTERNAL,
+                        permanent=False,
+                        detail="the archive could not store it; retry later",
+                    )
+                )
+            else:
+                assigned.append(_assigned(ctx, stored.id, stored.topic, stored.seq))
+        self.stats.submitted += len(accepted)
+        self.stats.refused += len(refused)
+        return pb.ServerFrame(submit_result=pb.SubmitResult(assigned=assigned, refused=refused))
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
@@ -221,13 +275,43 @@ class ArchiveService:
             "largest_batch": s.largest_batch,
             "queued": self._queue.qsize(),
             "submitted": s.submitted,
+            "submitted_known": s.submitted_known,
+            "refused": s.refused,
+            "write_errors": s.write_errors,
+            "lookups": s.lookups,
             "history_pages": s.history_pages,
         }
 
 
+class _ChannelTopics:
+    """The topics of the server's channels, as a container the acceptance path checks."""
+
+    def __init__(self, ctx: frames.FrameContext) -> None:
+        self._ctx = ctx
+
+    def __contains__(self, topic: object) -> bool:
+        return isinstance(topic, str) and self._ctx.channel_of(topic) is not None
+
+
+def _assigned(ctx: frames.FrameContext, mid: bytes, topic: str, seq: int) -> pb.SequenceAssigned:
+    return pb.SequenceAssigned(message_id=mid, channel_id=ctx.channel_of(topic) or "", seq=seq)
+
+
+def _refused(mid: bytes, judgement: Judgement) -> pb.EnvelopeRefused:
+    reason = judgement.reason or Reason.MALFORMED
+    return pb.EnvelopeRefused(
+        message_id=mid,
+        reason=REASON_CODES[reason],
+        permanent=reason.permanent,
+        detail=judgement.detail[:200],
+    )
+
+
 @contextlib.asynccontextmanager
-async def archive_service(config: Config, data_dir: Path) -> AsyncIterator[ArchiveService]:
-    service = ArchiveService(config, data_dir)
+async def archive_service(
+    config: Config, data_dir: Path, acceptor: Acceptor
+) -> AsyncIterator[ArchiveService]:
+    service = ArchiveService(config, data_dir, acceptor)
     await service.start()
     try:
         yield service

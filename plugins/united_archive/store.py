@@ -39,8 +39,9 @@ CREATE TABLE IF NOT EXISTS heads (topic TEXT PRIMARY KEY, last_seq INTEGER NOT N
 class Stored:
     id: bytes
     topic: str
-    seq: int
+    seq: int  # 0 when it could not be stored (``error``)
     new: bool  # False: the archive already had it (it keeps its number)
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ class ArchiveStore:
                 raise
             self._heads = heads
             return out
+
+    async def known(self, ids: list[bytes]) -> dict[bytes, tuple[str, int]]:
+        """The (topic, seq) of each of ``ids`` the archive holds."""
+        return await self._known(ids)
 
     async def _known(self, ids: list[bytes]) -> dict[bytes, tuple[str, int]]:
         found: dict[bytes, tuple[str, int]] = {}

@@ -24,7 +24,9 @@ class Container(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Config)
     core = providers.DependenciesContainer()
     discovery = providers.DependenciesContainer()
-    service = providers.Resource(cache_service, config, core.node, core.data_dir, discovery.service)
+    service = providers.Resource(
+        cache_service, config, core.node, core.data_dir, discovery.service, core.acceptor
+    )
 
 
 def _cache(node: Node) -> CacheService:

@@ -16,6 +16,13 @@ class Config:
         min=0.1,
         max=3600,
     )
+    upload_grace: float = setting(
+        30.0,
+        "Seconds before a message received from another member is uploaded if the "
+        "server still lacks it (it normally has it through gossip already).",
+        min=0.0,
+        max=86400,
+    )
     submit_batch: int = setting(500, "Most envelopes per submission.", min=1, max=1000)
     page_size: int = setting(
         500, "History page size requested when filling gaps.", min=1, max=10_000

@@ -1,12 +1,21 @@
 """Keep the local cache complete and in the server's order.
 
 - Every accepted message is written to the cache on arrival (unconfirmed).
-- While connected, unconfirmed messages are submitted every ``sync_interval``:
-  the server stores what it lacks and answers every message's sequence number,
-  so received messages are confirmed as well as our own.
-- After every login (the server may have been down, or we were): submit what is
-  unconfirmed, then fill the gaps of each joined channel page by page. Sequence
-  numbers the server no longer has are recorded as holes and not asked again.
+- While connected, every ``sync_interval``, unconfirmed messages are looked up
+  by id (32 bytes each, no upload): the server answers the numbers it gave.
+  Of those it lacks, this node's own are submitted at once and others' only
+  once they have been here ``upload_grace`` seconds (the server nearly always
+  has them through gossip, so members do not upload each other's messages).
+  Each submitted envelope gets its own verdict: a number, a permanent refusal
+  (marked, never uploaded again, not shown), or a transient one (retried next
+  round). A round walks the whole backlog with a cursor, so refused envelopes
+  never hold up the ones behind them.
+- After every login (the server may have been down, or we were): reconcile, that
+  is look up and submit *everything* the server lacks without waiting for the
+  grace period, so the first member back hands the server the whole outage in
+  one submission, numbered in Lamport order; then fill the gaps of each joined
+  channel page by page. Sequence numbers the server no longer has are recorded
+  as holes and not asked again.
 """
 
 from __future__ import annotations
@@ -14,34 +23,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from united_core.envelope import EnvelopeError, SignedMessage, open_envelope
+from united_core.acceptance import Acceptor, Origin
+from united_core.envelope import SignedMessage
 from united_core.wire import envelope_pb2
 from united_core.wire import frames_pb2 as pb
 
 from .config import Config
-from .store import CachedMessage, CacheStore
+from .store import CachedMessage, CacheStore, Cursor
 
 if TYPE_CHECKING:
     from united_core.node import Node
 
 log = logging.getLogger(__name__)
+# A submission stays well inside one WebSocket frame (the server's default bound is 256 KiB).
+SUBMIT_BYTES = 192 * 1024
 
 
 class CacheService:
-    def __init__(self, config: Config, node: Node, data_dir: Path, discovery: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        node: Node,
+        data_dir: Path,
+        discovery: Any,
+        acceptor: Acceptor | None = None,
+    ) -> None:
         self.config = config
+        self.acceptor = acceptor or Acceptor()
         self.node = node
         self.path = data_dir / config.database
         self.discovery = discovery
         self.store: CacheStore | None = None
         self._task: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
+        self._reconciled = -1  # the discovery session whose reconciliation went through
         self.filled = 0
         self.submitted = 0
+        self.looked_up = 0
+        self.refused = 0
+        self.deferred = 0
         self.syncs = 0
         # Our own messages the server has not numbered yet (shown in stats).
         self.own_unconfirmed: set[bytes] = set()
@@ -70,55 +95,109 @@ class CacheService:
     async def _periodic(self) -> None:
         while True:
             await asyncio.sleep(self.config.sync_interval)
-            if self.discovery.connected.is_set():
-                try:
-                    await self.submit_unconfirmed()
-                except Exception as exc:
-                    log.info("cache sync deferred: %s", exc)
+            if not self.discovery.connected.is_set():
+                continue
+            # Until this session's reconciliation went through, every round is one.
+            session = self.discovery.sessions
+            reconcile = self._reconciled != session
+            try:
+                async with self._sync_lock:
+                    await self.submit_unconfirmed(reconcile=reconcile)
+                    if reconcile:
+                        self._reconciled = session
+            except Exception as exc:
+                log.info("cache sync deferred: %s", exc)
 
     async def sync_after_login(self) -> None:
+        session = self.discovery.sessions
         async with self._sync_lock:
-            await self.submit_unconfirmed()
+            await self.submit_unconfirmed(reconcile=True)
+            self._reconciled = session
             await self.fill_gaps()
             self.syncs += 1
 
     # ---- submissions -------------------------------------------------------------------
 
-    async def submit_unconfirmed(self) -> int:
+    async def submit_unconfirmed(self, *, reconcile: bool = False) -> int:
+        """One round over the backlog; returns how many messages got their number.
+
+        Every unconfirmed message is looked up by id; of those the server lacks,
+        this node's own are uploaded at once and others' once they have been
+        here ``upload_grace`` seconds (at once when ``reconcile``).
+        """
         assert self.store is not None
         confirmed = 0
+        cursor: Cursor | None = None
+        own_key = self.node.identity.public_key
         while True:
-            batch = await self.store.unconfirmed(self.config.submit_batch)
+            batch = await self.store.unconfirmed(self.config.submit_batch, after=cursor)
             if not batch:
                 return confirmed
-            assigned = await self._submit(batch)
+            cursor = batch[-1].cursor
+            found = await self._lookup([m.id for m in batch])
+            due = time.time() - (0.0 if reconcile else self.config.upload_grace)
+            missing = [
+                m
+                for m in batch
+                if m.id not in found and (m.sender == own_key or m.received_at <= due)
+            ]
+            assigned = list(found.items())
+            for chunk in _by_size(missing, SUBMIT_BYTES):
+                assigned += await self._submit(chunk)
             await self.store.confirm(assigned)
             self.own_unconfirmed.difference_update(message_id for message_id, _ in assigned)
             confirmed += len(assigned)
             self.submitted += len(assigned)
-            if len(batch) < self.config.submit_batch or not assigned:
+            if len(batch) < self.config.submit_batch:
                 return confirmed
 
-    async def _submit(self, batch: list[CachedMessage]) -> list[tuple[bytes, int]]:
+    async def _lookup(self, ids: list[bytes]) -> dict[bytes, int]:
+        """The numbers the server already gave to any of ``ids`` (nothing uploaded)."""
         from united_discovery.session import DirectoryError  # same distribution's client type
 
+        try:
+            reply = await self.discovery.request(
+                pb.ClientFrame(lookup=pb.LookupMessages(message_ids=ids))
+            )
+        except DirectoryError as exc:  # a server without lookups: submit everything
+            log.debug("lookup refused (%s); submitting instead", exc)
+            return {}
+        self.looked_up += len(ids)
+        wanted = set(ids)
+        return {
+            bytes(f.message_id): int(f.seq)
+            for f in reply.lookup_result.found
+            if bytes(f.message_id) in wanted and f.seq > 0
+        }
+
+    async def _submit(self, batch: list[CachedMessage]) -> list[tuple[bytes, int]]:
+        """Submit ``batch``; mark permanent refusals; return the numbers assigned."""
         frame = pb.ClientFrame(
             submit=pb.SubmitMessages(
                 envelopes=[envelope_pb2.Envelope.FromString(m.wire) for m in batch]
             )
         )
-        try:
-            reply = await self.discovery.request(frame)
-        except DirectoryError as exc:
-            if len(batch) == 1:
-                log.warning("the server refuses cached message %s: %s", batch[0].id.hex()[:12], exc)
-                return []
-            # One bad apple: submit one by one so the rest still get their numbers.
-            out: list[tuple[bytes, int]] = []
-            for message in batch:
-                out += await self._submit([message])
-            return out
-        return [(bytes(a.message_id), int(a.seq)) for a in reply.submit_result.assigned]
+        reply = await self.discovery.request(frame)
+        result = reply.submit_result
+        permanent = []
+        for refusal in result.refused:
+            reason = pb.RefusalReason.Name(refusal.reason).removeprefix("REFUSAL_REASON_")
+            reason = f"{reason.lower()}: {refusal.detail}" if refusal.detail else reason.lower()
+            if refusal.permanent:
+                permanent.append((bytes(refusal.message_id), reason))
+            else:
+                self.deferred += 1
+            log.info(
+                "the server refused cached message %s (%s, %s)",
+                bytes(refusal.message_id).hex()[:12],
+                reason,
+                "permanent" if refusal.permanent else "will retry",
+            )
+        if permanent:
+            await self.store.refuse(permanent)  # type: ignore[union-attr]
+            self.refused += len(permanent)
+            self.own_unconfirmed.difference_update(mid for mid, _ in permanent)
+        return [(bytes(a.message_id), int(a.seq)) for a in result.assigned]
 
     # ---- gap filling ------------------------------------------------------------------
 
@@ -144,14 +223,13 @@ class CacheService:
             page = reply.history_page
             messages, seqs = [], []
             for stored in page.messages:
-                try:
-                    message = open_envelope(
-                        stored.envelope.SerializeToString(), expected_topic=topic
-                    )
-                except EnvelopeError as exc:
-                    log.warning("dropping an invalid message from history: %s", exc)
+                judgement = self.acceptor.judge(
+                    stored.envelope.SerializeToString(), Origin.HISTORY, topic=topic
+                )
+                if not judgement.accepted or judgement.message is None:
+                    log.warning("dropping a message from history: %s", judgement.describe())
                     continue
-                messages.append(message)
+                messages.append(judgement.message)
                 seqs.append(int(stored.seq))
             added += await self.store.add(messages, seqs)
             self.own_unconfirmed.difference_update(m.id for m in messages)
@@ -195,6 +273,9 @@ class CacheService:
         return {
             "own_unconfirmed": len(self.own_unconfirmed),
             "confirmed_by_submission": self.submitted,
+            "looked_up": self.looked_up,
+            "refused_by_server": self.refused,
+            "deferred_by_server": self.deferred,
             "filled": self.filled,
             "syncs": self.syncs,
         }
@@ -207,11 +288,24 @@ def _first_missing(have: set[int], start: int) -> int:
     return seq
 
 
+def _by_size(messages: list[CachedMessage], limit: int) -> list[list[CachedMessage]]:
+    """Split ``messages`` into chunks of at most ``limit`` envelope bytes (at least one each)."""
+    chunks: list[list[CachedMessage]] = []
+    size = 0
+    for message in messages:
+        if not chunks or size + len(message.wire) > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(message)
+        size += len(message.wire) + 8
+    return chunks
+
+
 @contextlib.asynccontextmanager
 async def cache_service(
-    config: Config, node: Node, data_dir: Path, discovery: Any
+    config: Config, node: Node, data_dir: Path, discovery: Any, acceptor: Acceptor
 ) -> AsyncIterator[CacheService]:
-    service = CacheService(config, node, data_dir, discovery)
+    service = CacheService(config, node, data_dir, discovery, acceptor)
     await service.start()
     try:
         yield service

@@ -5,7 +5,9 @@ submission's result or a history page). Reading a channel orders confirmed
 messages by that number, then the unconfirmed ones by (Lamport hint, sender
 key), the same order the server will use when it numbers them. ``holes``
 remembers sequence numbers the server no longer has, so they are not asked for
-again.
+again. A message the server refused *permanently* (a removed member's
+leftovers, a stale or invalid envelope) keeps the reason in ``refused``: it is
+neither uploaded again nor shown.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ CREATE TABLE IF NOT EXISTS holes (
     topic TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (topic, seq)
 );
 """
+# Columns added after the first release, added to older caches when opened.
+MIGRATIONS = (("messages", "refused", "ALTER TABLE messages ADD COLUMN refused TEXT"),)
+COLUMNS = "id, topic, seq, sender, sequence_hint, timestamp, wire, received_at"
+# (sequence_hint, sender, id) of the last message handed out: upload order and cursor.
+Cursor = tuple[int, bytes, bytes]
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,15 @@ class CachedMessage:
     sequence_hint: int
     timestamp: int
     wire: bytes
+    received_at: float = 0.0
 
     @property
     def confirmed(self) -> bool:
         return self.seq is not None
+
+    @property
+    def cursor(self) -> Cursor:
+        return (self.sequence_hint, self.sender, self.id)
 
 
 class CacheStore:
@@ -64,6 +76,11 @@ class CacheStore:
     @classmethod
     async def open(cls, path: Path) -> CacheStore:
         db = await open_database(path, SCHEMA)
+        for table, column, statement in MIGRATIONS:
+            async with db.execute(f"PRAGMA table_info({table})") as cur:
+                if column not in {row[1] for row in await cur.fetchall()}:
+                    await db.execute(statement)
+        await db.commit()
         return cls(db)
 
     async def close(self) -> None:
@@ -86,12 +103,15 @@ class CacheStore:
         async with self._lock:
             before = self._db.total_changes
             await self._db.executemany(
-                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT OR IGNORE INTO messages "
+                "(id, topic, seq, sender, sequence_hint, timestamp, wire, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
             added = self._db.total_changes - before
             if seqs is not None and added < len(rows):  # some were cached unconfirmed
                 await self._db.executemany(
-                    "UPDATE messages SET seq=? WHERE id=? AND seq IS NULL",
+                    "UPDATE messages SET seq=?, refused=NULL WHERE id=? AND seq IS NULL",
                     [(seq, m.id) for m, seq in zip(messages, numbers, strict=True) if seq],
                 )
             await self._db.commit()
@@ -116,12 +136,29 @@ class CacheStore:
                 "UPDATE messages SET seq=NULL WHERE topic=? AND seq=? AND id!=?",
                 (row[0], seq, message_id),
             )
-            await self._db.execute("UPDATE messages SET seq=? WHERE id=?", (seq, message_id))
+            await self._db.execute(
+                "UPDATE messages SET seq=?, refused=NULL WHERE id=?", (seq, message_id)
+            )
 
-    async def unconfirmed(self, limit: int) -> list[CachedMessage]:
+    async def unconfirmed(self, limit: int, *, after: Cursor | None = None) -> list[CachedMessage]:
+        """Unconfirmed, unrefused messages in upload order, from just after ``after``."""
+        clause = "WHERE seq IS NULL AND refused IS NULL"
+        args: list[object] = []
+        if after is not None:
+            clause += " AND (sequence_hint, sender, id) > (?, ?, ?)"
+            args += list(after)
         return await self._select(
-            "WHERE seq IS NULL ORDER BY sequence_hint, sender LIMIT ?", (limit,)
+            clause + " ORDER BY sequence_hint, sender, id LIMIT ?", (*args, limit)
         )
+
+    async def refuse(self, refusals: list[tuple[bytes, str]]) -> None:
+        """Mark messages the server refused for good (id, reason): never uploaded again."""
+        async with self._lock:
+            await self._db.executemany(
+                "UPDATE messages SET refused=? WHERE id=? AND seq IS NULL",
+                [(reason, mid) for mid, reason in refusals],
+            )
+            await self._db.commit()
 
     async def seqs(self, topic: str) -> set[int]:
         async with self._db.execute(
@@ -146,7 +183,8 @@ class CacheStore:
         room = limit - len(confirmed)
         pending = (
             await self._select(
-                "WHERE topic=? AND seq IS NULL ORDER BY sequence_hint, sender LIMIT ?",
+                "WHERE topic=? AND seq IS NULL AND refused IS NULL "
+                "ORDER BY sequence_hint, sender LIMIT ?",
                 (topic, room),
             )
             if room > 0
@@ -155,11 +193,10 @@ class CacheStore:
         return confirmed + pending
 
     async def _select(self, clause: str, args: tuple[object, ...]) -> list[CachedMessage]:
-        async with self._db.execute(
-            "SELECT id, topic, seq, sender, sequence_hint, timestamp, wire FROM messages " + clause,
-            args,
-        ) as cur:
+        async with self._db.execute(f"SELECT {COLUMNS} FROM messages " + clause, args) as cur:
             return [
-                CachedMessage(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], r[5], bytes(r[6]))
+                CachedMessage(
+                    bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], r[5], bytes(r[6]), float(r[7])
+                )
                 for r in await cur.fetchall()
             ]

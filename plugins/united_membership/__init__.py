@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from dependency_injector import containers, providers
 
 from united_core import hookimpl
+from united_core.acceptance import Origin, Reason, Refusal, Verdict
 from united_core.containers import PluginContainer
-from united_core.p2p.options import Verdict
 
 from .state import MembershipState
 
@@ -40,12 +40,16 @@ def united_peer_allowed(node: Node, peer_id: str, direction: str) -> bool:
     return _state(node).allows_peer(peer_id)
 
 
-@hookimpl
-def united_validate_message(node: Node, message: SignedMessage, from_peer: str) -> Verdict | None:
+@hookimpl(tryfirst=True)
+def united_validate_message(node: Node, message: SignedMessage, origin: Origin) -> Refusal | None:
+    """Only members' messages, on every way in but history: the server's record
+    keeps what members wrote before they were removed."""
+    if origin is Origin.HISTORY:
+        return None
     state = _state(node)
     if not state.allows_key(message.sender_pubkey):
         state.rejected_messages += 1
-        return Verdict.REJECT
+        return Refusal(Verdict.REJECT, "the sender is not a member", Reason.NOT_A_MEMBER)
     return None
 
 

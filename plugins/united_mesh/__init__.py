@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
@@ -18,11 +19,12 @@ from .service import MeshService
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from united_core.acceptance import Origin, Refusal
     from united_core.control import ControlCommand
     from united_core.envelope import SignedMessage
     from united_core.members import Channel, MemberSet, Presence
     from united_core.node import Node
-    from united_core.p2p.options import HostOptions, Verdict
+    from united_core.p2p.options import HostOptions
 
 
 class Container(containers.DeclarativeContainer):
@@ -66,6 +68,11 @@ def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> N
         config.gossip_history,
         config.seen_ttl,
     )
+    options.acceptance = dataclasses.replace(
+        options.acceptance,
+        max_message_age=config.max_message_age,
+        max_future_skew=config.max_future_skew,
+    )
 
 
 @hookimpl
@@ -106,8 +113,8 @@ def united_message_received(
 
 
 @hookimpl
-def united_validate_message(node: Node, message: SignedMessage, from_peer: str) -> Verdict | None:
-    return _mesh(node).judge(message)
+def united_validate_message(node: Node, message: SignedMessage, origin: Origin) -> Refusal | None:
+    return _mesh(node).judge(message, origin)
 
 
 @hookimpl

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from united_core import envelope
+from united_core.acceptance import MessageRefused
 from united_core.control import CommandError, ControlCommand
 from united_core.envelope import EnvelopeError
 
@@ -29,6 +30,8 @@ async def _send(node: Node, args: list[str]) -> dict[str, Any]:
         sealed = await mesh.send(args[0], " ".join(args[1:]))
     except KeyError:
         raise CommandError(f"not in channel {args[0]!r} (join it first)") from None
+    except MessageRefused as exc:
+        raise CommandError(f"refused by this node: {exc}") from None
     except EnvelopeError as exc:
         raise CommandError(str(exc)) from None
     return {"id": sealed.id.hex(), "topic": sealed.topic, "sequence_hint": sealed.sequence_hint}
@@ -62,6 +65,8 @@ async def _send_test(node: Node, args: list[str]) -> dict[str, Any]:
         )
     except KeyError:
         raise CommandError(f"not in channel {args[0]!r} (join it first)") from None
+    except MessageRefused as exc:
+        raise CommandError(f"refused by this node: {exc}") from None
     return {"id": sealed.id.hex(), "topic": sealed.topic, "text": sealed.text}
 
 

@@ -33,6 +33,16 @@ class Config:
     max_future_skew: float = setting(
         120.0, "Envelopes stamped further in the future are rejected.", min=1, max=86400
     )
+    rate_limit: float = setting(
+        5.0,
+        "Messages a second a member may send on average (gossip and archive alike); "
+        "the excess is neither forwarded nor archived.",
+        min=0.01,
+        max=1e6,
+    )
+    rate_burst: int = setting(
+        200, "Messages a member may send in a row before rate_limit applies.", min=1, max=10**7
+    )
     dial_per_channel: int = setting(
         4, "Online members dialed per channel, to fill its mesh (plus the server).", min=0, max=64
     )

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from united_core import envelope
+from united_core.acceptance import Origin, Reason, Refusal, Verdict
 from united_core.envelope import SignedMessage
 from united_core.members import Channel, MemberSet, Presence
-from united_core.p2p.options import Verdict
 
 from .config import Config
+from .limits import VolumeLimiter
 
 if TYPE_CHECKING:
     from united_core.identity import Identity
@@ -79,6 +80,7 @@ class MeshService:
         self.tails: set[TailSubscriber] = set()
         self.dialed: dict[str, str] = {}  # peer id -> address we dialed it at
         self.presence: dict[str, tuple[Channel, tuple[Presence, ...]]] = {}  # last known, by topic
+        self.limiter = VolumeLimiter(config.rate_limit, config.rate_burst)
         self._lock = asyncio.Lock()
 
     @property
@@ -154,8 +156,7 @@ class MeshService:
             sequence_hint=self.next_sequence_hint(),
             message_type=message_type,
         )
-        await self.p2p.publish(channel.topic, sealed.wire)
-        return sealed
+        return await self.p2p.publish(channel.topic, sealed.wire)
 
     async def send_invalid(self, channel_ref: str) -> bytes:
         """Publish an envelope whose signature does not verify (test action)."""
@@ -194,20 +195,23 @@ class MeshService:
                 tail.dropped += 1
             tail.queue.put_nowait(line)
 
-    def judge(self, message: SignedMessage) -> Verdict | None:
-        """Freshness: replays of old envelopes and envelopes from the future are dropped.
-
-        The seen-message cache forgets ids after ``seen_ttl``; refusing envelopes
-        older than ``max_message_age`` (< ``seen_ttl``) closes that replay window.
-        """
-        now_ms = time.time() * 1000
-        if message.timestamp > now_ms + self.config.max_future_skew * 1000:
-            return Verdict.REJECT
-        if message.sequence_hint > now_ms + self.config.max_future_skew * 1000:
-            return Verdict.REJECT
-        if message.timestamp < now_ms - self.config.max_message_age * 1000:
-            return Verdict.IGNORE
-        return None
+    def judge(self, message: SignedMessage, origin: Origin) -> Refusal | None:
+        """Per-member volume limits (``rate_limit``/``rate_burst``), on every origin but
+        history. The server (trusted, not a member) is not limited."""
+        if origin is Origin.HISTORY or message.sender_pubkey not in self.members.by_key:
+            return None
+        if self.limiter.allow(
+            message.sender_pubkey,
+            message.id,
+            remember_refusal=origin is not Origin.SUBMISSION,
+        ):
+            return None
+        return Refusal(
+            Verdict.IGNORE,
+            f"the sender is over its volume limit ({self.config.rate_limit:g}/s, "
+            f"burst {self.config.rate_burst})",
+            Reason.RATE_LIMITED,
+        )
 
     def describe(self, message: SignedMessage, received_at: float) -> dict[str, Any]:
         member = self.members.by_key.get(message.sender_pubkey)
@@ -260,6 +264,7 @@ class MeshService:
             "names": names,
             "subscribed": sorted(c.name for c in self.channels.values()),
             "tails": len(self.tails),
+            "volume": self.limiter.stats(),
         }
 
     # ---- reconnection ------------------------------------------------------------------

@@ -6,17 +6,12 @@ Plain data with no trio or libp2p import, so plugins can adjust them from the
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..acceptance import Rules, Verdict
 
-class Verdict(enum.Enum):
-    """A message validator's answer (gossipsub's accept / reject / ignore)."""
-
-    ACCEPT = "accept"
-    REJECT = "reject"  # invalid: dropped, not forwarded, the forwarder's score drops
-    IGNORE = "ignore"  # dropped and not forwarded (py-libp2p 0.8.1: scored like reject)
+__all__ = ["GossipOptions", "HostOptions", "Rules", "Verdict"]
 
 
 GOSSIPSUB_V10 = "/meshsub/1.0.0"
@@ -66,3 +61,5 @@ class HostOptions:
     inbound_queue_size: int = 1024
     event_queue_size: int = 1024
     gossip: GossipOptions = field(default_factory=GossipOptions)
+    # Freshness windows of the acceptance path (``[mesh]``, ``[archive]`` set them).
+    acceptance: Rules = field(default_factory=Rules)

@@ -1,23 +1,40 @@
 """Gossipsub adjustments for py-libp2p 0.8.1 that the runtime needs for correctness.
 
-Each adjustment is named, documented and covered by a test that fails when it
-stops taking effect (tests/test_p2p_runtime.py):
+Each adjustment is named, documented, checked against the installed py-libp2p
+at start-up (:func:`check_adjustments`) and covered by a test that fails when it
+stops taking effect (tests/test_p2p_runtime.py, tests/test_gossip_adjustments.py):
 
 - ``CountingRpcQueue`` replaces py-libp2p's per-peer outbound queue class so that
   every rejected push (the library drops silently past 32 RPCs) is counted, and a
   publisher can wait for room instead of having its message dropped.
 - ``UnitedGossipSub`` makes the number of peers gossiped to per heartbeat
   (D_lazy) configurable; py-libp2p 0.8.1 hard-codes 6.
-- ``UnitedPubsub`` validates *every* message with the runtime's envelope validator
-  (py-libp2p only runs validators registered per topic), and hands delivered
-  messages to the runtime's own bounded inbox instead of 32-slot per-topic
-  channels that drop silently.
+- ``UnitedPubsub.push_msg`` judges *every* message through the node's one
+  acceptance path (py-libp2p only runs validators registered per topic) and
+  replaces py-libp2p's verdict handling:
+  - *verdicts keyed by (id, topic)*: py-libp2p caches a verdict by message id
+    alone, so a copy sent on the wrong topic first poisoned the genuine one;
+  - *one penalty per invalid message*: py-libp2p neither marks a rejected
+    message seen nor remembers it, so every re-sent or re-requested copy was
+    penalised again; we remember refusals (``RefusedCache``) and drop repeats
+    quietly;
+  - *IGNORE is not invalid*: py-libp2p scores every failed validation like a
+    REJECT (P4); an IGNORE (stale, rate-limited) now costs nobody any score.
+  Delivered messages go to the runtime's own bounded inbox instead of 32-slot
+  per-topic channels that drop silently.
+- ``EnvelopeIdMessageCache`` keys gossipsub's message cache by the envelope id
+  (py-libp2p keys it by ``from || seqno`` whatever the message-id function
+  says), so IHAVE ids are the ids every node uses and IWANT is served.
+- ``UnitedGossipSub.handle_ihave`` does not ask (IWANT) for messages this
+  node already refused.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,9 +43,15 @@ import libp2p.pubsub.pubsub as _pubsub_module
 import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.mcache import CacheEntry, MessageCache
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub, TopicValidator
+from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.utils import safe_bytes_from_hex
+from libp2p.pubsub.validators import signature_validator
+
+from ..acceptance import Judgement, Verdict
+from ..envelope import SignedMessage, message_id_from_wire
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +66,7 @@ class PubsubCounters:
     delivered: int = 0
     rejected: int = 0
     ignored: int = 0
+    repeats_dropped: int = 0  # copies of refused messages dropped without a second penalty
     outbound_drops: int = 0  # RPCs py-libp2p refused to queue for a peer
     inbound_drops: int = 0  # validated messages the inbox had no room for
     publish_waits: int = 0  # publishes that waited for a peer queue to drain
@@ -97,38 +121,190 @@ def install_queue_patch() -> bool:
     return True
 
 
-# (forwarder peer id, pubsub message) -> accepted?; the runtime's envelope validator.
-MessageValidator = Callable[[ID, rpc_pb2.Message], bool]
-# Called with each message that passed validation, on the trio thread.
-Deliver = Callable[[rpc_pb2.Message], None]
+class AdjustmentMismatch(RuntimeError):
+    """The installed py-libp2p is not one the gossip adjustments were checked against."""
+
+
+def check_adjustments() -> None:
+    """Refuse to run on a py-libp2p whose internals the correctness adjustments assume away.
+
+    Checked: the version line, and every attribute the subclasses override or
+    rely on. A mismatch stops the node at start-up with this message instead of
+    running a mesh whose message ids, verdicts or scores silently disagree.
+    """
+    version = libp2p.__version__
+    needed = {
+        Pubsub: ("push_msg", "_is_msg_seen", "_mark_msg_seen", "notify_subscriptions"),
+        GossipSub: ("handle_ihave", "emit_iwant", "publish", "_check_ihave_rate_limit"),
+        MessageCache: ("put", "get", "window", "shift"),
+    }
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls, names in needed.items()
+        for name in names
+        if not hasattr(cls, name)
+    ]
+    if not version.startswith(SUPPORTED_LIBP2P) or missing:
+        raise AdjustmentMismatch(
+            f"py-libp2p {version} is not a version the gossip adjustments were checked "
+            f"against ({', '.join(v + 'x' for v in SUPPORTED_LIBP2P)})"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+        )
+
+
+class EnvelopeIdMessageCache(MessageCache):
+    """Gossipsub's message cache, keyed by the envelope id instead of ``from || seqno``.
+
+    IHAVE announces ids from ``window()`` and IWANT is answered from ``get()``:
+    both must use the id every node computes (docs/wire-format.md), or a
+    gossip-only link carries each message many times (measured before this
+    change: 50 messages, 300 unknown IHAVE ids, 300 redundant copies).
+    """
+
+    def put(self, msg: rpc_pb2.Message) -> None:
+        mid = message_id_from_wire(msg.data)
+        if mid in self.msgs:
+            return
+        self.msgs[mid] = msg
+        self.history[0].append(CacheEntry(mid, msg.topicIDs))
+
+
+class RefusedCache:
+    """Messages refused on a topic, remembered for ``ttl`` seconds (at most ``size``).
+
+    Keyed by (message id, topic): whether an envelope is acceptable depends on
+    the topic it arrived on, so a wrong-topic copy must not condemn the
+    genuine message. Written and read on the trio thread only.
+    """
+
+    def __init__(self, ttl: float, size: int = 65_536) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: collections.OrderedDict[tuple[bytes, str], tuple[float, Verdict]] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, mid: bytes, topic: str) -> Verdict | None:
+        entry = self._entries.get((mid, topic))
+        if entry is None:
+            return None
+        if time.monotonic() - entry[0] > self.ttl:
+            del self._entries[(mid, topic)]
+            return None
+        return entry[1]
+
+    def put(self, mid: bytes, topic: str, verdict: Verdict) -> None:
+        self._entries[(mid, topic)] = (time.monotonic(), verdict)
+        self._entries.move_to_end((mid, topic))
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# (forwarder peer id, pubsub message) -> the acceptance path's judgement (trio thread).
+GossipJudge = Callable[[ID, rpc_pb2.Message], Judgement]
+# Called with each message that was accepted, on the trio thread.
+Deliver = Callable[[rpc_pb2.Message, SignedMessage], None]
 
 
 class UnitedPubsub(Pubsub):
-    """Pubsub that validates every topic's messages and delivers to one inbox."""
+    """Pubsub whose every message goes through the node's acceptance path, once."""
 
     def __init__(
-        self, *args: object, validator: MessageValidator, deliver: Deliver, **kwargs: object
+        self,
+        *args: object,
+        judge: GossipJudge,
+        deliver: Deliver,
+        counters: PubsubCounters,
+        refused_ttl: float,
+        **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._united_validator: tuple[TopicValidator, ...] = (TopicValidator(validator, False),)
+        self._judge = judge
         self._deliver = deliver
+        self._counters = counters
+        self.refused = RefusedCache(refused_ttl)
+        # Own publishes, already judged by the runtime on the asyncio side: data -> message.
+        self.own_messages: dict[bytes, SignedMessage] = {}
 
-    def get_msg_validators(self, msg: rpc_pb2.Message) -> tuple[TopicValidator, ...]:
-        return self._united_validator
-
-    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
-        if any(topic in self.topic_ids for topic in publish_message.topicIDs):
-            self._deliver(publish_message)
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        """py-libp2p's push_msg, with our verdict handling (see the module docstring)."""
+        if self.is_peer_blacklisted(msg_forwarder) or self.is_peer_blacklisted(ID(msg.from_id)):
+            return
+        if self._is_msg_seen(msg):
+            return
+        mid = self._msg_id_constructor(msg)
+        topics = list(msg.topicIDs)
+        topic = topics[0] if len(topics) == 1 else ""
+        own = msg_forwarder == self.my_id
+        if not own and self.refused.get(mid, topic) is not None:
+            self._counters.repeats_dropped += 1  # refused once already: no second penalty
+            return
+        scorer = getattr(self.router, "scorer", None)
+        if not own and scorer is not None and not scorer.allow_publish(msg_forwarder, topics):
+            return
+        if self.strict_signing and not signature_validator(msg):
+            return
+        if own:
+            # Judged by P2PRuntime.publish before it got here (or a deliberate
+            # test action, publish_unchecked, which is forwarded but not delivered).
+            signed: SignedMessage | None = self.own_messages.get(msg.data)
+        else:
+            judgement = self._judge(msg_forwarder, msg) if topic else None
+            if judgement is None or not judgement.accepted:
+                verdict = judgement.verdict if judgement is not None else Verdict.REJECT
+                self.refused.put(mid, topic, verdict)
+                if verdict is Verdict.REJECT:
+                    self._counters.rejected += 1
+                    if scorer is not None:
+                        for t in topics:
+                            scorer.on_invalid_message(msg_forwarder, t)
+                else:
+                    self._counters.ignored += 1
+                return
+            signed = judgement.message
+        self._mark_msg_seen(msg)
+        if scorer is not None and not own:
+            for t in topics:
+                scorer.on_first_delivery(msg_forwarder, t)
+        if ID(msg.from_id) == self.my_id and not own:
+            return  # claims to be ours but was not published here
+        if signed is not None and any(t in self.topic_ids for t in topics):
+            self._deliver(msg, signed)
+        await self.router.publish(msg_forwarder, msg)
 
 
 class UnitedGossipSub(GossipSub):
-    """GossipSub with a configurable D_lazy (the spec's gossip emission degree)."""
+    """GossipSub with a configurable D_lazy, an envelope-id message cache, and IHAVE
+    handling that does not ask again for what this node refused."""
 
     def __init__(self, *args: object, degree_lazy: int = 6, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.degree_lazy = degree_lazy
+        self.mcache = EnvelopeIdMessageCache(self.mcache.window_size, self.mcache.history_size)
 
     def _get_adaptive_gossip_peers_count(self, topic: str, total_peers: int) -> int:
         if self.adaptive_gossip_enabled:
             return int(super()._get_adaptive_gossip_peers_count(topic, total_peers))
         return max(self.degree_lazy, int(total_peers * 0.25))
+
+    async def handle_ihave(self, ihave_msg: rpc_pb2.ControlIHave, sender_peer_id: ID) -> None:
+        """py-libp2p's handle_ihave, skipping ids refused on that topic as well as seen ones."""
+        if not self._check_ihave_rate_limit(sender_peer_id, ihave_msg.topicID):
+            return
+        pubsub = self.pubsub
+        if pubsub is None:
+            return
+        refused = getattr(pubsub, "refused", None)
+        wanted = []
+        for msg_id in ihave_msg.messageIDs:
+            mid = safe_bytes_from_hex(msg_id)
+            if mid is None or pubsub.seen_messages.has(mid):
+                continue
+            if refused is not None and refused.get(mid, ihave_msg.topicID) is not None:
+                continue
+            wanted.append(mid)
+        if wanted:
+            await self.emit_iwant(wanted, sender_peer_id)

@@ -44,25 +44,24 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from ..envelope import EnvelopeError, SignedMessage, message_id_from_wire, open_envelope
+from ..acceptance import Acceptor, Judgement, MessageRefused, Origin
+from ..envelope import SignedMessage, message_id_from_wire
 from ..identity import Identity
 from .events import MessageReceived, P2PEvent, PeerConnected, PeerDisconnected
 from .gate import GatedNoiseTransport, PeerGate
-from .options import HostOptions, Verdict
+from .options import HostOptions
 from .pubsub import (
     CountingRpcQueue,
     PubsubCounters,
     UnitedGossipSub,
     UnitedPubsub,
     bind_counters,
+    check_adjustments,
     install_queue_patch,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# (verified message, forwarding peer id) -> verdict; plugin policy after the envelope checks.
-MessagePolicy = Callable[[SignedMessage, str], Verdict]
 
 
 class RuntimeStopped(RuntimeError):
@@ -138,10 +137,6 @@ def _accept_all(peer_id: str, direction: str) -> bool:
     return True
 
 
-def _no_policy(message: SignedMessage, from_peer: str) -> Verdict:
-    return Verdict.ACCEPT
-
-
 class P2PRuntime:
     """A libp2p host (TCP, Noise, Yamux, gossipsub) in a dedicated trio thread."""
 
@@ -151,7 +146,7 @@ class P2PRuntime:
         options: HostOptions,
         *,
         gate: PeerGate = _accept_all,
-        policy: MessagePolicy = _no_policy,
+        acceptor: Acceptor | None = None,
         on_host_started: Callable[[HostContext], None] | None = None,
     ) -> None:
         self.identity = identity
@@ -159,8 +154,10 @@ class P2PRuntime:
         self.peer_id = identity.peer_id
         self.counters = PubsubCounters()
         self._gate = gate
-        self._policy = policy
+        # The node's one acceptance path; without plugins it checks envelopes only.
+        self.acceptor = acceptor or Acceptor()
         self._on_host_started = on_host_started
+        check_adjustments()
         self._queue_patch = install_queue_patch()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -173,10 +170,7 @@ class P2PRuntime:
         self._credits: trio.Semaphore | None = None
         self._inbox_send: trio.MemorySendChannel[MessageReceived] | None = None
         self._publish_slots = asyncio.Semaphore(options.max_inflight_publishes)
-        self._verified: tuple[rpc_pb2.Message, SignedMessage] | None = None
         self._ctx: HostContext | None = None
-        self._unchecked: bytes | None = None
-        self._own_id = ID.from_base58(identity.peer_id)
         self._topics: set[str] = set()
         self.listen_addrs: list[str] = []
         self.started_at: float | None = None
@@ -342,62 +336,28 @@ class P2PRuntime:
         pubsub = UnitedPubsub(
             host,
             gossipsub,
-            validator=self._validate,
+            judge=self._judge,
             deliver=self._deliver,
+            counters=self.counters,
+            # A refusal is remembered as long as an accepted id is (replays of both stop).
+            refused_ttl=g.seen_ttl,
             # Ids are envelope ids, so every implementation that adopts our schema agrees.
             msg_id_constructor=lambda msg: message_id_from_wire(msg.data),
             strict_signing=True,
             seen_ttl=g.seen_ttl,
-            # A cached "valid" verdict skips our validator (membership included):
-            # it must never outlive the seen-message cache that stops replays.
-            validation_cache_ttl=min(300, g.seen_ttl),
         )
         return host, pubsub, gossipsub
 
     # ---- messages (trio side) -------------------------------------------------------
 
-    def _validate(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
-        """Envelope checks, then plugin policy. Runs for every message, on the trio thread."""
-        self._verified = None
-        if (
-            self._unchecked is not None
-            and msg.data == self._unchecked
-            and forwarder == self._own_id
-        ):
-            return True  # publish_unchecked: this one message of ours only
-        if len(msg.topicIDs) != 1:
-            self.counters.rejected += 1
-            return False
-        try:
-            signed = open_envelope(msg.data, expected_topic=msg.topicIDs[0])
-        except EnvelopeError as exc:
-            log.debug("rejected message from %s: %s", forwarder, exc)
-            self.counters.rejected += 1
-            return False
-        try:
-            verdict = self._policy(signed, forwarder.to_base58())
-        except Exception:
-            log.exception("message policy raised; rejecting")
-            verdict = Verdict.REJECT
-        if verdict is not Verdict.ACCEPT:
-            if verdict is Verdict.IGNORE:
-                self.counters.ignored += 1
-            else:
-                self.counters.rejected += 1
-            return False
-        self._verified = (msg, signed)
-        return True
+    def _judge(self, forwarder: ID, msg: rpc_pb2.Message) -> Judgement:
+        """The acceptance path for gossip (trio thread), once per message and topic."""
+        return self.acceptor.judge(
+            msg.data, Origin.GOSSIP, topic=msg.topicIDs[0], from_peer=forwarder.to_base58()
+        )
 
-    def _deliver(self, msg: rpc_pb2.Message) -> None:
-        """Hand a validated message to the inbox (no await: called inside push_msg)."""
-        stash, self._verified = self._verified, None
-        if stash is not None and stash[0] is msg:
-            signed = stash[1]
-        else:  # validation was answered from py-libp2p's cache: verify again
-            try:
-                signed = open_envelope(msg.data, expected_topic=msg.topicIDs[0])
-            except EnvelopeError:
-                return
+    def _deliver(self, msg: rpc_pb2.Message, signed: SignedMessage) -> None:
+        """Hand an accepted message to the inbox (no await: called inside push_msg)."""
         event = MessageReceived(signed, ID(msg.from_id).to_base58(), time.time())
         assert self._inbox_send is not None
         try:
@@ -602,20 +562,31 @@ class P2PRuntime:
     def topics(self) -> frozenset[str]:
         return frozenset(self._topics)
 
-    async def publish(self, topic: str, envelope_bytes: bytes) -> None:
-        """Publish a sealed envelope on ``topic``.
+    async def publish(self, topic: str, envelope_bytes: bytes) -> SignedMessage:
+        """Publish a sealed envelope on ``topic``; return it as accepted.
+
+        The envelope goes through the node's acceptance path first (origin
+        ``PUBLISH``: the same checks and plugin validators every peer will run),
+        and :class:`~united_core.acceptance.MessageRefused` says why when it is
+        refused, instead of a publish that nobody will ever deliver.
 
         Backpressure: at most ``max_inflight_publishes`` publishes run at once, and
         each waits (up to ``publish_timeout``) until no peer's outbound queue is
         above ``outbound_high_water``; any RPC py-libp2p still refuses is counted
-        in ``outbound_drops``. A bad envelope raises EnvelopeError here instead of
-        being dropped silently by our own validator.
+        in ``outbound_drops``.
         """
-        open_envelope(envelope_bytes, expected_topic=topic)
+        judgement = self.acceptor.judge(
+            envelope_bytes, Origin.PUBLISH, topic=topic, from_peer=self.peer_id
+        )
+        if not judgement.accepted or judgement.message is None:
+            raise MessageRefused(judgement)
         async with self._publish_slots:
-            await self.call(self._publish_trio, topic, envelope_bytes)
+            await self.call(self._publish_trio, topic, envelope_bytes, judgement.message)
+        return judgement.message
 
-    async def _publish_trio(self, topic: str, data: bytes) -> None:
+    async def _publish_trio(
+        self, topic: str, data: bytes, signed: SignedMessage | None = None
+    ) -> None:
         ctx = self.host_context
         high_water = self.options.outbound_high_water
         full = [
@@ -630,22 +601,24 @@ class P2PRuntime:
                     await queue.wait_for_room(high_water)
             if scope.cancelled_caught:
                 self.counters.publish_wait_timeouts += 1
-        await ctx.pubsub.publish(topic, data)
+        if signed is not None:
+            ctx.pubsub.own_messages[data] = signed
+        try:
+            await ctx.pubsub.publish(topic, data)
+        finally:
+            ctx.pubsub.own_messages.pop(data, None)
         self.counters.published += 1
 
     async def publish_unchecked(self, topic: str, data: bytes) -> None:
-        """Publish ``data`` without our own validator (a developer test action).
+        """Publish ``data`` without the acceptance path (a developer test action).
 
-        Lets a test make a member's host send an invalid envelope, to see every
-        receiver reject it and lower the sender's score. Never used otherwise.
+        Lets a test make a member's host send what an attacker would (an invalid
+        envelope, a flood, a stale one), to see every receiver refuse it. The
+        data is forwarded but not delivered locally. Never used otherwise.
         """
 
         async def publish() -> None:
-            self._unchecked = data
-            try:
-                await self.host_context.pubsub.publish(topic, data)
-            finally:
-                self._unchecked = None
+            await self.host_context.pubsub.publish(topic, data)
 
         await self.call(publish)
 

@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from . import envelope_pb2 as envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x66rames.proto\x12\tunited.v1\x1a\x0e\x65nvelope.proto\"m\n\x06Member\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x0f\n\x07peer_id\x18\x04 \x01(\t\x12\x15\n\rprevious_keys\x18\x05 \x03(\x0c\":\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\"A\n\x0cPeerPresence\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x03 \x03(\t\"!\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"D\n\x0c\x41uthResponse\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"k\n\x08Register\x12\x13\n\x0binvite_code\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\r\n\x05nonce\x18\x05 \x01(\x0c\"W\n\tRotateKey\x12\x16\n\x0enew_public_key\x18\x01 \x01(\x0c\x12\x18\n\x10signature_by_old\x18\x02 \x01(\x0c\x12\x18\n\x10signature_by_new\x18\x03 \x01(\x0c\"\x1e\n\x0bJoinChannel\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"\x1f\n\x0cLeaveChannel\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"\x1d\n\rCreateChannel\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0e\n\x0cListChannels\"\x1e\n\rAnnounceAddrs\x12\r\n\x05\x61\x64\x64rs\x18\x01 \x03(\t\"$\n\x0e\x44irectoryQuery\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"E\n\x0eHistoryRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"8\n\x0eSubmitMessages\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.united.v1.Envelope\"\xc1\x04\n\x0b\x43lientFrame\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12!\n\x05hello\x18\n \x01(\x0b\x32\x10.united.v1.HelloH\x00\x12\'\n\x04\x61uth\x18\x0b \x01(\x0b\x32\x17.united.v1.AuthResponseH\x00\x12\'\n\x08register\x18\x0c \x01(\x0b\x32\x13.united.v1.RegisterH\x00\x12*\n\nrotate_key\x18\r \x01(\x0b\x32\x14.united.v1.RotateKeyH\x00\x12&\n\x04join\x18\x0e \x01(\x0b\x32\x16.united.v1.JoinChannelH\x00\x12(\n\x05leave\x18\x0f \x01(\x0b\x32\x17.united.v1.LeaveChannelH\x00\x12\x32\n\x0e\x63reate_channel\x18\x10 \x01(\x0b\x32\x18.united.v1.CreateChannelH\x00\x12\x30\n\rlist_channels\x18\x11 \x01(\x0b\x32\x17.united.v1.ListChannelsH\x00\x12,\n\x08\x61nnounce\x18\x12 \x01(\x0b\x32\x18.united.v1.AnnounceAddrsH\x00\x12\x34\n\x0f\x64irectory_query\x18\x13 \x01(\x0b\x32\x19.united.v1.DirectoryQueryH\x00\x12,\n\x07history\x18\x14 \x01(\x0b\x32\x19.united.v1.HistoryRequestH\x00\x12+\n\x06submit\x18\x15 \x01(\x0b\x32\x19.united.v1.SubmitMessagesH\x00\x42\x06\n\x04\x62ody\"A\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x04\"\xb2\x01\n\x07Welcome\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x1e\n\x03you\x18\x02 \x01(\x0b\x32\x11.united.v1.Member\x12\"\n\x07members\x18\x03 \x03(\x0b\x32\x11.united.v1.Member\x12\"\n\x06joined\x18\x04 \x03(\x0b\x32\x12.united.v1.Channel\x12\x14\n\x0cserver_addrs\x18\x05 \x03(\t\x12\x16\n\x0eserver_peer_id\x18\x06 \x01(\t\"0\n\nMemberList\x12\"\n\x07members\x18\x01 \x03(\x0b\x32\x11.united.v1.Member\"3\n\x0b\x43hannelList\x12$\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x12.united.v1.Channel\"G\n\x08Presence\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\'\n\x06online\x18\x02 \x03(\x0b\x32\x17.united.v1.PeerPresence\"N\n\x0f\x44irectoryAnswer\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\'\n\x06online\x18\x02 \x03(\x0b\x32\x17.united.v1.PeerPresence\"C\n\rStoredMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.united.v1.Envelope\"q\n\x0bHistoryPage\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.united.v1.StoredMessage\x12\x10\n\x08next_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"G\n\x10SequenceAssigned\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"=\n\x0cSubmitResult\x12-\n\x08\x61ssigned\x18\x01 \x03(\x0b\x32\x1b.united.v1.SequenceAssigned\"\x04\n\x02Ok\"<\n\x05\x45rror\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.united.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xdc\x03\n\x0bServerFrame\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12)\n\tchallenge\x18\n \x01(\x0b\x32\x14.united.v1.ChallengeH\x00\x12%\n\x07welcome\x18\x0b \x01(\x0b\x32\x12.united.v1.WelcomeH\x00\x12,\n\x0bmember_list\x18\x0c \x01(\x0b\x32\x15.united.v1.MemberListH\x00\x12.\n\x0c\x63hannel_list\x18\r \x01(\x0b\x32\x16.united.v1.ChannelListH\x00\x12\'\n\x08presence\x18\x0e \x01(\x0b\x32\x13.united.v1.PresenceH\x00\x12\x36\n\x10\x64irectory_answer\x18\x0f \x01(\x0b\x32\x1a.united.v1.DirectoryAnswerH\x00\x12.\n\x0chistory_page\x18\x10 \x01(\x0b\x32\x16.united.v1.HistoryPageH\x00\x12\x30\n\rsubmit_result\x18\x11 \x01(\x0b\x32\x17.united.v1.SubmitResultH\x00\x12\x1b\n\x02ok\x18\x12 \x01(\x0b\x32\r.united.v1.OkH\x00\x12!\n\x05\x65rror\x18\x13 \x01(\x0b\x32\x10.united.v1.ErrorH\x00\x42\x06\n\x04\x62ody*\xe8\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_MALFORMED\x10\x01\x12\x18\n\x14\x45RROR_CODE_TOO_LARGE\x10\x02\x12\x19\n\x15\x45RROR_CODE_UNEXPECTED\x10\x03\x12\x1c\n\x18\x45RROR_CODE_BAD_SIGNATURE\x10\x04\x12\x1c\n\x18\x45RROR_CODE_NONCE_INVALID\x10\x05\x12\x1d\n\x19\x45RROR_CODE_INVITE_INVALID\x10\x06\x12\x1b\n\x17\x45RROR_CODE_NOT_A_MEMBER\x10\x07\x12\x1e\n\x1a\x45RROR_CODE_UNKNOWN_CHANNEL\x10\x08\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\t\x12\"\n\x1e\x45RROR_CODE_UNSUPPORTED_VERSION\x10\n\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x0b\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x66rames.proto\x12\tunited.v1\x1a\x0e\x65nvelope.proto\"m\n\x06Member\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x0f\n\x07peer_id\x18\x04 \x01(\t\x12\x15\n\rprevious_keys\x18\x05 \x03(\x0c\":\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\"A\n\x0cPeerPresence\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x03 \x03(\t\"!\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"D\n\x0c\x41uthResponse\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"k\n\x08Register\x12\x13\n\x0binvite_code\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\r\n\x05nonce\x18\x05 \x01(\x0c\"W\n\tRotateKey\x12\x16\n\x0enew_public_key\x18\x01 \x01(\x0c\x12\x18\n\x10signature_by_old\x18\x02 \x01(\x0c\x12\x18\n\x10signature_by_new\x18\x03 \x01(\x0c\"\x1e\n\x0bJoinChannel\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"\x1f\n\x0cLeaveChannel\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"\x1d\n\rCreateChannel\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0e\n\x0cListChannels\"\x1e\n\rAnnounceAddrs\x12\r\n\x05\x61\x64\x64rs\x18\x01 \x03(\t\"$\n\x0e\x44irectoryQuery\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"E\n\x0eHistoryRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"8\n\x0eSubmitMessages\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.united.v1.Envelope\"%\n\x0eLookupMessages\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\x0c\"\xee\x04\n\x0b\x43lientFrame\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12!\n\x05hello\x18\n \x01(\x0b\x32\x10.united.v1.HelloH\x00\x12\'\n\x04\x61uth\x18\x0b \x01(\x0b\x32\x17.united.v1.AuthResponseH\x00\x12\'\n\x08register\x18\x0c \x01(\x0b\x32\x13.united.v1.RegisterH\x00\x12*\n\nrotate_key\x18\r \x01(\x0b\x32\x14.united.v1.RotateKeyH\x00\x12&\n\x04join\x18\x0e \x01(\x0b\x32\x16.united.v1.JoinChannelH\x00\x12(\n\x05leave\x18\x0f \x01(\x0b\x32\x17.united.v1.LeaveChannelH\x00\x12\x32\n\x0e\x63reate_channel\x18\x10 \x01(\x0b\x32\x18.united.v1.CreateChannelH\x00\x12\x30\n\rlist_channels\x18\x11 \x01(\x0b\x32\x17.united.v1.ListChannelsH\x00\x12,\n\x08\x61nnounce\x18\x12 \x01(\x0b\x32\x18.united.v1.AnnounceAddrsH\x00\x12\x34\n\x0f\x64irectory_query\x18\x13 \x01(\x0b\x32\x19.united.v1.DirectoryQueryH\x00\x12,\n\x07history\x18\x14 \x01(\x0b\x32\x19.united.v1.HistoryRequestH\x00\x12+\n\x06submit\x18\x15 \x01(\x0b\x32\x19.united.v1.SubmitMessagesH\x00\x12+\n\x06lookup\x18\x16 \x01(\x0b\x32\x19.united.v1.LookupMessagesH\x00\x42\x06\n\x04\x62ody\"A\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x04\"\xb2\x01\n\x07Welcome\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x1e\n\x03you\x18\x02 \x01(\x0b\x32\x11.united.v1.Member\x12\"\n\x07members\x18\x03 \x03(\x0b\x32\x11.united.v1.Member\x12\"\n\x06joined\x18\x04 \x03(\x0b\x32\x12.united.v1.Channel\x12\x14\n\x0cserver_addrs\x18\x05 \x03(\t\x12\x16\n\x0eserver_peer_id\x18\x06 \x01(\t\"0\n\nMemberList\x12\"\n\x07members\x18\x01 \x03(\x0b\x32\x11.united.v1.Member\"3\n\x0b\x43hannelList\x12$\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x12.united.v1.Channel\"G\n\x08Presence\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\'\n\x06online\x18\x02 \x03(\x0b\x32\x17.united.v1.PeerPresence\"N\n\x0f\x44irectoryAnswer\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\'\n\x06online\x18\x02 \x03(\x0b\x32\x17.united.v1.PeerPresence\"C\n\rStoredMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.united.v1.Envelope\"q\n\x0bHistoryPage\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.united.v1.StoredMessage\x12\x10\n\x08next_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"G\n\x10SequenceAssigned\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"r\n\x0f\x45nvelopeRefused\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12(\n\x06reason\x18\x02 \x01(\x0e\x32\x18.united.v1.RefusalReason\x12\x11\n\tpermanent\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"j\n\x0cSubmitResult\x12-\n\x08\x61ssigned\x18\x01 \x03(\x0b\x32\x1b.united.v1.SequenceAssigned\x12+\n\x07refused\x18\x02 \x03(\x0b\x32\x1a.united.v1.EnvelopeRefused\":\n\x0cLookupResult\x12*\n\x05\x66ound\x18\x01 \x03(\x0b\x32\x1b.united.v1.SequenceAssigned\"\x04\n\x02Ok\"<\n\x05\x45rror\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.united.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8e\x04\n\x0bServerFrame\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12)\n\tchallenge\x18\n \x01(\x0b\x32\x14.united.v1.ChallengeH\x00\x12%\n\x07welcome\x18\x0b \x01(\x0b\x32\x12.united.v1.WelcomeH\x00\x12,\n\x0bmember_list\x18\x0c \x01(\x0b\x32\x15.united.v1.MemberListH\x00\x12.\n\x0c\x63hannel_list\x18\r \x01(\x0b\x32\x16.united.v1.ChannelListH\x00\x12\'\n\x08presence\x18\x0e \x01(\x0b\x32\x13.united.v1.PresenceH\x00\x12\x36\n\x10\x64irectory_answer\x18\x0f \x01(\x0b\x32\x1a.united.v1.DirectoryAnswerH\x00\x12.\n\x0chistory_page\x18\x10 \x01(\x0b\x32\x16.united.v1.HistoryPageH\x00\x12\x30\n\rsubmit_result\x18\x11 \x01(\x0b\x32\x17.united.v1.SubmitResultH\x00\x12\x1b\n\x02ok\x18\x12 \x01(\x0b\x32\r.united.v1.OkH\x00\x12!\n\x05\x65rror\x18\x13 \x01(\x0b\x32\x10.united.v1.ErrorH\x00\x12\x30\n\rlookup_result\x18\x14 \x01(\x0b\x32\x17.united.v1.LookupResultH\x00\x42\x06\n\x04\x62ody*\xab\x03\n\rRefusalReason\x12\x1e\n\x1aREFUSAL_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18REFUSAL_REASON_MALFORMED\x10\x01\x12\x1c\n\x18REFUSAL_REASON_TOO_LARGE\x10\x02\x12 \n\x1cREFUSAL_REASON_BAD_SIGNATURE\x10\x03\x12\x1e\n\x1aREFUSAL_REASON_WRONG_TOPIC\x10\x04\x12\"\n\x1eREFUSAL_REASON_UNKNOWN_CHANNEL\x10\x05\x12 \n\x1cREFUSAL_REASON_OUT_OF_BOUNDS\x10\x06\x12\"\n\x1eREFUSAL_REASON_FROM_THE_FUTURE\x10\x07\x12\x18\n\x14REFUSAL_REASON_STALE\x10\x08\x12\x1f\n\x1bREFUSAL_REASON_NOT_A_MEMBER\x10\t\x12\x19\n\x15REFUSAL_REASON_POLICY\x10\n\x12\x1f\n\x1bREFUSAL_REASON_RATE_LIMITED\x10\x0b\x12\x1b\n\x17REFUSAL_REASON_INTERNAL\x10\x0c*\xe8\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_MALFORMED\x10\x01\x12\x18\n\x14\x45RROR_CODE_TOO_LARGE\x10\x02\x12\x19\n\x15\x45RROR_CODE_UNEXPECTED\x10\x03\x12\x1c\n\x18\x45RROR_CODE_BAD_SIGNATURE\x10\x04\x12\x1c\n\x18\x45RROR_CODE_NONCE_INVALID\x10\x05\x12\x1d\n\x19\x45RROR_CODE_INVITE_INVALID\x10\x06\x12\x1b\n\x17\x45RROR_CODE_NOT_A_MEMBER\x10\x07\x12\x1e\n\x1a\x45RROR_CODE_UNKNOWN_CHANNEL\x10\x08\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\t\x12\"\n\x1e\x45RROR_CODE_UNSUPPORTED_VERSION\x10\n\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x0b\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'frames_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=2847
-  _globals['_ERRORCODE']._serialized_end=3207
+  _globals['_REFUSALREASON']._serialized_start=3202
+  _globals['_REFUSALREASON']._serialized_end=3629
+  _globals['_ERRORCODE']._serialized_start=3632
+  _globals['_ERRORCODE']._serialized_end=3992
   _globals['_MEMBER']._serialized_start=43
   _globals['_MEMBER']._serialized_end=152
   _globals['_CHANNEL']._serialized_start=154
@@ -64,32 +66,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HISTORYREQUEST']._serialized_end=835
   _globals['_SUBMITMESSAGES']._serialized_start=837
   _globals['_SUBMITMESSAGES']._serialized_end=893
-  _globals['_CLIENTFRAME']._serialized_start=896
-  _globals['_CLIENTFRAME']._serialized_end=1473
-  _globals['_CHALLENGE']._serialized_start=1475
-  _globals['_CHALLENGE']._serialized_end=1540
-  _globals['_WELCOME']._serialized_start=1543
-  _globals['_WELCOME']._serialized_end=1721
-  _globals['_MEMBERLIST']._serialized_start=1723
-  _globals['_MEMBERLIST']._serialized_end=1771
-  _globals['_CHANNELLIST']._serialized_start=1773
-  _globals['_CHANNELLIST']._serialized_end=1824
-  _globals['_PRESENCE']._serialized_start=1826
-  _globals['_PRESENCE']._serialized_end=1897
-  _globals['_DIRECTORYANSWER']._serialized_start=1899
-  _globals['_DIRECTORYANSWER']._serialized_end=1977
-  _globals['_STOREDMESSAGE']._serialized_start=1979
-  _globals['_STOREDMESSAGE']._serialized_end=2046
-  _globals['_HISTORYPAGE']._serialized_start=2048
-  _globals['_HISTORYPAGE']._serialized_end=2161
-  _globals['_SEQUENCEASSIGNED']._serialized_start=2163
-  _globals['_SEQUENCEASSIGNED']._serialized_end=2234
-  _globals['_SUBMITRESULT']._serialized_start=2236
-  _globals['_SUBMITRESULT']._serialized_end=2297
-  _globals['_OK']._serialized_start=2299
-  _globals['_OK']._serialized_end=2303
-  _globals['_ERROR']._serialized_start=2305
-  _globals['_ERROR']._serialized_end=2365
-  _globals['_SERVERFRAME']._serialized_start=2368
-  _globals['_SERVERFRAME']._serialized_end=2844
+  _globals['_LOOKUPMESSAGES']._serialized_start=895
+  _globals['_LOOKUPMESSAGES']._serialized_end=932
+  _globals['_CLIENTFRAME']._serialized_start=935
+  _globals['_CLIENTFRAME']._serialized_end=1557
+  _globals['_CHALLENGE']._serialized_start=1559
+  _globals['_CHALLENGE']._serialized_end=1624
+  _globals['_WELCOME']._serialized_start=1627
+  _globals['_WELCOME']._serialized_end=1805
+  _globals['_MEMBERLIST']._serialized_start=1807
+  _globals['_MEMBERLIST']._serialized_end=1855
+  _globals['_CHANNELLIST']._serialized_start=1857
+  _globals['_CHANNELLIST']._serialized_end=1908
+  _globals['_PRESENCE']._serialized_start=1910
+  _globals['_PRESENCE']._serialized_end=1981
+  _globals['_DIRECTORYANSWER']._serialized_start=1983
+  _globals['_DIRECTORYANSWER']._serialized_end=2061
+  _globals['_STOREDMESSAGE']._serialized_start=2063
+  _globals['_STOREDMESSAGE']._serialized_end=2130
+  _globals['_HISTORYPAGE']._serialized_start=2132
+  _globals['_HISTORYPAGE']._serialized_end=2245
+  _globals['_SEQUENCEASSIGNED']._serialized_start=2247
+  _globals['_SEQUENCEASSIGNED']._serialized_end=2318
+  _globals['_ENVELOPEREFUSED']._serialized_start=2320
+  _globals['_ENVELOPEREFUSED']._serialized_end=2434
+  _globals['_SUBMITRESULT']._serialized_start=2436
+  _globals['_SUBMITRESULT']._serialized_end=2542
+  _globals['_LOOKUPRESULT']._serialized_start=2544
+  _globals['_LOOKUPRESULT']._serialized_end=2602
+  _globals['_OK']._serialized_start=2604
+  _globals['_OK']._serialized_end=2608
+  _globals['_ERROR']._serialized_start=2610
+  _globals['_ERROR']._serialized_end=2670
+  _globals['_SERVERFRAME']._serialized_start=2673
+  _globals['_SERVERFRAME']._serialized_end=3199
 # @@protoc_insertion_point(module_scope)

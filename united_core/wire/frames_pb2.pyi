@@ -8,6 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFUSAL_REASON_UNSPECIFIED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_MALFORMED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_TOO_LARGE: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BAD_SIGNATURE: _ClassVar[RefusalReason]
+    REFUSAL_REASON_WRONG_TOPIC: _ClassVar[RefusalReason]
+    REFUSAL_REASON_UNKNOWN_CHANNEL: _ClassVar[RefusalReason]
+    REFUSAL_REASON_OUT_OF_BOUNDS: _ClassVar[RefusalReason]
+    REFUSAL_REASON_FROM_THE_FUTURE: _ClassVar[RefusalReason]
+    REFUSAL_REASON_STALE: _ClassVar[RefusalReason]
+    REFUSAL_REASON_NOT_A_MEMBER: _ClassVar[RefusalReason]
+    REFUSAL_REASON_POLICY: _ClassVar[RefusalReason]
+    REFUSAL_REASON_RATE_LIMITED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_INTERNAL: _ClassVar[RefusalReason]
+
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
@@ -22,6 +38,19 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_RATE_LIMITED: _ClassVar[ErrorCode]
     ERROR_CODE_UNSUPPORTED_VERSION: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+REFUSAL_REASON_UNSPECIFIED: RefusalReason
+REFUSAL_REASON_MALFORMED: RefusalReason
+REFUSAL_REASON_TOO_LARGE: RefusalReason
+REFUSAL_REASON_BAD_SIGNATURE: RefusalReason
+REFUSAL_REASON_WRONG_TOPIC: RefusalReason
+REFUSAL_REASON_UNKNOWN_CHANNEL: RefusalReason
+REFUSAL_REASON_OUT_OF_BOUNDS: RefusalReason
+REFUSAL_REASON_FROM_THE_FUTURE: RefusalReason
+REFUSAL_REASON_STALE: RefusalReason
+REFUSAL_REASON_NOT_A_MEMBER: RefusalReason
+REFUSAL_REASON_POLICY: RefusalReason
+REFUSAL_REASON_RATE_LIMITED: RefusalReason
+REFUSAL_REASON_INTERNAL: RefusalReason
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_MALFORMED: ErrorCode
 ERROR_CODE_TOO_LARGE: ErrorCode
@@ -159,8 +188,14 @@ class SubmitMessages(_message.Message):
     envelopes: _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Envelope]
     def __init__(self, envelopes: _Optional[_Iterable[_Union[_envelope_pb2.Envelope, _Mapping]]] = ...) -> None: ...
 
+class LookupMessages(_message.Message):
+    __slots__ = ("message_ids",)
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    message_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, message_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class ClientFrame(_message.Message):
-    __slots__ = ("request_id", "hello", "auth", "register", "rotate_key", "join", "leave", "create_channel", "list_channels", "announce", "directory_query", "history", "submit")
+    __slots__ = ("request_id", "hello", "auth", "register", "rotate_key", "join", "leave", "create_channel", "list_channels", "announce", "directory_query", "history", "submit", "lookup")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +209,7 @@ class ClientFrame(_message.Message):
     DIRECTORY_QUERY_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     hello: Hello
     auth: AuthResponse
@@ -187,7 +223,8 @@ class ClientFrame(_message.Message):
     directory_query: DirectoryQuery
     history: HistoryRequest
     submit: SubmitMessages
-    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., auth: _Optional[_Union[AuthResponse, _Mapping]] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., rotate_key: _Optional[_Union[RotateKey, _Mapping]] = ..., join: _Optional[_Union[JoinChannel, _Mapping]] = ..., leave: _Optional[_Union[LeaveChannel, _Mapping]] = ..., create_channel: _Optional[_Union[CreateChannel, _Mapping]] = ..., list_channels: _Optional[_Union[ListChannels, _Mapping]] = ..., announce: _Optional[_Union[AnnounceAddrs, _Mapping]] = ..., directory_query: _Optional[_Union[DirectoryQuery, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., submit: _Optional[_Union[SubmitMessages, _Mapping]] = ...) -> None: ...
+    lookup: LookupMessages
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., auth: _Optional[_Union[AuthResponse, _Mapping]] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., rotate_key: _Optional[_Union[RotateKey, _Mapping]] = ..., join: _Optional[_Union[JoinChannel, _Mapping]] = ..., leave: _Optional[_Union[LeaveChannel, _Mapping]] = ..., create_channel: _Optional[_Union[CreateChannel, _Mapping]] = ..., list_channels: _Optional[_Union[ListChannels, _Mapping]] = ..., announce: _Optional[_Union[AnnounceAddrs, _Mapping]] = ..., directory_query: _Optional[_Union[DirectoryQuery, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., submit: _Optional[_Union[SubmitMessages, _Mapping]] = ..., lookup: _Optional[_Union[LookupMessages, _Mapping]] = ...) -> None: ...
 
 class Challenge(_message.Message):
     __slots__ = ("nonce", "server_id", "expires_at")
@@ -273,11 +310,31 @@ class SequenceAssigned(_message.Message):
     seq: int
     def __init__(self, message_id: _Optional[bytes] = ..., channel_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
 
+class EnvelopeRefused(_message.Message):
+    __slots__ = ("message_id", "reason", "permanent", "detail")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    message_id: bytes
+    reason: RefusalReason
+    permanent: bool
+    detail: str
+    def __init__(self, message_id: _Optional[bytes] = ..., reason: _Optional[_Union[RefusalReason, str]] = ..., permanent: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
 class SubmitResult(_message.Message):
-    __slots__ = ("assigned",)
+    __slots__ = ("assigned", "refused")
     ASSIGNED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     assigned: _containers.RepeatedCompositeFieldContainer[SequenceAssigned]
-    def __init__(self, assigned: _Optional[_Iterable[_Union[SequenceAssigned, _Mapping]]] = ...) -> None: ...
+    refused: _containers.RepeatedCompositeFieldContainer[EnvelopeRefused]
+    def __init__(self, assigned: _Optional[_Iterable[_Union[SequenceAssigned, _Mapping]]] = ..., refused: _Optional[_Iterable[_Union[EnvelopeRefused, _Mapping]]] = ...) -> None: ...
+
+class LookupResult(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: _containers.RepeatedCompositeFieldContainer[SequenceAssigned]
+    def __init__(self, found: _Optional[_Iterable[_Union[SequenceAssigned, _Mapping]]] = ...) -> None: ...
 
 class Ok(_message.Message):
     __slots__ = ()
@@ -292,7 +349,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("request_id", "challenge", "welcome", "member_list", "channel_list", "presence", "directory_answer", "history_page", "submit_result", "ok", "error")
+    __slots__ = ("request_id", "challenge", "welcome", "member_list", "channel_list", "presence", "directory_answer", "history_page", "submit_result", "ok", "error", "lookup_result")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +361,7 @@ class ServerFrame(_message.Message):
     SUBMIT_RESULT_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_RESULT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     challenge: Challenge
     welcome: Welcome
@@ -315,4 +373,5 @@ class ServerFrame(_message.Message):
     submit_result: SubmitResult
     ok: Ok
     error: Error
-    def __init__(self, request_id: _Optional[int] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., member_list: _Optional[_Union[MemberList, _Mapping]] = ..., channel_list: _Optional[_Union[ChannelList, _Mapping]] = ..., presence: _Optional[_Union[Presence, _Mapping]] = ..., directory_answer: _Optional[_Union[DirectoryAnswer, _Mapping]] = ..., history_page: _Optional[_Union[HistoryPage, _Mapping]] = ..., submit_result: _Optional[_Union[SubmitResult, _Mapping]] = ..., ok: _Optional[_Union[Ok, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    lookup_result: LookupResult
+    def __init__(self, request_id: _Optional[int] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., member_list: _Optional[_Union[MemberList, _Mapping]] = ..., channel_list: _Optional[_Union[ChannelList, _Mapping]] = ..., presence: _Optional[_Union[Presence, _Mapping]] = ..., directory_answer: _Optional[_Union[DirectoryAnswer, _Mapping]] = ..., history_page: _Optional[_Union[HistoryPage, _Mapping]] = ..., submit_result: _Optional[_Union[SubmitResult, _Mapping]] = ..., ok: _Optional[_Union[Ok, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., lookup_result: _Optional[_Union[LookupResult, _Mapping]] = ...) -> None: ...
