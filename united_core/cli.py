@@ -21,7 +21,14 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, ConfigSection, read_toml, render_section
-from .identity import Identity, IdentityError, load_key_file, write_key_file
+from .identity import (
+    Identity,
+    IdentityError,
+    create_private_file,
+    load_key_file,
+    make_private_dir,
+    write_key_file,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 ROLES = ("server", "client")
@@ -192,12 +199,24 @@ def _leaf(exc: BaseException) -> BaseException:
 # ---- id ------------------------------------------------------------------------------
 
 
+def _raw_node_value(path: Path, key: str, default: Any) -> Any:
+    """``[node] key`` of the file, unvalidated (for commands that load no plugins)."""
+    node = read_toml(path).get("node", {})
+    if not isinstance(node, dict):
+        raise ConfigError("must be a table", file=path, section="node")
+    return node.get(key, default)
+
+
 def cmd_id(args: argparse.Namespace) -> int:
     path = Path(args.config)
-    raw = read_toml(path)
-    key_name = raw.get("node", {}).get("identity_key", "identity.key")
-    if not isinstance(key_name, str):
-        raise ConfigError("must be a string", file=path, section="node", key="identity_key")
+    key_name = _raw_node_value(path, "identity_key", "identity.key")
+    if not isinstance(key_name, str) or "\0" in key_name:
+        raise ConfigError(
+            "must be a string without NUL characters",
+            file=path,
+            section="node",
+            key="identity_key",
+        )
     key_path = Path(key_name) if Path(key_name).is_absolute() else path.parent / key_name
     try:
         identity = load_key_file(key_path)
@@ -219,8 +238,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     enabled: set[str] = set()
     if args.config:
-        plugins = read_toml(Path(args.config)).get("node", {}).get("plugins", [])
-        enabled = set(plugins) if isinstance(plugins, list) else set()
+        plugins = _raw_node_value(Path(args.config), "plugins", [])
+        enabled = {p for p in plugins if isinstance(p, str)} if isinstance(plugins, list) else set()
     available = available_plugins()
     rows = [
         (name, "yes" if name in enabled else "no", p.distribution, p.description())
@@ -331,12 +350,13 @@ def cmd_console(args: argparse.Namespace) -> int:
     from .node import load_settings
 
     settings, pm, _ = load_settings(Path(args.config))
-    data_dir = settings.resolve(settings["node"].data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir = make_private_dir(settings.resolve(settings["node"].data_dir))
+    history_path = data_dir / "console-history"
+    create_private_file(history_path)  # prompt_toolkit appends to it, keeping its mode
     console = Console(
         settings.resolve(settings["control"].socket),
         collect_commands(pm),
-        history_path=data_dir / "console-history",
+        history_path=history_path,
     )
     try:
         asyncio.run(console.run())

@@ -5,12 +5,16 @@ A plugin's ``Config`` dataclass is the only place its defaults live (go-libp2p's
 a help line (written into ``united init`` output) and bounds or choices.
 
 Every problem is a :class:`ConfigError` that names the file, the section and the
-key; the CLI prints it and exits with status 2.
+key; the CLI prints it (one line) and exits with status 2. Beyond each field's type
+and bounds, every number must be finite (TOML allows ``nan`` and ``inf``, which
+would pass any range check) and no string may contain a NUL character; the file
+itself must be UTF-8 text.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -46,7 +50,8 @@ class ConfigError(Exception):
             where.append(self.file)
         if self.section:
             where.append(f"[{self.section}]" + (f" {self.key}" if self.key else ""))
-        return (": ".join(where) + ": " if where else "") + self.message
+        text = (": ".join(where) + ": " if where else "") + self.message
+        return " ".join(text.splitlines())  # always one line
 
 
 class ConfigValueError(ValueError):
@@ -113,9 +118,18 @@ def _coerce(tp: Any, value: Any) -> Any:
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+            # nan compares false with every bound, so it would pass any range check.
+            if not math.isfinite(number):
+                raise ValueError(f"must be a finite number, not {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
+            if "\0" in value:
+                raise ValueError(f"must not contain a NUL character: {value!r}")
             return value
     elif origin is tuple:
         item = typing.get_args(tp)[0]
@@ -173,16 +187,61 @@ def build_section(section: ConfigSection, raw: Mapping[str, Any]) -> Any:
     return instance
 
 
+def validate_multiaddrs(key: str, addrs: Iterable[str], *, dialable: bool = False) -> None:
+    """Raise :class:`ConfigValueError` for ``key`` unless every entry is a TCP multiaddr.
+
+    ``dialable`` also refuses TCP port 0 (fine to listen on, impossible to dial).
+    """
+    import multiaddr
+
+    for addr in addrs:
+        try:
+            ma = multiaddr.Multiaddr(addr)
+        except Exception as exc:
+            raise ConfigValueError(key, f"{addr!r} is not a multiaddr ({exc})") from None
+        if "tcp" not in {p.name for p in ma.protocols()}:
+            raise ConfigValueError(key, f"{addr!r}: only TCP addresses are supported")
+        if dialable and ma.value_for_protocol("tcp") == "0":
+            raise ConfigValueError(key, f"{addr!r}: port 0 cannot be dialed")
+
+
+def _looks_like_utf16(data: bytes) -> bool:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    head = data[: min(len(data), 64) // 2 * 2]
+    evens, odds = head[0::2], head[1::2]
+    return len(head) >= 4 and ((all(evens) and not any(odds)) or (all(odds) and not any(evens)))
+
+
+def _decode(data: bytes) -> str:
+    """The file's text; ValueError with a one-line reason unless it is UTF-8."""
+    if _looks_like_utf16(data):
+        raise ValueError("is UTF-16 text, not UTF-8; save it as UTF-8")
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        raise ValueError(f"is not a text file (NUL byte on line {line})")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")  # tolerate a UTF-8 BOM
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("no such file", file=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    try:
+        return tomllib.loads(_decode(data))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=path) from None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ A test checks it against libp2p's own derivation.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -17,7 +18,11 @@ import base58
 import nacl.exceptions
 import nacl.signing
 
+log = logging.getLogger(__name__)
+
 KEY_FILE_HEADER = "united-ed25519-seed-v1"
+PRIVATE_DIR_MODE = 0o700  # a node's data directory
+PRIVATE_FILE_MODE = 0o600  # the key and every file in the data directory
 
 # libp2p crypto.pb PublicKey { Type = Ed25519 (1), Data = 32 bytes }.
 _ED25519_PUBKEY_PROTO_PREFIX = b"\x08\x01\x12\x20"
@@ -135,3 +140,92 @@ def load_key_file(path: Path) -> Identity:
     except ValueError as exc:
         raise IdentityError(f"{path}: not a UNITED key file ({exc})") from None
     return Identity.from_seed(seed)
+
+
+# ---- owner-only files ----------------------------------------------------------------
+# A node's data (member list, message cache, archive) is for its user alone: its data
+# directory is 0700 and its files 0600, created that way and tightened at start-up
+# when found looser (an older version, a copy, a restore from backup).
+
+
+def _tighten(path: str | Path, allowed: int) -> int | None:
+    """Clear the permission bits outside ``allowed``; return the old mode if it changed.
+
+    Symbolic links are left alone; FileNotFoundError propagates.
+    """
+    st = os.lstat(path)
+    old = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode) or not old & ~allowed:
+        return None
+    os.chmod(path, old & allowed)
+    return old
+
+
+def _report(changed: list[str], where: Path) -> None:
+    if changed:
+        log.info("tightened permissions in %s to owner-only (were: %s)", where, ", ".join(changed))
+
+
+def tighten_private_files(*paths: Path) -> None:
+    """Make each existing file of ``paths`` owner-only (0600) if it is looser."""
+    changed = []
+    for path in paths:
+        try:
+            old = _tighten(path, PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot make %s owner-only: %s", path, exc.strerror)
+            continue
+        if old is not None:
+            changed.append(f"{path.name} {old:04o}")
+    if paths:
+        _report(changed, paths[0].parent)
+
+
+def tighten_private_dir(path: Path) -> None:
+    """If ``path`` exists, make it 0700 and the entries directly in it 0600 (0700 for
+    directories), logging one line when anything was looser. Not recursive."""
+    changed = []
+    try:
+        old = _tighten(path, PRIVATE_DIR_MODE)
+        if old is not None:
+            changed.append(f"the directory {old:04o}")
+        entries = list(os.scandir(path))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("cannot make %s owner-only: %s", path, exc.strerror)
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                old = _tighten(entry.path, PRIVATE_DIR_MODE)
+            elif entry.is_file(follow_symlinks=False):
+                old = _tighten(entry.path, PRIVATE_FILE_MODE)
+            else:  # a symlink, a socket: not ours to change
+                continue
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot make %s owner-only: %s", entry.path, exc.strerror)
+            continue
+        if old is not None:
+            changed.append(f"{entry.name} {old:04o}")
+    _report(changed, path)
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) with the data directory's 0700, or tighten
+    it and its files if it exists looser; return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    tighten_private_dir(path)
+    return path
+
+
+def create_private_file(path: Path, *companions: Path) -> None:
+    """Create ``path`` empty and 0600 unless it exists; tighten it, and the existing
+    ``companions`` (a database's ``-wal``, ...), where they are looser."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
+    os.close(fd)
+    tighten_private_files(path, *companions)

@@ -26,7 +26,7 @@ from dependency_injector import containers
 
 from .config import ConfigSection, Settings, build_settings, read_toml
 from .containers import compose
-from .identity import Identity
+from .identity import Identity, tighten_private_dir
 from .plugins import available_plugins, get_plugin_manager
 
 if TYPE_CHECKING:
@@ -146,6 +146,8 @@ class Node:
         """Start everything, serve until :meth:`request_stop`, then stop everything."""
         started = False
         try:
+            # core.data_dir creates it 0700; one found looser (with its files) is tightened.
+            tighten_private_dir(self.settings.resolve(self.settings["node"].data_dir))
             await self.container.init_resources()  # type: ignore[misc]
             # An initialised async Resource resolves to an awaitable of its value.
             self._p2p = await self._core.p2p()

@@ -110,9 +110,11 @@ class DirectoryCache:
             ],
             "saved_at": time.time(),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only: `united join` creates the data directory here, before any start.
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a stale .tmp left looser keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle)
             handle.flush()
