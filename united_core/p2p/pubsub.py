@@ -67,6 +67,8 @@ class PubsubCounters:
     rejected: int = 0
     ignored: int = 0
     repeats_dropped: int = 0  # copies of refused messages dropped without a second penalty
+    duplicates: int = 0  # copies of messages already accepted (redundant traffic)
+    iwant_sent: int = 0  # message ids this node asked a peer for (IWANT)
     outbound_drops: int = 0  # RPCs py-libp2p refused to queue for a peer
     inbound_drops: int = 0  # validated messages the inbox had no room for
     publish_waits: int = 0  # publishes that waited for a peer queue to drain
@@ -234,6 +236,7 @@ class UnitedPubsub(Pubsub):
         if self.is_peer_blacklisted(msg_forwarder) or self.is_peer_blacklisted(ID(msg.from_id)):
             return
         if self._is_msg_seen(msg):
+            self._counters.duplicates += 1
             return
         mid = self._msg_id_constructor(msg)
         topics = list(msg.topicIDs)
@@ -249,7 +252,8 @@ class UnitedPubsub(Pubsub):
             return
         if own:
             # Judged by P2PRuntime.publish before it got here (or a deliberate
-            # test action, publish_unchecked, which is forwarded but not delivered).
+            # test action, publish_unchecked, which is forwarded, not delivered,
+            # and not marked seen: it plays a hostile host that sends again).
             signed: SignedMessage | None = self.own_messages.get(msg.data)
         else:
             judgement = self._judge(msg_forwarder, msg) if topic else None
@@ -265,7 +269,8 @@ class UnitedPubsub(Pubsub):
                     self._counters.ignored += 1
                 return
             signed = judgement.message
-        self._mark_msg_seen(msg)
+        if signed is not None:  # publish_unchecked (a test action) may send it again
+            self._mark_msg_seen(msg)
         if scorer is not None and not own:
             for t in topics:
                 scorer.on_first_delivery(msg_forwarder, t)
@@ -307,4 +312,7 @@ class UnitedGossipSub(GossipSub):
                 continue
             wanted.append(mid)
         if wanted:
+            counters = getattr(pubsub, "_counters", None)
+            if counters is not None:
+                counters.iwant_sent += len(wanted)
             await self.emit_iwant(wanted, sender_peer_id)

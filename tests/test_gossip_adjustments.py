@@ -1,0 +1,190 @@
+"""The gossip adjustments, each on real py-libp2p hosts on loopback; each test fails
+when its adjustment stops taking effect (docs/mesh.md, "Adjustments")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from united_mesh.config import Config as MeshConfig
+from united_mesh.scoring import score_params_factory
+
+from united_core import envelope
+from united_core.identity import Identity
+from united_core.members import MemberSet
+from united_core.p2p.events import MessageReceived
+from united_core.p2p.options import GossipOptions, HostOptions
+from united_core.p2p.runtime import P2PRuntime
+
+TOPIC = "united/test/general"
+OTHER = "united/test/random"
+
+
+def options(**gossip: Any) -> HostOptions:
+    scoring = score_params_factory(MeshConfig(), MemberSet)
+    return HostOptions(gossip=GossipOptions(score_params=scoring, **gossip))
+
+
+@contextlib.asynccontextmanager
+async def pair(**gossip: Any) -> AsyncIterator[tuple[P2PRuntime, P2PRuntime]]:
+    """Two connected hosts subscribed to TOPIC and OTHER."""
+    a = P2PRuntime(Identity.generate(), options(**gossip))
+    b = P2PRuntime(Identity.generate(), options(**gossip))
+    await a.start()
+    await b.start()
+    try:
+        for rt in (a, b):
+            await rt.subscribe(TOPIC)
+            await rt.subscribe(OTHER)
+        await b.connect(f"{a.listen_addrs[0]}/p2p/{a.peer_id}")
+        yield a, b
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def subscribed(rt: P2PRuntime, peer: str, topic: str) -> None:
+    """Wait until ``rt`` knows ``peer`` subscribes ``topic``."""
+
+    async def check() -> bool:
+        peers = rt.host_context.pubsub.peer_topics.get(topic, set())
+        return any(p.to_base58() == peer for p in peers)
+
+    async with asyncio.timeout(10):
+        while not await rt.call(check):
+            await asyncio.sleep(0.05)
+
+
+async def delivered(rt: P2PRuntime, n: int, timeout: float = 20) -> list[MessageReceived]:
+    out: list[MessageReceived] = []
+    async with asyncio.timeout(timeout):
+        while len(out) < n:
+            event = await rt.events()
+            if isinstance(event, MessageReceived):
+                out.append(event)
+    return out
+
+
+async def peer_score(rt: P2PRuntime, peer: str) -> dict[str, float]:
+    async def read() -> dict[str, float]:
+        from libp2p.peer.id import ID
+
+        scorer = rt.host_context.gossipsub.scorer
+        pid = ID.from_base58(peer)
+        return {
+            "score": float(scorer.score(pid, [TOPIC, OTHER])),
+            "invalid": float(sum(scorer.invalid_messages[pid].values())),
+            "behaviour": float(scorer.behavior_penalty.get(pid, 0.0)),
+        }
+
+    return await rt.call(read)
+
+
+def seal(identity: Identity, topic: str, text: str, *, age_s: float = 0.0) -> bytes:
+    ts = int((time.time() - age_s) * 1000)
+    return envelope.seal(
+        identity, topic=topic, payload=text.encode(), sequence_hint=ts, timestamp_ms=ts
+    ).wire
+
+
+def test_a_gossip_only_link_carries_each_message_once() -> None:
+    """EnvelopeIdMessageCache: IHAVE ids are envelope ids, so IWANT asks once per message.
+
+    D=0: the two hosts never mesh, every message crosses by IHAVE/IWANT. Before
+    the adjustment, 50 messages cost 300 IWANTs, 300 redundant copies and the
+    honest publisher's score at the receiver.
+    """
+
+    async def scenario() -> None:
+        async with pair(degree=0, degree_low=0, degree_high=0) as (a, b):
+            await subscribed(a, b.peer_id, TOPIC)
+            wires = [seal(a.identity, TOPIC, f"m{i}") for i in range(50)]
+            for wire in wires:
+                await a.publish(TOPIC, wire)
+            got = await delivered(b, 50)
+            await asyncio.sleep(a.options.gossip.heartbeat_interval * 4)  # more IHAVE rounds
+            assert {e.message.id for e in got} == {envelope.open_envelope(w).id for w in wires}
+            assert all(e.from_peer == a.peer_id for e in got)
+            assert b.counters.iwant_sent == 50  # one IWANT per message, none repeated
+            assert b.counters.duplicates == 0  # no redundant copy
+            score = await peer_score(b, a.peer_id)
+            assert score["invalid"] == 0 and score["behaviour"] == 0 and score["score"] >= 0
+            assert (await a.snapshot())["mesh"].get(TOPIC) == []
+
+    asyncio.run(scenario())
+
+
+def test_an_invalid_message_costs_its_sender_once_however_often_it_arrives() -> None:
+    async def scenario() -> None:
+        async with pair() as (a, b):
+            await subscribed(a, b.peer_id, TOPIC)
+            forged = bytearray(seal(a.identity, TOPIC, "x"))
+            forged[-1] ^= 1
+            for _ in range(4):  # the same forged envelope, sent again and again
+                await a.publish_unchecked(TOPIC, bytes(forged))
+            await a.publish(TOPIC, seal(a.identity, TOPIC, "after"))
+            (got,) = await delivered(b, 1)
+            assert got.message.payload == b"after"
+            assert b.counters.rejected == 1 and b.counters.repeats_dropped == 3
+            score = await peer_score(b, a.peer_id)
+            assert 0.9 <= score["invalid"] <= 1  # once (it decays by 1% a heartbeat)
+
+    asyncio.run(scenario())
+
+
+def test_a_wrong_topic_copy_does_not_condemn_the_genuine_message() -> None:
+    """Verdicts are keyed by (id, topic): py-libp2p's were keyed by id alone."""
+
+    async def scenario() -> None:
+        async with pair() as (a, b):
+            await subscribed(a, b.peer_id, OTHER)
+            await subscribed(a, b.peer_id, TOPIC)
+            genuine = seal(a.identity, TOPIC, "genuine")
+            await a.publish_unchecked(OTHER, genuine)  # the copy on another channel first
+            async with asyncio.timeout(10):
+                while b.counters.rejected < 1:
+                    await asyncio.sleep(0.05)
+            await a.publish(TOPIC, genuine)
+            (got,) = await delivered(b, 1)
+            assert got.message.payload == b"genuine" and got.message.topic == TOPIC
+            # The wrong copy only (the counter decays by 1% a heartbeat).
+            assert 0.9 <= (await peer_score(b, a.peer_id))["invalid"] <= 1
+
+    asyncio.run(scenario())
+
+
+def test_ignored_messages_cost_no_score() -> None:
+    """IGNORE (here: stale, a sender whose clock is 6 minutes behind) is not invalid."""
+
+    async def scenario() -> None:
+        async with pair() as (a, b):
+            await subscribed(a, b.peer_id, TOPIC)
+            for i in range(12):
+                await a.publish_unchecked(TOPIC, seal(a.identity, TOPIC, f"old{i}", age_s=360))
+            await a.publish(TOPIC, seal(a.identity, TOPIC, "now"))
+            (got,) = await delivered(b, 1)
+            assert got.message.payload == b"now"
+            assert b.counters.ignored == 12 and b.counters.rejected == 0
+            score = await peer_score(b, a.peer_id)
+            assert score["invalid"] == 0 and score["score"] >= 0
+
+    asyncio.run(scenario())
+
+
+def test_the_adjustments_refuse_a_py_libp2p_they_were_not_checked_against(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import libp2p
+
+    from united_core.p2p.pubsub import AdjustmentMismatch, check_adjustments
+
+    check_adjustments()
+    monkeypatch.setattr(libp2p, "__version__", "0.9.0")
+    with pytest.raises(AdjustmentMismatch, match=r"0\.9\.0"):
+        check_adjustments()
+    with pytest.raises(AdjustmentMismatch):
+        P2PRuntime(Identity.generate(), HostOptions())
