@@ -522,9 +522,9 @@ def test_hook_united_register_cli_commands(tmp_path: Path) -> None:
     assert str(TOY_PLUGINS)  # the toy plugins add none: only installed plugins count
 
 
-def test_silent_sessions_are_closed_and_capped_per_address(tmp_path: Path) -> None:
+def test_silent_sessions_are_closed_and_pending_capped_per_address(tmp_path: Path) -> None:
     async def scenario() -> None:
-        extra = "login_timeout = 1.0\nmax_sessions_per_address = 3\n"
+        extra = "login_timeout = 1.0\nmax_pending_per_address = 3\n"
         async with server(tmp_path, extra) as (_, service, url):
             http, ws, _ = await raw_session(url)
             started = asyncio.get_running_loop().time()
@@ -532,16 +532,23 @@ def test_silent_sessions_are_closed_and_capped_per_address(tmp_path: Path) -> No
             assert asyncio.get_running_loop().time() - started < 4
             await http.close()
             held = [await raw_session(url) for _ in range(3)]
+            # A fourth from the same address is served; the oldest makes room.
             http4, _, first = await raw_session(url)
-            assert first.WhichOneof("body") == "error"
-            assert first.error.code == E.ERROR_CODE_RATE_LIMITED
-            await http4.close()
-            for h, _, _ in held:
-                await h.close()
-            # Closed sessions free their places.
-            await asyncio.sleep(0.2)
+            assert first.WhichOneof("body") == "challenge"
+            await replies_until_close(held[0][1])
+            assert held[0][1].closed and not any(ws.closed for _, ws, _ in held[1:])
+            assert service.stats()["pending"] == 3
+            # A member connecting takes the place of the oldest again (held[1]) and,
+            # once logged in, holds none: two pending remain.
             client, _, _, _ = await registered(url, service, "after")
+            assert service.stats()["pending"] == 2
+            await replies_until_close(held[1][1])
+            assert not held[2][1].closed
             await client.close()
+            for h, _, _ in [*held, (http4, None, None)]:
+                await h.close()
+            await asyncio.sleep(0.2)
+            assert service.stats()["pending"] == 0
 
     asyncio.run(scenario())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from united_core.config import ConfigValueError, setting
+from united_core.config import ConfigValueError, setting, validate_multiaddrs
 from united_core.frames import MAX_FRAME_BYTES
 
 
@@ -27,13 +27,52 @@ class Config:
         3, "Failed logins before a session is closed.", min=1, max=100
     )
     max_failed_auth_per_minute: int = setting(
-        20, "Failed logins per remote address per minute.", min=1, max=100_000
+        100,
+        "Failed logins per address per minute that name no member's key (bad invites,"
+        " unknown keys); past it registrations and such logins from there are refused."
+        " Never stops a member's own login.",
+        min=1,
+        max=100_000,
+    )
+    max_failed_auth_per_key_per_minute: int = setting(
+        10,
+        "Failed logins per address and member key per minute; past it each failure"
+        " closes its session at once. A valid signature always logs in.",
+        min=1,
+        max=100_000,
+    )
+    header_timeout: float = setting(
+        5.0,
+        "Seconds a connection may take to send its whole HTTP request (the WebSocket"
+        " upgrade); an idle keep-alive connection is closed after as long.",
+        min=0.5,
+        max=120,
     )
     login_timeout: float = setting(
-        30.0, "Seconds a connection may stay without logging in.", min=1, max=600
+        30.0, "Seconds a WebSocket session may stay without logging in.", min=1, max=600
+    )
+    max_pending_sessions: int = setting(
+        256,
+        "Connections that have not logged in (requests still arriving, sessions not yet"
+        " authenticated); past it the oldest of the address holding most is closed.",
+        min=1,
+        max=100_000,
+    )
+    max_pending_per_address: int = setting(
+        32,
+        "Share of max_pending_sessions one address (IPv6: one /64) may hold; past it"
+        " its own oldest is closed.",
+        min=1,
+        max=100_000,
     )
     max_sessions_per_address: int = setting(
-        64, "Open WebSocket sessions allowed from one remote address.", min=1, max=100_000
+        256,
+        "Logged-in sessions allowed from one address (a NAT or an office).",
+        min=1,
+        max=100_000,
+    )
+    max_sessions_per_member: int = setting(
+        8, "Logged-in sessions per member; a newer login closes the oldest.", min=1, max=1000
     )
     send_timeout: float = setting(
         10.0,
@@ -50,3 +89,5 @@ class Config:
     def validate(self) -> None:
         if self.public_url and not self.public_url.startswith(("ws://", "wss://")):
             raise ConfigValueError("public_url", "must start with ws:// or wss://")
+        # Members dial these: each must parse, be TCP, and name a real port.
+        validate_multiaddrs("announce_addrs", self.announce_addrs, dialable=True)

@@ -9,6 +9,12 @@ Bad input never takes the server down: every frame is decoded inside bounds,
 each refusal is an error frame with a code, and the offending session is
 closed where continuing makes no sense (malformed or oversized frames, too many
 failed logins, anything but authentication before login).
+
+Connections that have not logged in are bounded before aiohttp sees them
+(:class:`PendingGate`): the HTTP request must arrive within ``header_timeout``,
+and at most ``max_pending_sessions`` of them (``max_pending_per_address`` per
+address) are held, the oldest closed first. Logged-in sessions are not counted.
+Failed logins are throttled so that nobody else's failures stop a member's login.
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
+import resource
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import WSMsgType, web
 
@@ -43,12 +51,197 @@ log = logging.getLogger(__name__)
 E = pb.ErrorCode
 
 
+def address_key(host: str) -> str:
+    """What per-address limits count by: an IPv4 address, or an IPv6 /64 (what one
+    host or home network is usually given)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class PendingGate:
+    """Connections that have not logged in, bounded globally and per address.
+
+    A new connection is always taken; to make room, the oldest pending connection
+    of its own address (when that address holds its share) or of the address
+    holding most of the budget (when the budget is full) is aborted. Honest
+    connections are pending for a round trip or two, stalled ones for seconds,
+    so the oldest is almost always the stalled one, and an address cannot push
+    out the connections of an address that holds fewer than it does.
+
+    With ``header_timeout``, a connection whose HTTP request has not reached a
+    handler (:meth:`request_arrived`) that many seconds after it was accepted is
+    aborted: whatever aiohttp version, a request that never finishes is dropped.
+    """
+
+    def __init__(self, limit: int, per_address: int, header_timeout: float | None = None) -> None:
+        self.limit = limit
+        self.per_address = per_address
+        self.header_timeout = header_timeout
+        self.evicted = 0
+        self.timed_out = 0
+        self._address_of: dict[asyncio.Transport, str] = {}
+        self._by_address: dict[str, dict[asyncio.Transport, None]] = {}
+        self._deadlines: dict[asyncio.Transport, asyncio.TimerHandle] = {}
+
+    def __len__(self) -> int:
+        return len(self._address_of)
+
+    def count(self, address: str) -> int:
+        return len(self._by_address.get(address, ()))
+
+    def admit(self, transport: asyncio.Transport, address: str) -> None:
+        if self.count(address) >= self.per_address:
+            self._evict(address)
+        elif len(self._address_of) >= self.limit:
+            self._evict(max(self._by_address, key=lambda a: len(self._by_address[a])))
+        self._by_address.setdefault(address, {})[transport] = None
+        self._address_of[transport] = address
+        if self.header_timeout is not None:
+            self._deadlines[transport] = asyncio.get_running_loop().call_later(
+                self.header_timeout, self._too_slow, transport
+            )
+
+    def request_arrived(self, transport: asyncio.Transport) -> None:
+        """A whole HTTP request arrived on the connection: its deadline is met."""
+        deadline = self._deadlines.pop(transport, None)
+        if deadline is not None:
+            deadline.cancel()
+
+    def release(self, transport: asyncio.Transport) -> None:
+        """The connection logged in or is gone: it no longer holds a place."""
+        self.request_arrived(transport)
+        address = self._address_of.pop(transport, None)
+        if address is None:
+            return
+        transports = self._by_address[address]
+        del transports[transport]
+        if not transports:
+            del self._by_address[address]
+
+    def _evict(self, address: str) -> None:
+        oldest = next(iter(self._by_address[address]))
+        self.release(oldest)
+        self.evicted += 1
+        oldest.abort()
+
+    def _too_slow(self, transport: asyncio.Transport) -> None:
+        if self._deadlines.pop(transport, None) is not None:
+            self.release(transport)
+            self.timed_out += 1
+            transport.abort()
+
+
+class _GatedProtocol(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted by the gate until it logs in."""
+
+    __slots__ = ("_gate", "_inner", "_transport")
+
+    def __init__(self, gate: PendingGate, inner: asyncio.Protocol) -> None:
+        self._gate = gate
+        self._inner = inner
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = stream = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._gate.admit(stream, address_key(str(peer[0])) if peer else "?")
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._gate.release(self._transport)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class _GatedSite(web.BaseSite):
+    """A TCP site whose connections go through a :class:`PendingGate`."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, gate: PendingGate, backlog: int
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._gate = gate
+        self._listener: asyncio.Server | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        gate = self._gate
+
+        def protocol() -> asyncio.Protocol:
+            return _GatedProtocol(gate, server())
+
+        self._listener = await asyncio.get_running_loop().create_server(
+            protocol, self._host or None, self._port, backlog=self._backlog, reuse_address=True
+        )
+        self._server = self._listener  # closed by BaseSite.stop()
+
+
+class FailureWindows:
+    """Failure times per key over the last minute, for at most ``max_keys`` keys."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self._times: dict[Hashable, collections.deque[float]] = {}
+
+    def count(self, key: Hashable) -> int:
+        window = self._times.get(key)
+        if not window:
+            return 0
+        cutoff = time.monotonic() - 60
+        while window and window[0] < cutoff:
+            window.popleft()
+        if not window:
+            del self._times[key]
+            return 0
+        return len(window)
+
+    def hit(self, key: Hashable) -> int:
+        """Count one failure; return how many in the last minute."""
+        self._times.setdefault(key, collections.deque()).append(time.monotonic())
+        if len(self._times) > self.max_keys:  # bound memory under an address sweep
+            self._times.pop(next(iter(self._times)))
+        return self.count(key)
+
+
 @dataclass(eq=False)
 class Session:
     ws: web.WebSocketResponse
     remote: str
     request: web.Request
     send_timeout: float
+    address: str = ""  # address_key(remote): what per-address limits count by
     nonce: bytes | None = None
     nonce_expires: float = 0.0
     failures: int = 0
@@ -92,7 +285,13 @@ class DirectoryService:
         self._channels: dict[str, ChannelRecord] = {}
         self._channel_members: dict[str, set[str]] = collections.defaultdict(set)
         self._members: dict[str, Member] = {}
-        self._failures: dict[str, collections.deque[float]] = {}
+        self._member_keys: dict[bytes, str] = {}
+        self._logged_in_from: collections.Counter[str] = collections.Counter()
+        self._anonymous_failures = FailureWindows()
+        self._member_failures = FailureWindows()
+        self._gate = PendingGate(
+            config.max_pending_sessions, config.max_pending_per_address, config.header_timeout
+        )
         self._closers: set[asyncio.Task[Any]] = set()
         self._plugin_handlers: dict[str, frames.FrameHandler] = {}
         self.frames_handled = 0
@@ -106,22 +305,57 @@ class DirectoryService:
         for channel in await self.registry.channels():
             self._channels[channel.channel_id] = channel
         for member in await self.registry.members():
-            self._members[member.member_id] = member
+            self._set_member(member)
             for channel in await self.registry.joined_channels(member.member_id):
                 self._channel_members[channel.channel_id].add(member.member_id)
         self._plugin_handlers = {
             h.kind: h for batch in self.node.pm.hook.united_register_frame_handlers() for h in batch
         }
-        app = web.Application()
+        app = web.Application(middlewares=[self._request_arrived])
         app.router.add_get("/ws", self._handle_ws)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        # The gate drops a connection whose first request is not complete within
+        # header_timeout; keepalive_timeout closes one that idles as long after a
+        # response (and, in recent aiohttp, also bounds the first request). A
+        # WebSocket upgrade needs a dozen headers.
+        self._runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=self.config.header_timeout,
+            lingering_time=self.config.header_timeout,
+            max_headers=32,
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
+        site = _GatedSite(
+            self._runner,
+            self.config.listen_host,
+            self.config.listen_port,
+            self._gate,
+            backlog=min(4096, max(128, self.config.max_pending_sessions)),
+        )
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.port = site.port
+        self._check_file_limit()
         log.info("directory listening on %s (server id %s)", self.url, self.server_id)
+
+    def _check_file_limit(self) -> None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and self.config.max_pending_sessions > soft // 2:
+            log.warning(
+                "[directory] max_pending_sessions (%d) is more than half the open-file "
+                "limit (%d): connections that never log in could leave too few files for "
+                "members; raise the limit (ulimit -n, LimitNOFILE=) or lower the setting",
+                self.config.max_pending_sessions,
+                soft,
+            )
+
+    @web.middleware
+    async def _request_arrived(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.transport is not None:
+            self._gate.request_arrived(request.transport)
+        return await handler(request)
 
     async def announce_state(self) -> None:
         """Tell the other plugins the member list and the channels (at start)."""
@@ -180,6 +414,9 @@ class DirectoryService:
             "members": len(self._members),
             "online": len(self._online),
             "sessions": len(self._sessions),
+            "pending": len(self._gate),
+            "pending_evicted": self._gate.evicted,
+            "pending_timed_out": self._gate.timed_out,
             "channels": len(self._channels),
             "frames_handled": self.frames_handled,
             "errors_sent": self.errors_sent,
@@ -210,7 +447,7 @@ class DirectoryService:
         if member is None:
             raise RegistryError("unknown", f"no member {ref!r}")
         await self.registry.remove_member(member.member_id)
-        self._members.pop(member.member_id, None)
+        self._drop_member(member.member_id)
         for members in self._channel_members.values():
             members.discard(member.member_id)
         for session in self._online.pop(member.member_id, []):
@@ -225,21 +462,13 @@ class DirectoryService:
         # aiohttp closes (1009) past twice our bound; between the two we answer TOO_LARGE.
         ws = web.WebSocketResponse(max_msg_size=2 * self.config.max_frame_bytes, heartbeat=30)
         await ws.prepare(request)
-        session = Session(ws, request.remote or "?", request, self.config.send_timeout)
+        remote = request.remote or "?"
+        session = Session(ws, remote, request, self.config.send_timeout, address_key(remote))
         self._sessions.add(session)
         login_timer = asyncio.get_running_loop().call_later(
             self.config.login_timeout, self._login_expired, session
         )
         try:
-            if self._rate_limited(session.remote):
-                await self._error(session, 0, E.ERROR_CODE_RATE_LIMITED, "too many failed logins")
-                return ws
-            same_address = sum(1 for s in self._sessions if s.remote == session.remote)
-            if same_address > self.config.max_sessions_per_address:
-                await self._error(
-                    session, 0, E.ERROR_CODE_RATE_LIMITED, "too many sessions from this address"
-                )
-                return ws
             await self._challenge(session)
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
@@ -267,11 +496,14 @@ class DirectoryService:
     def _login_expired(self, session: Session) -> None:
         if session.member is None and not session.ws.closed:
             log.info("closing a session from %s that never logged in", session.remote)
-            task = asyncio.get_running_loop().create_task(
-                session.ws.close(code=4008, message=b"login timeout")
-            )
-            self._closers.add(task)
-            task.add_done_callback(self._closers.discard)
+            self._close_later(session, 4008, b"login timeout")
+
+    def _close_later(self, session: Session, code: int, message: bytes) -> None:
+        if session.ws.closed:
+            return
+        task = asyncio.get_running_loop().create_task(session.ws.close(code=code, message=message))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
 
     async def _challenge(self, session: Session) -> None:
         session.nonce = secrets.token_bytes(frames.NONCE_BYTES)
@@ -362,69 +594,98 @@ class DirectoryService:
 
     # ---- login -----------------------------------------------------------------------
 
-    def _rate_limited(self, remote: str) -> bool:
-        window = self._failures.get(remote)
-        if not window:
-            return False
-        cutoff = time.monotonic() - 60
-        while window and window[0] < cutoff:
-            window.popleft()
-        return len(window) >= self.config.max_failed_auth_per_minute
+    # Failed logins are counted where they cannot hurt anyone else. Signatures
+    # cannot be guessed, so throttles only shed work on attempts that would fail:
+    # - an AuthResponse naming a current member's key counts against that
+    #   (address, key) only; past max_failed_auth_per_key_per_minute a failure
+    #   closes its session at once, but a valid signature always logs in;
+    # - everything else (registrations, unknown keys) shares the address's
+    #   anonymous budget; past it such attempts are refused before any work.
+    # Nothing refuses a member's own login because of other people's failures.
 
-    async def _login_failed(self, session: Session, rid: int, code: int, message: str) -> None:
+    def _set_member(self, member: Member) -> None:
+        old = self._members.get(member.member_id)
+        if old is not None:
+            self._member_keys.pop(old.public_key, None)
+        self._members[member.member_id] = member
+        self._member_keys[member.public_key] = member.member_id
+
+    def _drop_member(self, member_id: str) -> None:
+        old = self._members.pop(member_id, None)
+        if old is not None:
+            self._member_keys.pop(old.public_key, None)
+
+    async def _login_failed(
+        self, session: Session, rid: int, code: int, message: str, member_key: bytes | None
+    ) -> None:
         session.failures += 1
-        self._failures.setdefault(session.remote, collections.deque()).append(time.monotonic())
-        if len(self._failures) > 10_000:  # bound memory under an address sweep
-            self._failures.pop(next(iter(self._failures)))
+        if member_key is not None:
+            count = self._member_failures.hit((session.address, member_key))
+            limit = self.config.max_failed_auth_per_key_per_minute
+            if count == limit:
+                log.warning(
+                    "%d failed logins in a minute for member %s from %s",
+                    count,
+                    self._member_keys.get(member_key, "?"),
+                    session.address,
+                )
+        else:
+            count = self._anonymous_failures.hit(session.address)
+            limit = self.config.max_failed_auth_per_minute
         await self._error(session, rid, code, message)
-        if session.failures >= self.config.max_failed_auth_per_session or self._rate_limited(
-            session.remote
-        ):
+        if session.failures >= self.config.max_failed_auth_per_session or count >= limit:
             raise SessionClosed
         await self._challenge(session)
 
     async def _on_login(self, session: Session, frame: pb.ClientFrame, kind: str) -> None:
         assert self.registry is not None
         rid = frame.request_id
-        if self._rate_limited(session.remote):
-            await self._error(session, rid, E.ERROR_CODE_RATE_LIMITED, "too many failed logins")
-            raise SessionClosed
         body = frame.auth if kind == "auth" else frame.register
+        key = bytes(body.public_key)
+        member_key = key if kind == "auth" and key in self._member_keys else None
+
+        async def fail(code: int, message: str) -> None:
+            await self._login_failed(session, rid, code, message, member_key)
+
+        if member_key is None and (
+            self._anonymous_failures.count(session.address)
+            >= self.config.max_failed_auth_per_minute
+        ):
+            await self._error(
+                session, rid, E.ERROR_CODE_RATE_LIMITED, "too many failed logins from this address"
+            )
+            raise SessionClosed
+        if self._logged_in_from[session.address] >= self.config.max_sessions_per_address:
+            await self._error(
+                session, rid, E.ERROR_CODE_RATE_LIMITED, "too many sessions from this address"
+            )
+            raise SessionClosed
         nonce, session.nonce = session.nonce, None  # single use, whatever happens next
         if nonce is None or body.nonce != nonce or time.time() > session.nonce_expires:
-            await self._login_failed(
-                session, rid, E.ERROR_CODE_NONCE_INVALID, "unknown, used or expired nonce"
-            )
+            await fail(E.ERROR_CODE_NONCE_INVALID, "unknown, used or expired nonce")
             return
-        key = bytes(body.public_key)
         if kind == "auth":
             signed = frames.auth_bytes(self.server_id, nonce, key)
             if not frames.verify(key, signed, frame.auth.signature):
-                await self._login_failed(
-                    session, rid, E.ERROR_CODE_BAD_SIGNATURE, "signature does not verify"
-                )
+                await fail(E.ERROR_CODE_BAD_SIGNATURE, "signature does not verify")
                 return
-            member = await self.registry.member_by_key(key)
+            member = await self.registry.member_by_key(key) if member_key else None
             if member is None:
-                await self._login_failed(session, rid, E.ERROR_CODE_NOT_A_MEMBER, "not a member")
+                await fail(E.ERROR_CODE_NOT_A_MEMBER, "not a member")
                 return
         else:
             try:
                 name = frames.clean_display_name(frame.register.display_name)
             except frames.FrameError as exc:
-                await self._login_failed(session, rid, exc.code, str(exc))
+                await fail(exc.code, str(exc))
                 return
             signed = frames.register_bytes(self.server_id, nonce, key, name)
             if not frames.verify(key, signed, frame.register.signature):
-                await self._login_failed(
-                    session, rid, E.ERROR_CODE_BAD_SIGNATURE, "signature does not verify"
-                )
+                await fail(E.ERROR_CODE_BAD_SIGNATURE, "signature does not verify")
                 return
             code = frame.register.invite_code or None
             if self.config.registration == "invite" and code is None:
-                await self._login_failed(
-                    session, rid, E.ERROR_CODE_INVITE_INVALID, "an invite is required"
-                )
+                await fail(E.ERROR_CODE_INVITE_INVALID, "an invite is required")
                 return
             try:
                 member = await self.registry.register(key, name, code)
@@ -434,15 +695,27 @@ class DirectoryService:
                     if exc.reason == "invite"
                     else E.ERROR_CODE_UNEXPECTED
                 )
-                await self._login_failed(session, rid, reason, str(exc))
+                await fail(reason, str(exc))
                 return
-            self._members[member.member_id] = member
+            self._set_member(member)
             log.info("registered member %s (%s)", member.display_name, member.peer_id)
-        session.member = member
-        self._online[member.member_id].append(session)
+        self._logged_in(session, member)
         await session.send(await self._welcome(rid, member))
         if kind == "register":
             await self._member_list_changed()
+
+    def _logged_in(self, session: Session, member: Member) -> None:
+        """Count the session as a member's, no longer as pending; the member's
+        oldest sessions beyond max_sessions_per_member are closed."""
+        session.member = member
+        self._logged_in_from[session.address] += 1
+        transport = session.request.transport
+        if transport is not None:
+            self._gate.release(transport)
+        sessions = self._online[member.member_id]
+        sessions.append(session)
+        for old in sessions[: -self.config.max_sessions_per_member]:
+            self._close_later(old, 4009, b"replaced by a newer session")
 
     async def _welcome(self, rid: int, member: Member) -> pb.ServerFrame:
         assert self.registry is not None
@@ -480,7 +753,7 @@ class DirectoryService:
             )
             return
         rotated = await self.registry.rotate_key(member, new_key)
-        self._members[member.member_id] = rotated
+        self._set_member(rotated)
         for s in self._online.get(member.member_id, []):
             s.member = rotated
         log.info("member %s rotated to %s", member.display_name, rotated.peer_id)
@@ -588,6 +861,9 @@ class DirectoryService:
     async def _went_offline(self, session: Session) -> None:
         if session.member is None:
             return
+        self._logged_in_from[session.address] -= 1
+        if self._logged_in_from[session.address] <= 0:
+            del self._logged_in_from[session.address]
         sessions = self._online.get(session.member.member_id, [])
         if session in sessions:
             sessions.remove(session)
