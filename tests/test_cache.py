@@ -86,7 +86,10 @@ def test_messages_are_confirmed_and_a_returning_client_fills_its_gaps(tmp_path: 
                         return await history(bob) == expected
 
                     await until(filled, timeout=15, what="bob gap-filled")
-                    assert bob.service("cache").filled >= 5
+                    # From history pages, or from the mesh's replay of recent messages
+                    # to a new peer, then confirmed by lookup: either way, all of them.
+                    stats = bob.service("cache").stats()
+                    assert stats["filled"] + stats["confirmed_by_submission"] >= 5
 
     asyncio.run(scenario())
 

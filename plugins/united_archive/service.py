@@ -18,6 +18,7 @@ sender key) order and answered once committed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -78,6 +79,9 @@ class ArchiveService:
         self.stats = ArchiveStats()
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(config.queue_max)
         self._writer: asyncio.Task[None] | None = None
+        self._submit_lock = asyncio.Lock()
+        # Ids recently stored from submissions: their gossip copy needs no write.
+        self._submitted_ids: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     async def start(self) -> None:
         self.store = await ArchiveStore.open(self.path)
@@ -94,7 +98,14 @@ class ArchiveService:
             await self.store.close()
 
     async def ingest(self, message: SignedMessage) -> None:
+        if message.id in self._submitted_ids:  # a member's upload got here before gossip
+            return
         await self._queue.put(_Write([message]))
+
+    def _remember_submitted(self, message_id: bytes) -> None:
+        self._submitted_ids[message_id] = None
+        while len(self._submitted_ids) > 10_000:
+            self._submitted_ids.popitem(last=False)
 
     async def write(self, messages: list[SignedMessage]) -> list[Stored]:
         """Write ``messages`` in this order and return once they are committed."""
@@ -227,6 +238,13 @@ class ArchiveService:
             raise frames.FrameError(
                 E.ERROR_CODE_TOO_LARGE, f"at most {MAX_SUBMIT} envelopes per submission"
             )
+        # One submission at a time: members reconciling at once after an outage
+        # upload the same messages, and the second must find the first's stored.
+        async with self._submit_lock:
+            return await self._submit(ctx, envelopes)
+
+    async def _submit(self, ctx: frames.FrameContext, envelopes: Any) -> pb.ServerFrame:
+        assert self.store is not None
         wires = [env.SerializeToString() for env in envelopes]
         ids = [message_id_from_wire(w) for w in wires]
         known = await self.store.known(ids)
@@ -262,6 +280,7 @@ class ArchiveService:
                 )
             else:
                 assigned.append(_assigned(ctx, stored.id, stored.topic, stored.seq))
+                self._remember_submitted(stored.id)
         self.stats.submitted += len(accepted)
         self.stats.refused += len(refused)
         return pb.ServerFrame(submit_result=pb.SubmitResult(assigned=assigned, refused=refused))

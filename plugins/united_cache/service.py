@@ -3,8 +3,9 @@
 - Every accepted message is written to the cache on arrival (unconfirmed).
 - While connected, every ``sync_interval``, unconfirmed messages are looked up
   by id (32 bytes each, no upload): the server answers the numbers it gave.
-  Of those it lacks, this node's own are submitted at once and others' only
-  once they have been here ``upload_grace`` seconds (the server nearly always
+  Of those it lacks, this node's own are submitted after ``own_upload_delay``
+  (gossip normally gets them there first) and others' only once they have
+  been here ``upload_grace`` seconds (the server nearly always
   has them through gossip, so members do not upload each other's messages).
   Each submitted envelope gets its own verdict: a number, a permanent refusal
   (marked, never uploaded again, not shown), or a transient one (retried next
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -110,6 +112,9 @@ class CacheService:
 
     async def sync_after_login(self) -> None:
         session = self.discovery.sessions
+        # Members come back together after an outage and hold the same messages:
+        # a little jitter lets the first upload land so the others find it by lookup.
+        await asyncio.sleep(random.uniform(0, self.config.reconcile_jitter))
         async with self._sync_lock:
             await self.submit_unconfirmed(reconcile=True)
             self._reconciled = session
@@ -122,8 +127,8 @@ class CacheService:
         """One round over the backlog; returns how many messages got their number.
 
         Every unconfirmed message is looked up by id; of those the server lacks,
-        this node's own are uploaded at once and others' once they have been
-        here ``upload_grace`` seconds (at once when ``reconcile``).
+        this node's own are uploaded after ``own_upload_delay`` and others' once
+        they have been here ``upload_grace`` seconds (at once when ``reconcile``).
         """
         assert self.store is not None
         confirmed = 0
@@ -135,11 +140,14 @@ class CacheService:
                 return confirmed
             cursor = batch[-1].cursor
             found = await self._lookup([m.id for m in batch])
-            due = time.time() - (0.0 if reconcile else self.config.upload_grace)
+            now = time.time()
+            own_due = now - (0.0 if reconcile else self.config.own_upload_delay)
+            others_due = now - (0.0 if reconcile else self.config.upload_grace)
             missing = [
                 m
                 for m in batch
-                if m.id not in found and (m.sender == own_key or m.received_at <= due)
+                if m.id not in found
+                and m.received_at <= (own_due if m.sender == own_key else others_due)
             ]
             assigned = list(found.items())
             for chunk in _by_size(missing, SUBMIT_BYTES):

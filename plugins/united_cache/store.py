@@ -151,6 +151,18 @@ class CacheStore:
             clause + " ORDER BY sequence_hint, sender, id LIMIT ?", (*args, limit)
         )
 
+    async def known(self, ids: list[bytes]) -> set[bytes]:
+        """Which of ``ids`` are cached (confirmed, unconfirmed or refused)."""
+        found: set[bytes] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self._db.execute(
+                f"SELECT id FROM messages WHERE id IN ({marks})", chunk
+            ) as cur:
+                found.update(bytes(r[0]) for r in await cur.fetchall())
+        return found
+
     async def refuse(self, refusals: list[tuple[bytes, str]]) -> None:
         """Mark messages the server refused for good (id, reason): never uploaded again."""
         async with self._lock:

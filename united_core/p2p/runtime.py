@@ -614,13 +614,11 @@ class P2PRuntime:
 
         Lets a test make a member's host send what an attacker would (an invalid
         envelope, a flood, a stale one), to see every receiver refuse it. The
-        data is forwarded but not delivered locally. Never used otherwise.
+        data is forwarded (with the same backpressure as ``publish``) but not
+        delivered locally. Never used otherwise.
         """
-
-        async def publish() -> None:
-            await self.host_context.pubsub.publish(topic, data)
-
-        await self.call(publish)
+        async with self._publish_slots:
+            await self.call(self._publish_trio, topic, data, None)
 
     async def scores(self) -> dict[str, float]:
         """Each connected peer's gossipsub score over our subscribed topics."""
