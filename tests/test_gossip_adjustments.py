@@ -188,3 +188,42 @@ def test_the_adjustments_refuse_a_py_libp2p_they_were_not_checked_against(
         check_adjustments()
     with pytest.raises(AdjustmentMismatch):
         P2PRuntime(Identity.generate(), HostOptions())
+
+
+def test_a_forged_copy_cannot_condemn_someone_elses_message() -> None:
+    """A member sends a broken copy (signature zeroed) of another member's envelope
+    first: the receiver refuses those bytes, remembers the refusal under the bytes,
+    not the envelope id, and still delivers the genuine message. The forger's
+    penalty survives its reconnecting (py-libp2p forgot it on disconnect)."""
+
+    async def scenario() -> None:
+        async with pair() as (attacker, receiver):
+            victim = P2PRuntime(Identity.generate(), options())
+            await victim.start()
+            try:
+                await victim.subscribe(TOPIC)
+                await victim.connect(f"{receiver.listen_addrs[0]}/p2p/{receiver.peer_id}")
+                await subscribed(attacker, receiver.peer_id, TOPIC)
+                await subscribed(victim, receiver.peer_id, TOPIC)
+                genuine = seal(victim.identity, TOPIC, "mine")
+                env = envelope.decode(genuine)
+                env.signature = bytes(64)
+                forged = env.SerializeToString()
+                assert envelope.message_id_from_wire(forged) == envelope.open_envelope(genuine).id
+                await attacker.publish_unchecked(TOPIC, forged)
+                async with asyncio.timeout(10):
+                    while receiver.counters.rejected < 1:
+                        await asyncio.sleep(0.05)
+                await victim.publish(TOPIC, genuine)
+                (got,) = await delivered(receiver, 1)
+                assert got.message.payload == b"mine" and got.from_peer == victim.peer_id
+                before = (await peer_score(receiver, attacker.peer_id))["invalid"]
+                assert before > 0.9
+                await receiver.disconnect(attacker.peer_id)
+                await attacker.connect(f"{receiver.listen_addrs[0]}/p2p/{receiver.peer_id}")
+                await subscribed(receiver, attacker.peer_id, TOPIC)
+                assert (await peer_score(receiver, attacker.peer_id))["invalid"] > 0.5
+            finally:
+                await victim.stop()
+
+    asyncio.run(scenario())

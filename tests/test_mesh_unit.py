@@ -60,9 +60,16 @@ def test_volume_limit_charges_each_message_once_and_refuses_the_excess() -> None
     clock[0] += 1.0  # two tokens back
     assert limiter.allow(b"k", ids[4]) and limiter.allow(b"k", b"r" * 32)
     # A refused submission is not remembered: the member retries it later and gets in.
-    assert not limiter.allow(b"k", b"s" * 32, remember_refusal=False)
+    assert not limiter.allow(b"k", b"s" * 32, submission=True)
     clock[0] += 10.0
     assert limiter.allow(b"k", b"s" * 32)
+    # A refusal remembered from gossip does not stick to a later submission.
+    assert not limiter.allow(b"k", ids[3]) and limiter.allow(b"k", ids[3], submission=True)
+    # Buckets are per channel: a full bucket in one channel leaves another's alone.
+    for i in range(3):
+        limiter.allow(b"k", bytes([100 + i]) * 32, topic="a")
+    assert not limiter.allow(b"k", b"x" * 32, topic="a")
+    assert limiter.allow(b"k", b"y" * 32, topic="b")
     assert limiter.stats()["limited"] >= 2
 
 

@@ -6,7 +6,7 @@ archive, this node's own publish, and pages of history from the server. The
 checks run in one order, and the first that fails decides:
 
 1. size, decoding, shape (``envelope.open_envelope``);
-2. the signature;
+2. the signature (everything after this is about an authentic envelope);
 3. topic binding: the envelope names the topic it arrived on (gossip), or a
    topic the receiver serves (submissions);
 4. bounds: ``timestamp`` and ``sequence_hint`` fit a signed 64-bit integer
@@ -112,6 +112,14 @@ class Judgement:
     @property
     def permanent(self) -> bool:
         return self.reason is not None and self.reason.permanent
+
+    @property
+    def authentic(self) -> bool:
+        """The envelope's signature verified: the verdict is about the author's
+        message itself, so it may be remembered under the envelope id. A refusal
+        of unauthenticated bytes (a forged copy) must never be, or anyone could
+        condemn someone else's message by sending a broken copy first."""
+        return self.message is not None
 
     def describe(self) -> str:
         if self.accepted:

@@ -198,11 +198,13 @@ def open_envelope(data: bytes, *, expected_topic: str | None = None) -> SignedMe
     _check_shape(
         env.sender_pubkey, topic, env.message_type, env.timestamp, env.sequence_hint, env.payload
     )
-    if expected_topic is not None and topic != expected_topic:
-        raise TopicMismatch(f"envelope names topic {topic!r}, received on {expected_topic!r}")
     signed = _signed_bytes_of(env)
     if not verify_signature(env.sender_pubkey, signed, env.signature):
         raise BadSignature("envelope signature does not verify")
+    # After the signature: a topic mismatch is then a fact about the author's
+    # envelope, never a forgery that could be used to condemn it.
+    if expected_topic is not None and topic != expected_topic:
+        raise TopicMismatch(f"envelope names topic {topic!r}, received on {expected_topic!r}")
     return SignedMessage(
         id=message_id_of(signed),
         sender_pubkey=env.sender_pubkey,

@@ -22,6 +22,19 @@ class Config:
         min=60.0,
         max=10 * 365 * 86400.0,
     )
+    submit_rate: float = setting(
+        200.0,
+        "Envelopes a second a member may have the archive check (uploads it lacks), "
+        "counted before any signature is verified.",
+        min=1.0,
+        max=1e6,
+    )
+    submit_burst: int = setting(
+        5000,
+        "Envelopes a member may upload at once before submit_rate applies.",
+        min=1000,
+        max=10**7,
+    )
     queue_max: int = setting(
         10_000, "Messages waiting to be written before receivers are slowed.", min=1, max=1_000_000
     )

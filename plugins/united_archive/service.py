@@ -80,6 +80,7 @@ class ArchiveService:
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(config.queue_max)
         self._writer: asyncio.Task[None] | None = None
         self._submit_lock = asyncio.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # member id -> (tokens, time)
         # Ids recently stored from submissions: their gossip copy needs no write.
         self._submitted_ids: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
@@ -101,6 +102,16 @@ class ArchiveService:
         if message.id in self._submitted_ids:  # a member's upload got here before gossip
             return
         await self._queue.put(_Write([message]))
+
+    def _budget(self, member_id: str, count: int) -> bool:
+        """Take ``count`` from the member's submission bucket; False if it lacks them."""
+        now = time.monotonic()
+        rate, burst = self.config.submit_rate, float(self.config.submit_burst)
+        tokens, updated = self._buckets.get(member_id, (burst, now))
+        tokens = min(burst, tokens + (now - updated) * rate)
+        ok = tokens >= count
+        self._buckets[member_id] = (tokens - count if ok else tokens, now)
+        return ok
 
     def _remember_submitted(self, message_id: bytes) -> None:
         self._submitted_ids[message_id] = None
@@ -253,15 +264,31 @@ class ArchiveService:
         accepted: list[SignedMessage] = []
         topics = _ChannelTopics(ctx)
         submitter = ctx.member.peer_id
-        for mid, wire in zip(ids, wires, strict=True):
+        unknown = [(mid, wire) for mid, wire in zip(ids, wires, strict=True) if mid not in known]
+        for mid in ids:
             if mid in known:  # judged when it was first stored; keeps its number
                 topic, seq = known[mid]
                 assigned.append(_assigned(ctx, mid, topic, seq))
                 self.stats.submitted_known += 1
-                continue
-            judgement = self.acceptor.judge(
-                wire, Origin.SUBMISSION, topics=topics, from_peer=submitter
-            )
+        if unknown and not self._budget(ctx.member.member_id, len(unknown)):
+            # Charged before any signature is checked: a member cannot make the
+            # server verify more than submit_rate envelopes a second for it.
+            refused += [_rate_limited(mid, self.config.submit_rate) for mid, _ in unknown]
+            unknown = []
+
+        def judge_all() -> list[tuple[bytes, Judgement]]:
+            return [
+                (
+                    mid,
+                    self.acceptor.judge(
+                        wire, Origin.SUBMISSION, topics=topics, from_peer=submitter
+                    ),
+                )
+                for mid, wire in unknown
+            ]
+
+        # Verification (about 50 us an envelope) off the event loop.
+        for mid, judgement in await asyncio.to_thread(judge_all) if unknown else []:
             if judgement.accepted and judgement.message is not None:
                 accepted.append(judgement.message)
             else:
@@ -314,6 +341,15 @@ class _ChannelTopics:
 
 def _assigned(ctx: frames.FrameContext, mid: bytes, topic: str, seq: int) -> pb.SequenceAssigned:
     return pb.SequenceAssigned(message_id=mid, channel_id=ctx.channel_of(topic) or "", seq=seq)
+
+
+def _rate_limited(mid: bytes, rate: float) -> pb.EnvelopeRefused:
+    return pb.EnvelopeRefused(
+        message_id=mid,
+        reason=pb.REFUSAL_REASON_RATE_LIMITED,
+        permanent=False,
+        detail=f"over this member's upload budget ({rate:g} envelopes/s); retry later",
+    )
 
 
 def _refused(mid: bytes, judgement: Judgement) -> pb.EnvelopeRefused:

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # A submission stays well inside one WebSocket frame (the server's default bound is 256 KiB).
 SUBMIT_BYTES = 192 * 1024
+RETRIES = 10  # transient refusals of one upload before the cache stops trying
+RETRY_MAX = 600.0  # seconds between retries, at most
 
 
 class CacheService:
@@ -64,6 +66,8 @@ class CacheService:
         self._task: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
         self._reconciled = -1  # the discovery session whose reconciliation went through
+        # Transiently refused uploads: id -> (attempts, do not retry before).
+        self._retry: dict[bytes, tuple[int, float]] = {}
         self.filled = 0
         self.submitted = 0
         self.looked_up = 0
@@ -148,12 +152,15 @@ class CacheService:
                 for m in batch
                 if m.id not in found
                 and m.received_at <= (own_due if m.sender == own_key else others_due)
+                and self._retry.get(m.id, (0, 0.0))[1] <= now
             ]
             assigned = list(found.items())
             for chunk in _by_size(missing, SUBMIT_BYTES):
                 assigned += await self._submit(chunk)
             await self.store.confirm(assigned)
             self.own_unconfirmed.difference_update(message_id for message_id, _ in assigned)
+            for message_id, _ in assigned:
+                self._retry.pop(message_id, None)
             confirmed += len(assigned)
             self.submitted += len(assigned)
             if len(batch) < self.config.submit_batch:
@@ -188,13 +195,25 @@ class CacheService:
         reply = await self.discovery.request(frame)
         result = reply.submit_result
         permanent = []
+        now = time.time()
         for refusal in result.refused:
+            mid = bytes(refusal.message_id)
             reason = pb.RefusalReason.Name(refusal.reason).removeprefix("REFUSAL_REASON_")
             reason = f"{reason.lower()}: {refusal.detail}" if refusal.detail else reason.lower()
             if refusal.permanent:
-                permanent.append((bytes(refusal.message_id), reason))
+                permanent.append((mid, reason))
+                continue
+            # Transient (the sender's volume limit, a storage error): retry with
+            # exponential backoff, and give up after RETRIES so that nothing an
+            # attacker makes the server refuse is uploaded forever.
+            self.deferred += 1
+            attempts = self._retry.get(mid, (0, 0.0))[0] + 1
+            if attempts >= RETRIES:
+                self._retry.pop(mid, None)
+                permanent.append((mid, f"gave up after {attempts} transient refusals ({reason})"))
             else:
-                self.deferred += 1
+                delay = min(RETRY_MAX, self.config.sync_interval * 2**attempts)
+                self._retry[mid] = (attempts, now + delay * random.uniform(0.75, 1.25))
             log.info(
                 "the server refused cached message %s (%s, %s)",
                 bytes(refusal.message_id).hex()[:12],

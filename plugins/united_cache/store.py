@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS holes (
 """
 # Columns added after the first release, added to older caches when opened.
 MIGRATIONS = (("messages", "refused", "ALTER TABLE messages ADD COLUMN refused TEXT"),)
+# Needs the migrated column, so created after MIGRATIONS: the upload cursor's order.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS messages_upload_order ON messages(sequence_hint, sender, id)
+    WHERE seq IS NULL AND refused IS NULL;
+"""
 COLUMNS = "id, topic, seq, sender, sequence_hint, timestamp, wire, received_at"
 # (sequence_hint, sender, id) of the last message handed out: upload order and cursor.
 Cursor = tuple[int, bytes, bytes]
@@ -80,6 +85,7 @@ class CacheStore:
             async with db.execute(f"PRAGMA table_info({table})") as cur:
                 if column not in {row[1] for row in await cur.fetchall()}:
                     await db.execute(statement)
+        await db.executescript(INDEXES)
         await db.commit()
         return cls(db)
 

@@ -196,20 +196,21 @@ class MeshService:
             tail.queue.put_nowait(line)
 
     def judge(self, message: SignedMessage, origin: Origin) -> Refusal | None:
-        """Per-member volume limits (``rate_limit``/``rate_burst``), on every origin but
-        history. The server (trusted, not a member) is not limited."""
+        """Per-member, per-channel volume limits (``rate_limit``/``rate_burst``), on every
+        origin but history. The server (trusted, not a member) is not limited."""
         if origin is Origin.HISTORY or message.sender_pubkey not in self.members.by_key:
             return None
         if self.limiter.allow(
             message.sender_pubkey,
             message.id,
-            remember_refusal=origin is not Origin.SUBMISSION,
+            topic=message.topic,
+            submission=origin is Origin.SUBMISSION,
         ):
             return None
         return Refusal(
             Verdict.IGNORE,
-            f"the sender is over its volume limit ({self.config.rate_limit:g}/s, "
-            f"burst {self.config.rate_burst})",
+            f"the sender is over its volume limit in this channel "
+            f"({self.config.rate_limit:g}/s, burst {self.config.rate_burst})",
             Reason.RATE_LIMITED,
         )
 

@@ -32,6 +32,7 @@ stops taking effect (tests/test_p2p_runtime.py, tests/test_gossip_adjustments.py
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import threading
 import time
@@ -47,6 +48,7 @@ from libp2p.pubsub.mcache import CacheEntry, MessageCache
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.score import PeerScorer
 from libp2p.pubsub.utils import safe_bytes_from_hex
 from libp2p.pubsub.validators import signature_validator
 
@@ -139,6 +141,7 @@ def check_adjustments() -> None:
         Pubsub: ("push_msg", "_is_msg_seen", "_mark_msg_seen", "notify_subscriptions"),
         GossipSub: ("handle_ihave", "emit_iwant", "publish", "_check_ihave_rate_limit"),
         MessageCache: ("put", "get", "window", "shift"),
+        PeerScorer: ("remove_peer", "on_heartbeat", "on_invalid_message"),
     }
     missing = [
         f"{cls.__name__}.{name}"
@@ -242,7 +245,13 @@ class UnitedPubsub(Pubsub):
         topics = list(msg.topicIDs)
         topic = topics[0] if len(topics) == 1 else ""
         own = msg_forwarder == self.my_id
-        if not own and self.refused.get(mid, topic) is not None:
+        # Refusals are remembered under the envelope id only for authentic
+        # envelopes; unauthenticated bytes under the hash of the bytes (see
+        # Judgement.authentic): a forged copy never condemns the real message.
+        raw_key = _raw_key(msg.data)
+        if not own and (
+            self.refused.get(mid, topic) is not None or self.refused.get(raw_key, topic) is not None
+        ):
             self._counters.repeats_dropped += 1  # refused once already: no second penalty
             return
         scorer = getattr(self.router, "scorer", None)
@@ -259,7 +268,8 @@ class UnitedPubsub(Pubsub):
             judgement = self._judge(msg_forwarder, msg) if topic else None
             if judgement is None or not judgement.accepted:
                 verdict = judgement.verdict if judgement is not None else Verdict.REJECT
-                self.refused.put(mid, topic, verdict)
+                key = mid if judgement is not None and judgement.authentic else raw_key
+                self.refused.put(key, topic, verdict)
                 if verdict is Verdict.REJECT:
                     self._counters.rejected += 1
                     if scorer is not None:
@@ -281,6 +291,42 @@ class UnitedPubsub(Pubsub):
         await self.router.publish(msg_forwarder, msg)
 
 
+def retain_penalties(scorer: PeerScorer) -> None:
+    """Keep a peer's invalid-message (P4) and behaviour (P7) counters when it disconnects.
+
+    py-libp2p's ``PeerScorer.remove_peer`` forgets them, so a peer that sent
+    invalid messages reconnected with a clean score (go-libp2p retains scores
+    for a while: ``RetainScore``). The counters stay, keep decaying every
+    heartbeat, and are dropped once they have decayed to nothing.
+    """
+    forget = scorer.remove_peer
+    decay = scorer.on_heartbeat
+
+    def remove_peer(peer: ID) -> None:
+        invalid = dict(scorer.invalid_messages.get(peer, {}))
+        behaviour = scorer.behavior_penalty.get(peer, 0.0)
+        forget(peer)
+        if any(v > 0 for v in invalid.values()):
+            scorer.invalid_messages[peer].update(invalid)
+        if behaviour > 0:
+            scorer.behavior_penalty[peer] = behaviour
+
+    def on_heartbeat(dt_seconds: float = 1.0) -> None:
+        decay(dt_seconds)
+        for peer in [p for p, t in scorer.invalid_messages.items() if sum(t.values()) < 1e-3]:
+            del scorer.invalid_messages[peer]
+        for peer in [p for p, v in scorer.behavior_penalty.items() if v < 1e-3]:
+            del scorer.behavior_penalty[peer]
+
+    scorer.remove_peer = remove_peer  # type: ignore[method-assign]
+    scorer.on_heartbeat = on_heartbeat  # type: ignore[method-assign]
+
+
+def _raw_key(data: bytes) -> bytes:
+    """What unauthenticated bytes are remembered under (never an envelope id)."""
+    return hashlib.sha256(b"united/raw\x00" + data).digest()
+
+
 class UnitedGossipSub(GossipSub):
     """GossipSub with a configurable D_lazy, an envelope-id message cache, and IHAVE
     handling that does not ask again for what this node refused."""
@@ -289,6 +335,8 @@ class UnitedGossipSub(GossipSub):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.degree_lazy = degree_lazy
         self.mcache = EnvelopeIdMessageCache(self.mcache.window_size, self.mcache.history_size)
+        if self.scorer is not None:
+            retain_penalties(self.scorer)
 
     def _get_adaptive_gossip_peers_count(self, topic: str, total_peers: int) -> int:
         if self.adaptive_gossip_enabled:
