@@ -16,7 +16,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from test_membership import community, until
 
-from united_core.console import Console, render_panel
+from united_core.console import CORE_SECTIONS, Console, panel_sections, render_panel
 from united_core.containers import collect_commands
 from united_core.control import ControlClient
 from united_core.node import Node
@@ -45,6 +45,7 @@ def test_console_lists_peers_sends_pings_reconnects_and_shows_the_panel(tmp_path
                     input=pipe,
                     output=DummyOutput(),
                     write=lines.append,
+                    sections=panel_sections(alice.pm),
                 )
                 task = asyncio.create_task(console.run())
 
@@ -80,7 +81,7 @@ def test_console_lists_peers_sends_pings_reconnects_and_shows_the_panel(tmp_path
                         f"no panel: subscribers={stats.subscribers} ticks={stats.ticks} "
                         f"task_done={task.done()} lines={lines[-3:]}"
                     )
-                assert "Peers (" in console.last_panel and "general" in console.last_panel
+                assert "Peers\n" in console.last_panel and "general" in console.last_panel
                 pipe.send_text("q")
                 await typed("help\n", "send-test")
                 pipe.send_text("quit\n")
@@ -140,7 +141,7 @@ def test_panel_renders_a_snapshot() -> None:
         },
         "plugins": {
             "mesh": {
-                "names": {"12D3KooWBBBBBBBBBBBBBBBBB": "bob"},
+                "peer_names": {"12D3KooWBBBBBBBBBBBBBBBBB": "bob"},
                 "topics": {
                     "general": {
                         "topic": "united/s/c",
@@ -151,10 +152,13 @@ def test_panel_renders_a_snapshot() -> None:
                     }
                 },
             },
-            "ping": {"12D3KooWBBBBBBBBBBBBBBBBB": 0.42},
+            "ping": {"peer_rtt_ms": {"12D3KooWBBBBBBBBBBBBBBBBB": 0.42}},
         },
     }
-    text = render_panel(snapshot)
+    from united_mesh import united_register_panel_sections
+
+    sections = [*CORE_SECTIONS, *united_register_panel_sections()]
+    text = render_panel(snapshot, sections)
     assert "bob" in text and "0.420" in text and "general" in text and "publish drops: 2" in text
 
 
@@ -215,12 +219,15 @@ def test_hook_united_stats_refresh(tmp_path: Path) -> None:
             running_node(make_node_dir(tmp_path, "b")) as b,
         ):
             await b.p2p.connect(a.p2p.listen_addrs[0])
-            assert (await a.stats.snapshot())["plugins"]["ping"] == {}
+            assert (await a.stats.snapshot())["plugins"].get("ping", {}).get("peer_rtt_ms") in (
+                None,
+                {},
+            )
             client = await ControlClient.connect(a.settings.resolve("united.sock"))
             try:
                 async with asyncio.timeout(10):
                     async for snapshot in client.stream("subscribe"):
-                        rtts = snapshot["plugins"]["ping"]
+                        rtts = snapshot["plugins"]["ping"]["peer_rtt_ms"]
                         if b.identity.peer_id in rtts:
                             assert 0 < rtts[b.identity.peer_id] < 1000
                             break

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import resource
 import socket
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 from test_directory import raw_session, registered, replies_until_close, server
-from united_directory.service import PendingGate, address_key
+from united_directory.service import PendingGate, address_key, prefixes
 from united_discovery.session import DirectoryClient, DirectoryError
 
 from united_core import frames
@@ -185,21 +186,26 @@ def test_half_open_requests_do_not_stop_logins_and_are_dropped(
                     proc.kill()
                 await proc.wait()
             # Every half-open connection was closed by the server, none held past
-            # the deadline (plus scheduling slack).
+            # the deadline (plus scheduling slack): refused on arrival (the budget
+            # full of connections under a second old), given way to a newer one,
+            # or timed out.
             lives = report["lives"]
             stats = service.stats()
             print(
                 f"{case}: {HALF_OPEN} opened in {ready['seconds']:.1f} s, {pending_at_ready}"
                 f" pending; members served in {served:.2f} s; closed after"
-                f" {min(lives):.2f}-{max(lives):.2f} s; evicted {stats['pending_evicted']},"
-                f" timed out {stats['pending_timed_out']}"
+                f" {min(lives):.2f}-{max(lives):.2f} s; refused {stats['pending_refused']},"
+                f" evicted {stats['pending_evicted']}, timed out {stats['pending_timed_out']}"
             )
             assert report["closed"] == HALF_OPEN, report["closed"]
             assert max(lives) < header_timeout + 2, max(lives)
-            # Each was closed by the gate: given way to a newer one, or timed out.
-            assert stats["pending_evicted"] + stats["pending_timed_out"] == HALF_OPEN
+            # Each was closed by the gate.
+            closed_by_gate = (
+                stats["pending_refused"] + stats["pending_evicted"] + stats["pending_timed_out"]
+            )
+            assert closed_by_gate == HALF_OPEN
             if case == "bounded":
-                assert stats["pending_evicted"] >= HALF_OPEN - limit
+                assert stats["pending_refused"] + stats["pending_evicted"] >= HALF_OPEN - limit
                 assert stats["pending_timed_out"] > 0
             else:
                 assert stats["pending_timed_out"] == HALF_OPEN
@@ -409,6 +415,7 @@ def test_stalled_websocket_sessions_hold_no_more_than_the_budget(tmp_path: Path)
         async with server(tmp_path, extra) as (_, service, url):
             held = [await raw_session(url) for _ in range(4)]
             assert service.stats()["pending"] == 4
+            await asyncio.sleep(service._gate.min_age)  # stalled, not just opened
             client, _, _, _ = await registered(url, service, "alice")
             await replies_until_close(held[0][1])  # the oldest gave way
             assert service.stats()["pending"] == 3
@@ -419,38 +426,245 @@ def test_stalled_websocket_sessions_hold_no_more_than_the_budget(tmp_path: Path)
     asyncio.run(scenario())
 
 
+def test_a_budget_full_of_young_connections_refuses_the_newcomer(tmp_path: Path) -> None:
+    """Three addresses of one /24, one connection each: as heavy, so the third is
+    closed as it arrives (never reaching aiohttp) until the others are a second old."""
+
+    async def scenario() -> None:
+        async with server(tmp_path, "max_pending_sessions = 2\n") as (_, service, _):
+            loop = asyncio.get_running_loop()
+
+            async def connect(source: str) -> socket.socket:
+                s = socket.socket()
+                s.setblocking(False)
+                s.bind((source, 0))
+                await loop.sock_connect(s, ("127.0.0.1", service.port))
+                return s
+
+            async def until(key: str, value: int) -> None:
+                async with asyncio.timeout(5):
+                    while service.stats()[key] != value:
+                        await asyncio.sleep(0.01)
+
+            async def closed(s: socket.socket) -> bool:
+                with contextlib.suppress(OSError):
+                    await loop.sock_sendall(s, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+                    return not await asyncio.wait_for(loop.sock_recv(s, 4096), 5)
+                return True
+
+            held = [await connect("127.0.0.2"), await connect("127.0.0.3")]
+            await until("pending", 2)
+            refused = await connect("127.0.0.4")
+            await until("pending_refused", 1)
+            assert await closed(refused)
+            await asyncio.sleep(service._gate.min_age)
+            late = await connect("127.0.0.4")  # now the oldest goes
+            await until("pending_evicted", 1)
+            assert await closed(held[0])
+            assert service.stats()["pending"] == 2 and service.stats()["pending_refused"] == 1
+            for s in (*held, refused, late):
+                s.close()
+
+    asyncio.run(scenario())
+
+
+class Transport:
+    """Stands in for an asyncio transport in the gate's unit tests."""
+
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admit(gate: PendingGate, host: str) -> Transport:
+    transport = Transport()
+    gate.admit(transport, host)  # type: ignore[arg-type]
+    return transport
+
+
 def test_pending_gate_is_fair_between_addresses() -> None:
-    class Transport:
-        aborted = False
-
-        def abort(self) -> None:
-            self.aborted = True
-
-    gate = PendingGate(limit=6, per_address=4)
-    a = [Transport() for _ in range(5)]
-    for t in a:
-        gate.admit(t, "a")  # type: ignore[arg-type]
-    assert a[0].aborted and gate.count("a") == 4  # its own share, oldest first
-    b = [Transport() for _ in range(3)]
-    for t in b:
-        gate.admit(t, "b")  # type: ignore[arg-type]
+    clock = Clock()
+    gate = PendingGate(limit=6, per_address=4, clock=clock)
+    a = [admit(gate, "a") for _ in range(5)]
+    # Its own share: its oldest goes, however young (the same address cannot be
+    # told apart from itself).
+    assert a[0].aborted and gate.count("a") == 4
+    clock.now = 5.0
+    b = [admit(gate, "b") for _ in range(3)]
     # Full at 6: b's last newcomer pushed out a's oldest, never b's own.
     assert [t.aborted for t in a] == [True, True, False, False, False]
     assert gate.count("a") == 3 and gate.count("b") == 3 and len(gate) == 6
-    gate.admit(Transport(), "c")  # type: ignore[arg-type]
+    admit(gate, "c")  # a and b as heavy: the one holding most longest, a, gives way
     assert a[2].aborted and gate.count("a") == 2 and gate.count("c") == 1
     assert not any(t.aborted for t in b)
-    gate.release(b[0])  # logged in: no longer counted
-    assert len(gate) == 5 and gate.evicted == 3
+    gate.release(b[0])  # type: ignore[arg-type]  # logged in: no longer counted
+    assert len(gate) == 5 and gate.evicted == 3 and gate.refused == 0
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        # The review's case: one connection on each /64 of 2001:db8:0:0::/56.
+        [f"2001:db8:0:{i:x}::1" for i in range(256)],
+        # The same with IPv4: every address of 203.0.113.0/24.
+        [f"203.0.113.{i}" for i in range(256)],
+    ],
+    ids=["ipv6-56", "ipv4-24"],
+)
+def test_an_attacker_spread_over_one_network_pushes_out_only_itself(attack: list[str]) -> None:
+    """256 pending connections from 256 addresses of one network, renewed 256 at a
+    time every 50 ms (faster than a login's round trip): honest logins from other
+    networks get in at once and are never pushed out, however long they take."""
+    assert len({prefixes(h)[-2] for h in attack}) == 1
+    assert len({address_key(h) for h in attack}) == 256
+    clock = Clock()
+    gate = PendingGate(limit=256, per_address=32, clock=clock)
+    for host in attack:
+        admit(gate, host)
+    logins: list[Transport] = []
+    bursts = 30  # 1.5 s of it
+    for burst in range(bursts):
+        clock.now = burst * 0.05
+        honest = [
+            f"2001:db8:5:{burst:x}::7",  # another /48
+            f"2001:db8:0:1{burst:02x}::7",  # another /56 of the attacker's /48
+            f"198.51.{burst}.7",  # IPv4, a /24 each
+            f"192.0.2.{burst}",  # IPv4, one /24
+        ]
+        logins += [admit(gate, host) for host in honest]
+        for host in attack:
+            admit(gate, host)  # all under a second old, and they still go
+        assert not any(t.aborted for t in logins), burst
+        assert len(gate) == 256
+    # The attack gave way to itself or was refused.
+    assert gate.evicted + gate.refused == bursts * (256 + 4)
+    assert sum(gate.count(h) for h in attack) == 256 - len(logins)
+
+
+def test_a_flood_from_more_networks_than_the_budget_spares_young_and_answering_logins() -> None:
+    """Bots in distinct /24s, one connection each: every network is as heavy, so a
+    connection goes only once it is min_age old and not logging in; otherwise the
+    newcomer is refused."""
+    clock = Clock()
+    gate = PendingGate(limit=8, per_address=32, clock=clock)
+    bots = (f"10.{i // 256}.{i % 256}.1" for i in itertools.count())
+    first = [admit(gate, next(bots)) for _ in range(8)]
+    clock.now = 0.5
+    early = admit(gate, "198.51.100.7")  # all young and as heavy: refused
+    assert early.aborted and gate.refused == 1 and len(gate) == 8
+    clock.now = 1.0
+    login = admit(gate, "198.51.100.7")  # the bots are a second old: the oldest goes
+    assert not login.aborted and first[0].aborted
+    flood = [admit(gate, next(bots)) for _ in range(50)]
+    assert all(t.aborted for t in first)  # the other seven old ones went ...
+    assert sum(t.aborted for t in flood) == 50 - 7  # ... then newcomers were refused
+    assert not login.aborted and gate.refused == 1 + 43
+    clock.now = 5.0
+    gate.answering(login)  # type: ignore[arg-type]  # its AuthResponse is being checked
+    flood = [admit(gate, next(bots)) for _ in range(20)]
+    assert not login.aborted  # old, but answering: skipped; the seven old bots went
+    assert sum(not t.aborted for t in flood) == 7 and len(gate) == 8
+    gate.answering(login, False)  # type: ignore[arg-type]  # its login failed
+    clock.now = 10.0
+    admit(gate, next(bots))
+    assert login.aborted  # old, not logging in, as heavy: first in line
+
+
+def test_pending_gate_bookkeeping_under_random_traffic() -> None:
+    """Counts, the heaviest-network index and the victim rules, against a brute
+    force model, over random admissions, releases and logins."""
+    rng = random.Random(9)
+    clock = Clock()
+    gate = PendingGate(limit=24, per_address=4, clock=clock)
+    hosts = [
+        *(f"2001:db8:{a}:{b:x}::{c}" for a in (1, 2) for b in (0, 1, 0x100) for c in (1, 2)),
+        *(f"192.0.{a}.{b}" for a in (2, 3) for b in (1, 2, 3)),
+        "::ffff:192.0.2.1",
+        "?",
+    ]
+    paths = {h: prefixes(h) for h in hosts}
+    live: dict[Transport, str] = {}
+    since: dict[Transport, float] = {}
+    answering: set[Transport] = set()
+
+    def weight(prefix: tuple[str, ...]) -> int:
+        return sum(paths[h][: len(prefix)] == prefix for h in live.values())
+
+    for step in range(2000):
+        clock.now += rng.random() * 0.2
+        roll = rng.random()
+        if roll < 0.6:
+            host = rng.choice(hosts)
+            path = paths[host]
+            before = dict(live)
+            weights = {
+                t: [weight(paths[h][: k + 1]) for k in range(len(paths[h]))]
+                for t, h in live.items()
+            }
+            mine = [weight(path[: k + 1]) + 1 for k in range(len(path))]
+            new = Transport()
+            admitted = gate.admit(new, host)  # type: ignore[arg-type]
+            assert admitted != new.aborted
+            gone = [t for t in before if t.aborted]
+            assert len(gone) <= 1 and not (gone and not admitted)
+            if admitted:
+                live[new], since[new] = host, clock.now
+            for victim in gone:
+                assert victim not in answering, step
+                victim_path = paths[live.pop(victim)]
+                if victim_path != path:  # another address: a network at least as heavy
+                    k = next(
+                        i for i, (x, y) in enumerate(zip(victim_path, path, strict=False)) if x != y
+                    )
+                    assert weights[victim][k] >= mine[k], step
+                    if weights[victim][k] == mine[k]:
+                        assert clock.now - since[victim] >= gate.min_age, step
+        elif roll < 0.85 and live:
+            transport = rng.choice(list(live))
+            gate.release(transport)  # type: ignore[arg-type]
+            del live[transport]
+            answering.discard(transport)
+        elif live:
+            transport = rng.choice(list(live))
+            on = transport not in answering
+            gate.answering(transport, on)  # type: ignore[arg-type]
+            (answering.add if on else answering.discard)(transport)
+        assert len(gate) == len(live) <= 24
+        for host in hosts:
+            count = sum(paths[h][-1] == paths[host][-1] for h in live.values())
+            assert gate.count(host) == count <= 4
+        check_group(gate._root)
+    for transport in list(live):
+        gate.release(transport)  # type: ignore[arg-type]
+    assert gate._root.count == 0 and not gate._root.children and not gate._root.buckets
+    assert gate.evicted > 100 and gate.refused > 10
+
+
+def check_group(group: Any) -> None:
+    if not group.children:
+        assert group.count == len(group.members)
+        return
+    assert group.count == sum(c.count for c in group.children.values())
+    assert group.top == max(c.count for c in group.children.values())
+    by_count = {n: set(b) for n, b in group.buckets.items()}
+    assert all(by_count.values())
+    assert by_count == {
+        n: {c for c in group.children.values() if c.count == n}
+        for n in {c.count for c in group.children.values()}
+    }
+    for child in group.children.values():
+        check_group(child)
 
 
 def test_pending_gate_deadline_drops_requests_that_never_arrive() -> None:
-    class Transport:
-        aborted = False
-
-        def abort(self) -> None:
-            self.aborted = True
-
     async def scenario() -> None:
         gate = PendingGate(limit=10, per_address=10, header_timeout=0.05)
         stalled, arrived, logged_in = Transport(), Transport(), Transport()
@@ -473,3 +687,11 @@ def test_address_key_groups_ipv6_by_64() -> None:
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
     assert address_key("fe80::1%eth0") == "fe80::/64"
     assert address_key("?") == "?"
+    assert prefixes("192.0.2.7") == ("192.0.2.0/24", "192.0.2.7")
+    assert prefixes("::ffff:192.0.2.7") == ("192.0.2.0/24", "192.0.2.7")
+    assert prefixes("2001:db8:1:2ff::1") == (
+        "2001:db8:1::/48",
+        "2001:db8:1:200::/56",
+        "2001:db8:1:2ff::/64",
+    )
+    assert prefixes("?") == ("?",)

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 from united_mesh.config import Config as MeshConfig
-from united_mesh.scoring import score_params_factory
+from united_mesh.scoring import score_settings
 
 from united_core import envelope
 from united_core.identity import Identity
-from united_core.members import MemberSet
 from united_core.p2p.events import MessageReceived
 from united_core.p2p.options import GossipOptions, HostOptions
 from united_core.p2p.runtime import P2PRuntime
@@ -25,8 +24,7 @@ OTHER = "united/test/random"
 
 
 def options(**gossip: Any) -> HostOptions:
-    scoring = score_params_factory(MeshConfig(), MemberSet)
-    return HostOptions(gossip=GossipOptions(score_params=scoring, **gossip))
+    return HostOptions(gossip=GossipOptions(scoring=score_settings(MeshConfig()), **gossip))
 
 
 @contextlib.asynccontextmanager

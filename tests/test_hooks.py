@@ -87,6 +87,9 @@ async def _run(base: Path, recorder: Any, store: Any, reader: Any) -> dict[str, 
         finally:
             await client.close()
         out["stats"] = await a.stats.snapshot()
+        from united_core.console import panel_sections, render_panel
+
+        out["panel"] = render_panel(out["stats"], panel_sections(a.pm))
         await b.p2p.disconnect(out["a"])
         async with asyncio.timeout(5):
             while not any(n == "peer_disconnected" for n, _ in recorder.CALLS):
@@ -134,10 +137,11 @@ def test_hook_united_p2p_configure(scenario: dict[str, Any]) -> None:
     assert scenario["a_heartbeat"] == 0.5
 
 
-def test_hook_united_p2p_host_started(scenario: dict[str, Any]) -> None:
-    started = calls(scenario, "p2p_host_started")
-    assert {c["host_id"] for c in started} == {scenario["a"], scenario["b"]}
-    assert all(c["thread"].startswith("united-p2p-") for c in started)
+def test_hook_united_register_panel_sections(scenario: dict[str, Any]) -> None:
+    panel = scenario["panel"]
+    assert "Recorder" in panel and "calls: " in panel
+    # The core's sections come first, then the plugins' by order and title.
+    assert panel.index("Peers") < panel.index("Recorder")
 
 
 def test_hook_united_peer_allowed(scenario: dict[str, Any]) -> None:
@@ -155,6 +159,10 @@ def test_hook_united_validate_message(scenario: dict[str, Any]) -> None:
     seen = calls(scenario, "validate_message")
     payloads = {c["payload"] for c in seen}
     assert {b"reject-me", b"ignore-me", b"hello"} <= payloads
+    # Gossip is judged on the trio thread; a node's own publishes on asyncio's.
+    gossip = [c for c in seen if c["origin"].value == "gossip"]
+    assert gossip and all(c["thread"].startswith("united-p2p-") for c in gossip)
+    assert any(c["origin"].value == "publish" and c["thread"] == "MainThread" for c in seen)
     counters = scenario["a_counters"]
     assert counters["rejected"] == 1 and counters["ignored"] == 1
 

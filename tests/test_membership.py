@@ -131,36 +131,27 @@ def test_clients_accept_each_other_from_cached_lists_while_the_server_is_down(
 
 def test_messages_from_non_members_are_rejected(tmp_path: Path) -> None:
     """The membership policy rejects an envelope signed by a key that is not a member."""
-    from united_membership import united_validate_message
+    from united_membership import MembershipHooks
+    from united_membership.state import MembershipState
 
     from united_core.identity import Identity
 
     member, outsider = Identity.generate(), Identity.generate()
-
-    class FakeNode:
-        def __init__(self, state: Any) -> None:
-            self._state = state
-
-        def service(self, plugin: str, name: str = "service") -> Any:
-            return self._state
-
-    from united_membership.state import MembershipState
-
     state = MembershipState()
-    node: Any = FakeNode(state)
+    hooks = MembershipHooks(state)
     topic = "united/s/c"
     ok = envelope.seal(member, topic=topic, payload=b"hi", sequence_hint=1)
     bad = envelope.seal(outsider, topic=topic, payload=b"hi", sequence_hint=1)
     # No list known yet: fail closed.
-    refusal = united_validate_message(node, ok, Origin.GOSSIP)
+    refusal = hooks.united_validate_message(ok, Origin.GOSSIP)
     assert refusal is not None and refusal.verdict is Verdict.REJECT
     state.replace(MemberSet.of([Member("m", "member", member.public_key, member.peer_id)]))
     for origin in (Origin.GOSSIP, Origin.SUBMISSION, Origin.PUBLISH):
-        assert united_validate_message(node, ok, origin) is None
-        refusal = united_validate_message(node, bad, origin)
+        assert hooks.united_validate_message(ok, origin) is None
+        refusal = hooks.united_validate_message(bad, origin)
         assert refusal is not None and refusal.code is Reason.NOT_A_MEMBER
     # History is the server's record: a removed member's old messages stay readable.
-    assert united_validate_message(node, bad, Origin.HISTORY) is None
+    assert hooks.united_validate_message(bad, Origin.HISTORY) is None
     assert state.rejected_messages == 4
 
 

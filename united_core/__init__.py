@@ -1,8 +1,10 @@
-"""UNITED node core: plugin host, configuration, identity, wire format, P2P runtime."""
+"""UNITED node core: plugin host, configuration, identity, wire format, P2P runtime.
 
-import pluggy
+Plugins use :mod:`united_core.api` (``hookimpl`` is re-exported here too).
+"""
+
+from .api import API_VERSION, hookimpl
 
 __version__ = "0.1.0"
 
-hookimpl = pluggy.HookimplMarker("united")
-"""Marker for plugin hook implementations: ``@hookimpl def united_...``."""
+__all__ = ["API_VERSION", "__version__", "hookimpl"]

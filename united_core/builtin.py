@@ -13,15 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 import multiaddr
 
-from . import hookimpl
-from .config import ConfigSection, ConfigValueError, setting
-from .control import CommandError, ControlCommand
+from .api import (
+    CommandError,
+    ConfigSection,
+    ConfigValueError,
+    ControlCommand,
+    NodeAPI,
+    hookimpl,
+    setting,
+)
 from .p2p.options import KNOWN_GOSSIPSUB_PROTOCOLS, HostOptions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
-
-    from .node import Node
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> N
 # ---- core control commands ------------------------------------------------------------
 
 
-async def _status(node: Node, args: list[str]) -> dict[str, Any]:
+async def _status(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     return {
         "plugin_set": node.settings["node"].plugin_set,
         "peer_id": node.identity.peer_id,
@@ -109,16 +113,16 @@ async def _status(node: Node, args: list[str]) -> dict[str, Any]:
     }
 
 
-async def _stop(node: Node, args: list[str]) -> str:
+async def _stop(node: NodeAPI, args: list[str]) -> str:
     node.request_stop()
     return "stopping"
 
 
-async def _peers(node: Node, args: list[str]) -> list[dict[str, Any]]:
+async def _peers(node: NodeAPI, args: list[str]) -> list[dict[str, Any]]:
     return await node.p2p.peers()
 
 
-async def _connect(node: Node, args: list[str]) -> dict[str, str]:
+async def _connect(node: NodeAPI, args: list[str]) -> dict[str, str]:
     if len(args) != 1:
         raise CommandError("usage: connect MULTIADDR (with /p2p/<peer id>)")
     try:
@@ -128,12 +132,13 @@ async def _connect(node: Node, args: list[str]) -> dict[str, str]:
     return {"connected": peer}
 
 
-async def _help(node: Node, args: list[str]) -> list[dict[str, Any]]:
-    from .containers import collect_commands
+async def _help(node: NodeAPI, args: list[str]) -> list[dict[str, Any]]:
+    from .control import ControlServer
 
+    commands = node.require(ControlServer).commands
     return [
         {"name": c.name, "usage": c.usage, "help": c.help, "streaming": c.streaming}
-        for c in sorted(collect_commands(node.pm).values(), key=lambda c: c.name)
+        for c in sorted(commands.values(), key=lambda c: c.name)
     ]
 
 
@@ -141,11 +146,11 @@ def _render_help(rows: list[dict[str, Any]]) -> str:
     return "\n".join(f"{(r['name'] + ' ' + r['usage']).strip():<34} {r['help']}" for r in rows)
 
 
-async def _snapshot(node: Node, args: list[str]) -> dict[str, Any]:
+async def _snapshot(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     return await node.stats.snapshot()
 
 
-async def _subscribe(node: Node, args: list[str]) -> AsyncIterator[dict[str, Any]]:
+async def _subscribe(node: NodeAPI, args: list[str]) -> AsyncIterator[dict[str, Any]]:
     async for snapshot in node.stats.subscribe():
         yield snapshot
 

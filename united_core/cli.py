@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.resources
 import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .api import CliCommand, CLIError
 from .config import ConfigError, ConfigSection, read_toml, render_section
 from .identity import (
     Identity,
@@ -36,26 +37,20 @@ ROLES = ("server", "client")
 log = logging.getLogger("united")
 
 
-class CLIError(Exception):
-    """An expected failure: printed as one line, exit with ``status``."""
+class _Tools:
+    """The :class:`~united_core.api.CliTools` a plugin's CLI command gets."""
 
-    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
-        self.status = status
-        super().__init__(message)
+    def call_node(self, config: Path, command: str, args: list[str] | None = None) -> Any:
+        return call_running_node(config, command, args)
+
+    def write_node_dir(
+        self, directory: Path, role: str, overrides: dict[str, dict[str, Any]] | None = None
+    ) -> tuple[Path, Identity]:
+        return write_node_dir(directory, role, overrides, reuse_key=True)
 
 
-@dataclass(frozen=True)
-class CliCommand:
-    """A ``united <name>`` sub-command contributed by a plugin.
-
-    ``add_arguments(parser)`` declares its arguments; ``run(args)`` does the work
-    and returns the exit status (raise :class:`CLIError` for expected failures).
-    """
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+def _run_plugin_command(command: CliCommand, args: argparse.Namespace) -> int:
+    return command.run(args, _Tools())
 
 
 def plugin_cli_commands() -> list[CliCommand]:
@@ -344,7 +339,7 @@ def call_running_node(config: Path, command: str, args: list[str] | None = None)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from .console import Console
+    from .console import Console, panel_sections
     from .containers import collect_commands
     from .control import ControlClientError
     from .node import load_settings
@@ -357,6 +352,7 @@ def cmd_console(args: argparse.Namespace) -> int:
         settings.resolve(settings["control"].socket),
         collect_commands(pm),
         history_path=history_path,
+        sections=panel_sections(pm),
     )
     try:
         asyncio.run(console.run())
@@ -408,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p = sub.add_parser(command.name, help=command.help)
         command.add_arguments(p)
-        p.set_defaults(func=command.run)
+        p.set_defaults(func=functools.partial(_run_plugin_command, command))
         builtin.add(command.name)
     return parser
 

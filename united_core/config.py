@@ -19,9 +19,23 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+
+from .api import ConfigSection, ConfigValueError, Settings, setting, validate_multiaddrs
+
+__all__ = [
+    "ConfigError",
+    "ConfigSection",
+    "ConfigValueError",
+    "Settings",
+    "build_section",
+    "build_settings",
+    "read_toml",
+    "render_section",
+    "setting",
+    "validate_multiaddrs",
+]
 
 
 class ConfigError(Exception):
@@ -52,37 +66,6 @@ class ConfigError(Exception):
             where.append(f"[{self.section}]" + (f" {self.key}" if self.key else ""))
         text = (": ".join(where) + ": " if where else "") + self.message
         return " ".join(text.splitlines())  # always one line
-
-
-class ConfigValueError(ValueError):
-    """Raised by a section's ``validate()`` to name the offending key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(message)
-
-
-class ConfigSection(NamedTuple):
-    """What ``united_register_config_sections`` returns: a section name and its schema."""
-
-    name: str
-    schema: type
-    description: str = ""
-
-
-def setting(
-    default: Any,
-    help: str = "",
-    *,
-    min: float | None = None,
-    max: float | None = None,
-    choices: Iterable[Any] | None = None,
-) -> Any:
-    """A dataclass field with a help line and bounds, for a plugin's ``Config``."""
-    meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None}
-    if isinstance(default, list | dict | set):
-        raise TypeError("use a tuple for sequence defaults (sections are frozen)")
-    return field(default=default, metadata=meta)
 
 
 # ---- type checking ------------------------------------------------------------------
@@ -187,24 +170,6 @@ def build_section(section: ConfigSection, raw: Mapping[str, Any]) -> Any:
     return instance
 
 
-def validate_multiaddrs(key: str, addrs: Iterable[str], *, dialable: bool = False) -> None:
-    """Raise :class:`ConfigValueError` for ``key`` unless every entry is a TCP multiaddr.
-
-    ``dialable`` also refuses TCP port 0 (fine to listen on, impossible to dial).
-    """
-    import multiaddr
-
-    for addr in addrs:
-        try:
-            ma = multiaddr.Multiaddr(addr)
-        except Exception as exc:
-            raise ConfigValueError(key, f"{addr!r} is not a multiaddr ({exc})") from None
-        if "tcp" not in {p.name for p in ma.protocols()}:
-            raise ConfigValueError(key, f"{addr!r}: only TCP addresses are supported")
-        if dialable and ma.value_for_protocol("tcp") == "0":
-            raise ConfigValueError(key, f"{addr!r}: port 0 cannot be dialed")
-
-
 def _looks_like_utf16(data: bytes) -> bool:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return True
@@ -242,26 +207,6 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", file=path) from None
     except ValueError as exc:
         raise ConfigError(str(exc), file=path) from None
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The validated configuration of one node: every enabled section, typed."""
-
-    path: Path
-    sections: Mapping[str, Any]
-
-    @property
-    def base_dir(self) -> Path:
-        return self.path.parent
-
-    def resolve(self, value: str) -> Path:
-        """A path from the config, relative to the config file's directory."""
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
-
-    def __getitem__(self, name: str) -> Any:
-        return self.sections[name]
 
 
 def build_settings(

@@ -1,8 +1,9 @@
 """``united console``: a prompt-toolkit developer console attached to a running node.
 
 A REPL over the control API (completion of commands, peers and channels;
-persistent history; ``help``), and a live full-screen panel (Peers and
-Gossipsub) toggled with **F2** (or ``panel``), refreshed from the node's
+persistent history; ``help``), and a live full-screen panel (the core's Peers
+section and each plugin's sections, ``united_register_panel_sections``)
+toggled with **F2** (or ``panel``), refreshed from the node's
 ``subscribe`` stream. The panel holds the subscription only while it is open,
 so a node nobody watches does no stats work at all.
 """
@@ -15,10 +16,11 @@ import datetime
 import json
 import logging
 import shlex
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pluggy
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application
 from prompt_toolkit.completion import Completer, Completion
@@ -30,6 +32,7 @@ from prompt_toolkit.layout import HSplit, Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
 from prompt_toolkit.output import Output
 
+from .api import PanelSection
 from .control import ControlClient, ControlClientError, ControlCommand
 
 log = logging.getLogger(__name__)
@@ -47,50 +50,77 @@ def _clock(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else "-"
 
 
-def render_panel(snapshot: Mapping[str, Any]) -> str:
-    """The live panel as text: a Peers section and a Gossipsub section."""
+def _merged(plugins: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """Every plugin's ``key`` table, merged (a documented stats convention)."""
+    out: dict[str, Any] = {}
+    for stats in plugins.values():
+        if isinstance(stats, Mapping) and isinstance(stats.get(key), Mapping):
+            out.update(stats[key])
+    return out
+
+
+def render_peers(snapshot: Mapping[str, Any]) -> list[str]:
+    """The core's section: connected peers and the topics whose mesh they are in.
+
+    Names, RTTs and NAT types come from any plugin whose stats carry
+    ``peer_names``, ``peer_rtt_ms`` or ``peer_nat`` tables (by PeerId), and
+    channel names from ``topic_names`` (by topic): a documented convention, so
+    the core knows no plugin by name."""
     plugins = snapshot.get("plugins", {})
-    mesh = plugins.get("mesh", {})
-    names: dict[str, str] = mesh.get("names", {})
-    rtts: dict[str, float] = plugins.get("ping", {})
-    p2p = snapshot.get("p2p", {})
-    topic_mesh: dict[str, list[str]] = p2p.get("mesh", {})
-    channel_of = {info["topic"]: name for name, info in mesh.get("topics", {}).items()}
-    counters = p2p.get("counters", {})
+    names = _merged(plugins, "peer_names")
+    rtts = _merged(plugins, "peer_rtt_ms")
+    nats = _merged(plugins, "peer_nat")
+    topic_names = _merged(plugins, "topic_names")
+    topic_mesh: dict[str, list[str]] = snapshot.get("p2p", {}).get("mesh", {})
+    peers = snapshot.get("peers", [])
+    lines = [
+        f"  {len(peers)} connected",
+        f"  {'PEER':<14} {'NAME':<12} {'CONN':<8} {'RTT ms':>8}  {'NAT':<8} MESH",
+    ]
+    for peer in sorted(peers, key=lambda p: names.get(p["peer_id"], "~")):
+        pid = peer["peer_id"]
+        rtt = rtts.get(pid)
+        conn = "relayed" if peer.get("relayed") else "direct"
+        lines.append(
+            f"  {_short(pid):<14} {str(names.get(pid, '?'))[:12]:<12} {conn:<8} "
+            f"{(f'{rtt:.3f}' if rtt is not None else '-'):>8}  "
+            f"{nats.get(pid, 'unknown')!s:<8} "
+            + (
+                ", ".join(
+                    sorted(topic_names.get(t, t) for t, ps in topic_mesh.items() if pid in ps)
+                )
+                or "-"
+            )
+        )
+    return lines
+
+
+CORE_SECTIONS = (PanelSection("Peers", render_peers, order=0),)
+
+
+def panel_sections(pm: pluggy.PluginManager) -> list[PanelSection]:
+    """The core's sections, then every plugin's, by order and title."""
+    sections = list(CORE_SECTIONS)
+    for batch in pm.hook.united_register_panel_sections():
+        sections.extend(batch)
+    return sorted(sections, key=lambda s: (s.order, s.title))
+
+
+def render_panel(
+    snapshot: Mapping[str, Any], sections: Sequence[PanelSection] = CORE_SECTIONS
+) -> str:
+    """The live panel as text: a header, then each section's lines."""
     lines = [
         f"UNITED node {_short(snapshot.get('peer_id', '?'))}   "
         f"live, {PANEL_KEY.upper()} or q closes"
         f"   {_clock(snapshot.get('time'))}",
-        "",
-        f"Peers ({len(snapshot.get('peers', []))})",
-        f"  {'PEER':<14} {'NAME':<12} {'CONN':<8} {'RTT ms':>8}  {'NAT':<8} MESH",
     ]
-    for peer in sorted(snapshot.get("peers", []), key=lambda p: names.get(p["peer_id"], "~")):
-        pid = peer["peer_id"]
-        in_mesh = sorted(channel_of.get(t, t) for t, peers in topic_mesh.items() if pid in peers)
-        rtt = rtts.get(pid)
-        conn = "relayed" if peer.get("relayed") else "direct"
-        lines.append(
-            f"  {_short(pid):<14} {names.get(pid, '?')[:12]:<12} {conn:<8} "
-            f"{(f'{rtt:.3f}' if rtt is not None else '-'):>8}  {'unknown':<8} "
-            f"{', '.join(in_mesh) or '-'}"
-        )
-    lines += [
-        "",
-        "Gossipsub",
-        f"  {'CHANNEL':<14} {'MESH':>4} {'MSGS':>6} {'LAST':>9} {'P50 ms':>8} {'P95 ms':>8}",
-    ]
-    for name, info in sorted(mesh.get("topics", {}).items()):
-        p50, p95 = info.get("latency_p50_ms"), info.get("latency_p95_ms")
-        lines.append(
-            f"  {name[:14]:<14} {len(topic_mesh.get(info['topic'], [])):>4} {info['messages']:>6} "
-            f"{_clock(info.get('last_received')):>9} {(p50 if p50 is not None else '-'):>8} "
-            f"{(p95 if p95 is not None else '-'):>8}"
-        )
-    lines.append(
-        f"  publish drops: {counters.get('outbound_drops', 0)}   inbound drops: "
-        f"{counters.get('inbound_drops', 0)}   rejected: {counters.get('rejected', 0)}"
-    )
+    for section in sections:
+        try:
+            body = section.render(snapshot)
+        except Exception as exc:  # one plugin's bug must not blank the panel
+            body = [f"  cannot render: {type(exc).__name__}: {exc}"]
+        lines += ["", section.title, *body]
     return "\n".join(lines)
 
 
@@ -122,8 +152,10 @@ class Console:
         input: Input | None = None,
         output: Output | None = None,
         write: Callable[[str], None] = print,
+        sections: Sequence[PanelSection] = CORE_SECTIONS,
     ) -> None:
         self.socket_path = socket_path
+        self.sections = list(sections)
         self.renderers = renderers
         self.history_path = history_path
         self.input = input
@@ -246,7 +278,7 @@ class Console:
             client = await ControlClient.connect(self.socket_path)
             try:
                 async for snapshot in client.stream("subscribe"):
-                    text["value"] = render_panel(snapshot)
+                    text["value"] = render_panel(snapshot, self.sections)
                     self.last_panel = text["value"]
                     app.invalidate()
             except ControlClientError as exc:

@@ -15,31 +15,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from dependency_injector import containers, providers
 
-from .acceptance import Acceptor, Origin
+from .acceptance import Acceptor, Origin, Refusal, Verdict
+from .api import PluginContainer
 from .config import ConfigError, Settings
 from .control import ControlCommand, ControlServer
 from .identity import Identity, load_key_file
 from .p2p.options import HostOptions
 from .stats import StatsBus
+from .threads import trio_side_hook
 
 if TYPE_CHECKING:
     from .envelope import SignedMessage
     from .node import Node
-    from .p2p.runtime import HostContext, P2PRuntime
+    from .p2p.runtime import P2PRuntime
 
 log = logging.getLogger(__name__)
-
-
-class PluginContainer(NamedTuple):
-    """What ``united_register_containers`` returns: a mount name and a container class."""
-
-    name: str
-    container: type[containers.DeclarativeContainer]
 
 
 def load_identity(settings: Settings) -> Identity:
@@ -59,22 +54,39 @@ def host_options(settings: Settings, pm: pluggy.PluginManager) -> HostOptions:
 
 
 def peer_gate(pm: pluggy.PluginManager, node: Node) -> Callable[[str, str], bool]:
+    """``united_peer_allowed`` on the trio thread; refuses everyone until the node is up."""
+
     def allowed(peer_id: str, direction: str) -> bool:
-        answers = pm.hook.united_peer_allowed(node=node, peer_id=peer_id, direction=direction)
+        with node.hooks_lock, trio_side_hook("united_peer_allowed"):
+            if not node.hooks_ready:
+                return False
+            answers = pm.hook.united_peer_allowed(peer_id=peer_id, direction=direction)
         return all(answer is not False for answer in answers)
 
     return allowed
 
 
 def acceptor(options: HostOptions, pm: pluggy.PluginManager, node: Node) -> Acceptor:
-    """The node's one acceptance path: core checks, then every ``united_validate_message``."""
+    """The node's one acceptance path: core checks, then every ``united_validate_message``.
+
+    Until every plugin's hooks are registered (and again while stopping) it
+    ignores everything: a message is never judged by half a plugin set.
+    """
 
     def plugins(message: SignedMessage, origin: Origin, from_peer: str) -> list[object]:
-        return list(
-            pm.hook.united_validate_message(
-                node=node, message=message, origin=origin, from_peer=from_peer
-            )
-        )
+        hook = "united_validate_message" if origin is Origin.GOSSIP else None
+        with node.hooks_lock, trio_side_hook(hook) if hook else contextlib.nullcontext():
+            if not node.hooks_ready:
+                return [Refusal(Verdict.IGNORE, "the node is starting or stopping")]
+            try:
+                return list(
+                    pm.hook.united_validate_message(
+                        message=message, origin=origin, from_peer=from_peer
+                    )
+                )
+            except Exception as exc:
+                log.error("united_validate_message failed (%s origin): %s", origin.value, exc)
+                raise
 
     return Acceptor(options.acceptance, plugins)
 
@@ -89,15 +101,11 @@ async def p2p_runtime(
 ) -> AsyncIterator[P2PRuntime]:
     from .p2p.runtime import P2PRuntime  # trio and libp2p load only when a node runs
 
-    def host_started(context: HostContext) -> None:
-        pm.hook.united_p2p_host_started(node=node, context=context)
-
     runtime = P2PRuntime(
         identity,
         options,
         gate=peer_gate(pm, node),
         acceptor=acceptor,
-        on_host_started=host_started,
     )
     await runtime.start()
     try:
@@ -171,20 +179,28 @@ def compose(
                 raise ConfigError(f"two plugins mount a container named {spec.name!r}")
             specs[spec.name] = spec
     mounted: set[str] = set()
+    order: list[tuple[str, type[containers.DeclarativeContainer]]] = []
     pending = dict(specs)
     while pending:
         ready = [s for s in pending.values() if _needs(s.container) <= mounted]
         if not ready:
-            missing = {
-                name: sorted(_needs(s.container) - set(specs)) for name, s in pending.items()
-            }
+            problems = []
+            for name, spec in sorted(pending.items()):
+                absent = sorted(_needs(spec.container) - set(specs))
+                if absent:
+                    problems.append(
+                        f"plugin {name!r} needs {', '.join(repr(a) for a in absent)}, "
+                        "which is not enabled"
+                    )
+            if not problems:
+                problems.append(f"plugins {sorted(pending)} need each other in a cycle")
             raise ConfigError(
-                "plugin containers need services that no enabled plugin provides "
-                f"(or need each other in a cycle): {missing}",
-                section="node",
-                key="plugins",
+                "; ".join(problems) + " (add it to [node] plugins)", section="node", key="plugins"
             )
-        for spec in sorted(ready, key=lambda s: s.name):
+        # Among those whose dependencies are mounted: the order of [node] plugins.
+        listed = list(settings["node"].plugins)
+        rank = {name: i for i, name in enumerate(listed)}
+        for spec in sorted(ready, key=lambda s: (rank.get(s.name, len(listed)), s.name))[:1]:
             kwargs: dict[str, Any] = {"core": root.core}
             if "config" in spec.container.cls_providers and spec.name in settings.sections:
                 kwargs["config"] = providers.Object(settings[spec.name])
@@ -192,5 +208,7 @@ def compose(
                 kwargs[dep] = getattr(root, dep)
             setattr(root, spec.name, providers.Container(spec.container, **kwargs))
             mounted.add(spec.name)
+            order.append((spec.name, spec.container))
             del pending[spec.name]
+    root.mounted = order  # start order, read by Node
     return root

@@ -26,48 +26,27 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .api import CommandError, ControlCommand, NodeState
 
 if TYPE_CHECKING:
     from .node import Node
 
+__all__ = ["CommandError", "ControlClient", "ControlCommand", "ControlServer"]
+
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+# Answered while the node starts or stops too; everything else says "starting".
+ALWAYS_SERVED = frozenset({"status", "stop"})
 MAX_LINE_BYTES = 1024 * 1024
-
-Handler = Callable[["Node", list[str]], Awaitable[Any] | AsyncIterator[Any]]
 
 
 class ControlSocketBusy(RuntimeError):
     """Another running node already answers on this control socket."""
-
-
-class CommandError(Exception):
-    """A command's clean refusal: sent to the client as ``bad_request``."""
-
-    code = "bad_request"
-
-
-@dataclass(frozen=True)
-class ControlCommand:
-    """A command of the control API.
-
-    ``handler(node, args)`` is a coroutine returning a JSON-serialisable result,
-    or an async generator whose items are streamed as events until it ends or
-    the client goes away. ``render`` turns a result (or event) into text for
-    humans; ``united ctl --json`` prints the raw JSON instead.
-    """
-
-    name: str
-    handler: Handler
-    help: str
-    usage: str = ""
-    render: Callable[[Any], str] | None = None
-    streaming: bool = False
 
 
 class ControlServer:
@@ -79,6 +58,10 @@ class ControlServer:
         self.commands = dict(commands)
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
+
+    def set_commands(self, commands: Mapping[str, ControlCommand]) -> None:
+        """The full command set, once every plugin's hook object is registered."""
+        self.commands = dict(commands)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +141,12 @@ class ControlServer:
         name, args = request.get("command"), request.get("args", [])
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             await _send(writer, _error(req_id, "malformed", "args must be a list of strings"))
+            return
+        if self.node.state is not NodeState.RUNNING and name not in ALWAYS_SERVED:
+            await _send(
+                writer,
+                _error(req_id, self.node.state.value, f"the node is {self.node.state.value}"),
+            )
             return
         command = self.commands.get(name) if isinstance(name, str) else None
         if command is None:

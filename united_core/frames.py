@@ -17,8 +17,8 @@ from .identity import verify_signature
 from .wire import frames_pb2
 
 if TYPE_CHECKING:
+    from .api import NodeAPI
     from .members import Member, MemberSet
-    from .node import Node
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 256 * 1024
@@ -143,7 +143,7 @@ class FrameContext:
 
 
 FrameHandlerFn = Callable[
-    ["Node", FrameContext, frames_pb2.ClientFrame], Awaitable[frames_pb2.ServerFrame]
+    ["NodeAPI", FrameContext, frames_pb2.ClientFrame], Awaitable[frames_pb2.ServerFrame]
 ]
 
 

@@ -1,25 +1,33 @@
-"""The UNITED plugin API: every hook a plugin may implement.
+"""The UNITED plugin API (version 1.0): every hook a plugin may implement.
 
-A plugin is a module (or object) with functions marked ``@united_core.hookimpl``
-and named after the hooks below. It is found through the ``united.plugins``
-entry-point group and enabled by name in ``[node] plugins``; the built-in plugins
-are registered exactly that way. Plugins never import one another: they talk
-through these hooks and the services of the dependency-injection container.
+A plugin is a module found through the ``united.plugins`` entry-point group and
+enabled by name in ``[node] plugins``; the built-in plugins are registered
+exactly that way. Its module implements the *declaration* hooks (what it adds:
+config sections, a container, commands); its container's ``hooks`` object
+implements the *runtime* hooks, with its services injected (see
+``united_register_containers``). Plugins never import one another: they talk
+through these hooks and the container. Everything a hook takes or returns is
+in :mod:`united_core.api`.
 
-Rules that hold for every hook (see docs/hooks.md for examples):
+Rules that hold for every hook (docs/hooks.md has an example for each):
 
 - Never depend on call order between plugins: pluggy calls implementations in
   LIFO registration order, and entry-point order is arbitrary. Where one answer
   must win, the hook is ``firstresult`` and the core default is ``trylast``.
-- Hooks marked *may be async* may be ``async def``; the node awaits them. All
-  other hooks are synchronous and return declarations; asynchronous work that
-  starts and stops belongs in a container ``Resource`` (see *Composition*).
-- Hooks marked *trio side* run on the P2P runtime's trio thread: they must not
-  block and must not touch asyncio objects except through
-  ``loop.call_soon_threadsafe``.
+- Hooks marked *may be async* may be ``async def``; the node awaits them. The
+  others are synchronous and return declarations; work that starts and stops
+  belongs in a container ``Resource``.
+- State-change hooks (``united_members_changed`` and the like) fire only once
+  every plugin has started: a plugin learns state in ``united_node_started``
+  at the earliest.
+- Hooks marked *trio side* run on the P2P runtime's trio thread. They receive
+  plain data only, never the node; they must not block, and must only read
+  state prepared by asyncio-side hooks (an asyncio-side API called from there
+  raises :class:`~united_core.threads.WrongThread`, naming the hook).
 
 Called from: ``united_core/plugins.py`` (registration), ``united_core/node.py``
-(everything else) and ``united_core/p2p/runtime.py`` via the node (trio side).
+and ``united_core/stats.py`` (asyncio side), ``united_core/containers.py``
+(the gate and the acceptance path, trio side).
 """
 
 from __future__ import annotations
@@ -31,17 +39,21 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
 
-    from .acceptance import Origin, Refusal
-    from .cli import CliCommand
-    from .config import ConfigSection
-    from .containers import PluginContainer
-    from .control import ControlCommand
-    from .envelope import SignedMessage
+    from .api import (
+        CliCommand,
+        ConfigSection,
+        ControlCommand,
+        NodeAPI,
+        Origin,
+        PanelSection,
+        PluginContainer,
+        Refusal,
+        SignedMessage,
+        Verdict,
+    )
     from .frames import FrameHandler
     from .members import Channel, MemberSet, Presence
-    from .node import Node
-    from .p2p.options import HostOptions, Verdict
-    from .p2p.runtime import HostContext
+    from .p2p.options import HostOptions
 
 hookspec = pluggy.HookspecMarker("united")
 
@@ -89,15 +101,22 @@ def united_register_config_sections() -> list[ConfigSection]:
 def united_register_containers() -> list[PluginContainer]:
     """Declare the plugin's dependency-injector container.
 
-    The container class declares ``config = providers.Dependency()`` (its section,
-    already validated), ``core = providers.DependenciesContainer()`` (identity,
-    settings, p2p, stats, plugin_manager, data_dir) and, to use another plugin's
-    services, ``<other name> = providers.DependenciesContainer()``. Services that
-    start and stop are ``providers.Resource`` with an async context manager:
-    start before ``yield``, stop after. Resources start in dependency order and
-    stop in reverse.
+    The container class may declare ``config = providers.Dependency()`` (its
+    section, already validated), ``core = providers.DependenciesContainer()``
+    (``node``, ``identity``, ``settings``, ``data_dir``, ``p2p``, ``stats``,
+    ``acceptor``), ``<other plugin> = providers.DependenciesContainer()`` to use
+    another plugin's services (a missing one is reported at start-up with both
+    names), ``providers.Resource`` for what starts and stops (an async context
+    manager: start before ``yield``, stop after), and ``hooks``: a provider of
+    an object whose ``@hookimpl`` methods are the plugin's runtime hooks,
+    constructed with its services (no lookups).
 
-    :returns: a list of :class:`~united_core.containers.PluginContainer`.
+    Resources start one at a time, the core's first, then each plugin's in
+    dependency order, each in declaration order; they stop in reverse. The
+    ``hooks`` object is registered once all have started, and unregistered
+    before any stops.
+
+    :returns: a list of :class:`~united_core.api.PluginContainer`.
     """
 
 
@@ -108,7 +127,7 @@ def united_register_cli_commands() -> list[CliCommand]:
     Collected from every *installed* plugin, enabled or not, because some commands
     run before any ``united.toml`` exists (``united join`` writes one).
 
-    :returns: a list of :class:`~united_core.cli.CliCommand`.
+    :returns: a list of :class:`~united_core.api.CliCommand`.
     """
 
 
@@ -127,12 +146,25 @@ def united_register_frame_handlers() -> list[FrameHandler]:
 def united_register_commands() -> list[ControlCommand]:
     """Add commands to the local control API (``united ctl``, the console).
 
-    :returns: a list of :class:`~united_core.control.ControlCommand`.
+    :returns: a list of :class:`~united_core.api.ControlCommand`.
+    """
+
+
+@hookspec
+def united_register_panel_sections() -> list[PanelSection]:
+    """Add sections to the console's live panel (``united console``, F2).
+
+    Each :class:`~united_core.api.PanelSection` renders lines from a stats
+    snapshot (usually from ``snapshot["plugins"][<your plugin>]``, what your
+    ``united_collect_stats`` returned). Sections are shown by ``order``, then
+    title; the core's peer table comes first.
+
+    :returns: a list of :class:`~united_core.api.PanelSection`.
     """
 
 
 # -------------------------------------------------------------------------------------
-# P2P runtime (trio side)
+# P2P runtime
 # -------------------------------------------------------------------------------------
 
 
@@ -149,28 +181,15 @@ def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> N
 
 
 @hookspec
-def united_p2p_host_started(node: Node, context: HostContext) -> None:
-    """Set up protocol handlers or trio tasks on the freshly started host.
-
-    *Trio side.* ``context.host`` is the libp2p host, ``context.pubsub`` the
-    pubsub service and ``context.nursery`` a nursery that is cancelled before
-    the host closes.
-
-    :param node: the node (its container and settings; not yet fully started).
-    :param context: the host, its pubsub and gossipsub router, and a nursery.
-    """
-
-
-@hookspec
-def united_peer_allowed(node: Node, peer_id: str, direction: str) -> bool | None:
+def united_peer_allowed(peer_id: str, direction: str) -> bool | None:
     """Decide whether a peer may connect; runs inside the Noise handshake.
 
     *Trio side.* The remote key has been authenticated by Noise. Any plugin
     answering ``False`` refuses the peer before any muxer or protocol runs (the
     dialer sees a handshake failure); ``None`` means no opinion. An exception
-    refuses the peer (fail closed).
+    refuses the peer (fail closed). Until every plugin has started, and once
+    the node is stopping, the node refuses every peer without asking.
 
-    :param node: the node (read plugin state from its container).
     :param peer_id: the remote PeerId (base58).
     :param direction: ``"inbound"`` or ``"outbound"``.
     :returns: ``False`` to refuse, ``True`` or ``None`` otherwise.
@@ -179,29 +198,29 @@ def united_peer_allowed(node: Node, peer_id: str, direction: str) -> bool | None
 
 @hookspec
 def united_validate_message(
-    node: Node, message: SignedMessage, origin: Origin, from_peer: str
+    message: SignedMessage, origin: Origin, from_peer: str
 ) -> Verdict | Refusal | None:
     """Judge an envelope that passed the core checks, on every way into the node.
 
     The node's one acceptance path (``united_core/acceptance.py``) calls this for
-    gossip from a peer (*trio side*), a member's submission to the archive, this
-    node's own publish and history pages (asyncio side), after it has checked
-    size, decoding, the signature, the topic binding, integer bounds and
-    freshness. Any ``REJECT`` rejects (the forwarder's score drops, once);
-    otherwise any ``IGNORE`` drops it quietly (no score change); otherwise it is
-    accepted. A refused own publish is an error for the sender, with the reason.
-    Return a :class:`~united_core.acceptance.Refusal` instead of a bare verdict to
-    say why. Must be thread-safe and must not block; an exception refuses.
+    gossip from a peer (*trio side*), a member's submission to the archive (a
+    worker thread), this node's own publish and history pages (asyncio side),
+    after it has checked size, decoding, the signature, the topic binding,
+    integer bounds and freshness. Any ``REJECT`` rejects (the forwarder's score
+    drops, once); otherwise any ``IGNORE`` drops it quietly (no score change);
+    otherwise it is accepted. A refused own publish is an error for the sender,
+    with the reason. Return a :class:`~united_core.api.Refusal` instead of a
+    bare verdict to say why. Must be thread-safe and must not block; an
+    exception refuses that message (and is logged with this hook's name).
 
-    :param node: the node (read plugin state from its container).
     :param message: the verified envelope.
-    :param origin: how it came in (:class:`~united_core.acceptance.Origin`):
+    :param origin: how it came in (:class:`~united_core.api.Origin`):
         ``GOSSIP``, ``SUBMISSION``, ``PUBLISH`` or ``HISTORY`` (the server's
         record: most policies should let history through).
-    :param from_peer: the PeerId of the forwarding, submitting or (own publish)
-        this node.
-    :returns: a :class:`~united_core.acceptance.Verdict` or
-        :class:`~united_core.acceptance.Refusal`, or ``None`` for no opinion.
+    :param from_peer: the PeerId of the forwarding or submitting peer, or this
+        node's own for its publishes.
+    :returns: a :class:`~united_core.api.Verdict` or
+        :class:`~united_core.api.Refusal`, or ``None`` for no opinion.
     """
 
 
@@ -211,7 +230,7 @@ def united_validate_message(
 
 
 @hookspec
-def united_node_started(node: Node) -> Awaitable[None] | None:
+def united_node_started(node: NodeAPI) -> Awaitable[None] | None:
     """The node is up: the host listens and every container resource started.
 
     *May be async.* Called in no particular order across plugins.
@@ -221,7 +240,7 @@ def united_node_started(node: Node) -> Awaitable[None] | None:
 
 
 @hookspec
-def united_node_stopping(node: Node) -> Awaitable[None] | None:
+def united_node_stopping(node: NodeAPI) -> Awaitable[None] | None:
     """The node is about to stop its resources (then the host).
 
     *May be async.* Keep it short: the whole stop has a 2 s budget.
@@ -237,7 +256,7 @@ def united_node_stopping(node: Node) -> Awaitable[None] | None:
 
 @hookspec
 def united_peer_connected(
-    node: Node, peer_id: str, addrs: tuple[str, ...], direction: str, relayed: bool
+    node: NodeAPI, peer_id: str, addrs: tuple[str, ...], direction: str, relayed: bool
 ) -> Awaitable[None] | None:
     """A peer passed the gate and a connection to it is up.
 
@@ -252,7 +271,7 @@ def united_peer_connected(
 
 
 @hookspec
-def united_peer_disconnected(node: Node, peer_id: str) -> Awaitable[None] | None:
+def united_peer_disconnected(node: NodeAPI, peer_id: str) -> Awaitable[None] | None:
     """A connection to a peer closed.
 
     *May be async.*
@@ -264,7 +283,7 @@ def united_peer_disconnected(node: Node, peer_id: str) -> Awaitable[None] | None
 
 @hookspec
 def united_message_received(
-    node: Node, message: SignedMessage, from_peer: str, received_at: float
+    node: NodeAPI, message: SignedMessage, from_peer: str, received_at: float
 ) -> Awaitable[None] | None:
     """An accepted message arrived on a subscribed topic (our own publishes too).
 
@@ -284,7 +303,7 @@ def united_message_received(
 
 
 @hookspec
-def united_members_changed(node: Node, members: MemberSet) -> Awaitable[None] | None:
+def united_members_changed(node: NodeAPI, members: MemberSet) -> Awaitable[None] | None:
     """The member list changed (or is first known, from the registry or a cache).
 
     *May be async.* Fired by the plugin that owns the list (``directory`` on the
@@ -296,7 +315,7 @@ def united_members_changed(node: Node, members: MemberSet) -> Awaitable[None] | 
 
 
 @hookspec
-def united_channels_changed(node: Node, channels: tuple[Channel, ...]) -> Awaitable[None] | None:
+def united_channels_changed(node: NodeAPI, channels: tuple[Channel, ...]) -> Awaitable[None] | None:
     """The set of channels this node takes part in changed (or is first known).
 
     *May be async.* The server takes part in every channel, a client in the ones
@@ -309,7 +328,7 @@ def united_channels_changed(node: Node, channels: tuple[Channel, ...]) -> Awaita
 
 @hookspec
 def united_presence_changed(
-    node: Node, channel: Channel, online: tuple[Presence, ...]
+    node: NodeAPI, channel: Channel, online: tuple[Presence, ...]
 ) -> Awaitable[None] | None:
     """Who is online in a channel changed (or was first learned after a login).
 
@@ -328,7 +347,7 @@ def united_presence_changed(
 
 
 @hookspec
-def united_stats_refresh(node: Node) -> Awaitable[None] | None:
+def united_stats_refresh(node: NodeAPI) -> Awaitable[None] | None:
     """Refresh measurements that cost something (ping RTTs), for the live stream.
 
     *May be async.* Called once per live-stream tick (about every second) and only
@@ -339,12 +358,13 @@ def united_stats_refresh(node: Node) -> Awaitable[None] | None:
 
 
 @hookspec
-def united_collect_stats(node: Node) -> Mapping[str, Any] | None:
+def united_collect_stats(node: NodeAPI) -> Mapping[str, Any] | None:
     """Contribute to a stats snapshot (computed on request, never periodically).
 
-    Keep it cheap and synchronous: read counters you already keep.
+    Keep it cheap and synchronous: read counters you already keep. What you
+    return is stored under your plugin's name (``snapshot["plugins"]["mesh"]``):
+    plugins can never overwrite each other's figures.
 
     :param node: the running node.
-    :returns: a mapping merged into the snapshot's ``plugins`` table, keyed by
-        a name of your choosing (usually the plugin name), or ``None``.
+    :returns: a JSON-serialisable mapping of this plugin's figures, or ``None``.
     """

@@ -1,14 +1,20 @@
 """The node: load the config, compose the container, run until asked to stop.
 
-Lifecycle, in one structured-concurrency scope (``asyncio.TaskGroup``):
+Lifecycle, in one structured-concurrency scope (``asyncio.TaskGroup``), the way
+aiohttp's cleanup contexts do it (an explicit order, not dependency-injector's
+``init_resources()``, which starts unlinked async Resources concurrently):
 
-1. ``init_resources()``: the P2P runtime, then the control server and every
-   plugin resource, in dependency order;
-2. ``united_node_started``; the event pump dispatches P2P events to hooks;
-3. on ``request_stop()`` (SIGINT, SIGTERM, ``united ctl stop``): the pump is
-   cancelled, ``united_node_stopping`` runs, then ``shutdown_resources()`` stops
-   everything in reverse order. A failure part-way through start-up still shuts
-   down what did start (``finally``).
+1. every Resource starts one at a time: the core's (P2P runtime, control API),
+   then each plugin's, plugins in dependency order, each container in
+   declaration order; the control API answers "starting" meanwhile;
+2. each plugin's ``hooks`` object is registered and the gates open (the member
+   gate and the acceptance path refuse everything until then);
+3. ``united_node_started``; only now may plugins fire state-change hooks; the
+   event pump dispatches P2P events to hooks;
+4. on ``request_stop()`` (SIGINT, SIGTERM, ``united ctl stop``):
+   ``united_node_stopping``, the gates close and hook objects are unregistered,
+   then every Resource stops in reverse order. A failure part-way through
+   start-up still stops what did start (``finally``).
 """
 
 from __future__ import annotations
@@ -16,16 +22,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
-from dependency_injector import containers
+from dependency_injector import containers, providers
 
+from .api import NodeState, call_async
 from .config import ConfigSection, Settings, build_settings, read_toml
-from .containers import compose
+from .containers import CoreContainer, collect_commands, compose
 from .identity import Identity, tighten_private_dir
 from .plugins import available_plugins, get_plugin_manager
 
@@ -34,8 +41,16 @@ if TYPE_CHECKING:
     from .stats import StatsBus
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STOPPING_HOOK_TIMEOUT = 1.0
+
+
+def _is_instance(value: object, kind: type) -> bool:
+    try:
+        return isinstance(value, kind)
+    except TypeError:  # a Protocol that is not runtime_checkable
+        return False
 
 
 class P2PRuntimeDied(RuntimeError):
@@ -79,15 +94,13 @@ def load_settings(path: Path) -> tuple[Settings, pluggy.PluginManager, list[str]
     return settings, pm, warnings
 
 
-async def call_async(results: Iterable[Any]) -> None:
-    """Await whatever hook implementations returned awaitables (datasette's await_me_maybe)."""
-    for result in results:
-        if inspect.isawaitable(result):
-            await result
+class MissingService(LookupError):
+    """``require()`` found no started service of the type asked for."""
 
 
 class Node:
-    """A running UNITED node. Hooks and control commands receive it."""
+    """A running UNITED node. Asyncio-side hooks and control commands receive it
+    (typed as :class:`~united_core.api.NodeAPI`)."""
 
     def __init__(self, settings: Settings, pm: pluggy.PluginManager) -> None:
         self.settings = settings
@@ -95,8 +108,15 @@ class Node:
         self.container: containers.DynamicContainer = compose(settings, pm, self)
         self.started_at = time.time()
         self._stop = asyncio.Event()
-        self._running = False
+        self._state = NodeState.STOPPED
         self._p2p: P2PRuntime | None = None
+        # (plugin, attribute, provider, value) of everything started, in start order.
+        self._started: list[tuple[str, str, Any, Any]] = []
+        self._hook_objects: list[object] = []
+        # Held while plugin hook objects are (un)registered and while trio-side
+        # hooks run: a validator never sees half a plugin set.
+        self.hooks_lock = threading.RLock()
+        self._hooks_ready = False
 
     @property
     def _core(self) -> Any:
@@ -107,8 +127,13 @@ class Node:
         return list(self.settings["node"].plugins)
 
     @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    @property
     def identity(self) -> Identity:
-        return self._core.identity()  # type: ignore[no-any-return]
+        identity: Identity = self._core.identity()
+        return identity
 
     @property
     def p2p(self) -> P2PRuntime:
@@ -122,37 +147,130 @@ class Node:
     def stats(self) -> StatsBus:
         return self._core.stats()  # type: ignore[no-any-return]
 
-    def service(self, plugin: str, name: str = "service") -> Any:
-        """A plugin's service from the container.
+    @property
+    def state(self) -> NodeState:
+        return self._state
 
-        An initialised async ``Resource`` resolves to a finished future: its value
-        is returned. A Resource still starting raises ``LookupError``.
+    @property
+    def running(self) -> bool:
+        return self._state is NodeState.RUNNING
+
+    @property
+    def hooks_ready(self) -> bool:
+        """True while every plugin's hook object is registered (the gates are open)."""
+        return self._hooks_ready
+
+    def require(self, kind: type[T]) -> T:
+        """The started service of type ``kind`` (or implementing that protocol).
+
+        Safe from any thread: it reads what the node recorded when each service
+        started, never the container (which would touch the event loop).
         """
-        value = getattr(getattr(self.container, plugin), name)()
-        if isinstance(value, asyncio.Future):
-            if not value.done():
-                raise LookupError(f"{plugin}.{name} has not started")
-            return value.result()
-        return value
+        exact = [v for _, _, _, v in self._started if type(v) is kind]
+        found = exact or [v for _, _, _, v in self._started if _is_instance(v, kind)]
+        if not found:
+            what = getattr(kind, "__name__", repr(kind))
+            raise MissingService(
+                f"no started service is a {what}"
+                + (" (the node is starting)" if self._state is NodeState.STARTING else "")
+            )
+        if len(found) > 1:
+            raise MissingService(f"{len(found)} services are a {kind.__name__}; ask for a subtype")
+        result: T = found[0]
+        return result
+
+    def service(self, plugin: str, name: str = "service") -> Any:
+        """A plugin's started service by mount and attribute name (tests, debugging).
+
+        Plugins use :meth:`require` or constructor injection instead.
+        """
+        for p, attr, _, value in self._started:
+            if p == plugin and attr == name:
+                return value
+        raise LookupError(f"{plugin}.{name} has not started")
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    @property
-    def running(self) -> bool:
-        return self._running
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def _providers_in_order(self) -> list[tuple[str, str, Any]]:
+        """(plugin, attribute, provider) of every Resource, Singleton and ``hooks``
+        provider, in start order: the core's, then each plugin's in dependency order
+        (the order ``compose`` mounted them), each in declaration order."""
+        order: list[tuple[str, str, Any]] = []
+        mounted: list[tuple[str, Any]] = list(getattr(self.container, "mounted", []))
+        mounts = [("core", CoreContainer), *mounted]
+        for mount, cls in mounts:
+            holder = getattr(self.container, mount)
+            for attr, declared in cls.cls_providers.items():
+                if isinstance(declared, providers.Resource | providers.BaseSingleton):
+                    order.append((mount, attr, getattr(holder, attr)))
+        return order
+
+    async def _start(self) -> None:
+        """Start every Resource one by one, in order (aiohttp's cleanup contexts)."""
+        hooks: list[tuple[str, Any]] = []
+        for plugin, attr, provider in self._providers_in_order():
+            if plugin != "core" and attr == "hooks":
+                hooks.append((plugin, provider))
+                continue
+            value = provider()
+            if inspect.isawaitable(value):
+                value = await value
+            self._started.append((plugin, attr, provider, value))
+            if plugin == "core" and attr == "p2p":
+                self._p2p = value
+        objects = []
+        for plugin, provider in hooks:
+            obj = provider()
+            if inspect.isawaitable(obj):  # it depends on an async Resource (already started)
+                obj = await obj
+            objects.append((plugin, obj))
+        with self.hooks_lock:
+            for plugin, obj in objects:
+                self.pm.register(obj, name=f"{plugin}.hooks")
+                self._hook_objects.append(obj)
+            self._hooks_ready = True
+
+    async def _stop_started(self) -> None:
+        """Unregister hook objects, then stop what started, in reverse order."""
+        with self.hooks_lock:
+            self._hooks_ready = False
+            for obj in reversed(self._hook_objects):
+                self.pm.unregister(obj)
+            self._hook_objects.clear()
+        while self._started:
+            plugin, attr, provider, _ = self._started.pop()
+            if not isinstance(provider, providers.Resource):
+                continue
+            try:
+                result = provider.shutdown()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("stopping %s.%s failed", plugin, attr)
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        """Start everything, serve until :meth:`request_stop`, then stop everything."""
+        """Start everything, serve until :meth:`request_stop`, then stop everything.
+
+        1. every Resource starts, one at a time, in order (the P2P runtime and
+           the control API first; the control API answers "starting" meanwhile);
+        2. plugin hook objects are registered and the gates open;
+        3. ``united_node_started`` (state-change hooks may fire from here on);
+        4. on stop: ``united_node_stopping``, hook objects unregistered, every
+           Resource stopped in reverse. A failure part-way through start-up
+           still stops what did start.
+        """
         started = False
+        self._state = NodeState.STARTING
         try:
             # core.data_dir creates it 0700; one found looser (with its files) is tightened.
             tighten_private_dir(self.settings.resolve(self.settings["node"].data_dir))
-            await self.container.init_resources()  # type: ignore[misc]
-            # An initialised async Resource resolves to an awaitable of its value.
-            self._p2p = await self._core.p2p()
+            await self._start()
             self.started_at = time.time()
-            self._running = True
+            self._state = NodeState.RUNNING
+            self.control_ready()
             await call_async(self.pm.hook.united_node_started(node=self))
             started = True
             log.info(
@@ -165,7 +283,7 @@ class Node:
             async with asyncio.TaskGroup() as tasks:
                 pump = tasks.create_task(self._pump_events(), name="united-event-pump")
                 stop = tasks.create_task(self._stop.wait())
-                died = tasks.create_task(self._p2p.wait_stopped())
+                died = tasks.create_task(self.p2p.wait_stopped())
                 await asyncio.wait({stop, died}, return_when=asyncio.FIRST_COMPLETED)
                 for task in (pump, stop, died):
                     task.cancel()
@@ -173,15 +291,22 @@ class Node:
                 log.error("the P2P runtime stopped unexpectedly; stopping the node")
                 raise P2PRuntimeDied("the P2P runtime stopped unexpectedly")
         finally:
-            self._running = False
+            self._state = NodeState.STOPPING
             if started:
                 try:
                     async with asyncio.timeout(STOPPING_HOOK_TIMEOUT):
                         await call_async(self.pm.hook.united_node_stopping(node=self))
                 except Exception:
                     log.exception("a united_node_stopping hook failed")
-            await self.container.shutdown_resources()  # type: ignore[misc]
+            await self._stop_started()
+            self._state = NodeState.STOPPED
             log.info("node stopped")
+
+    def control_ready(self) -> None:
+        """Let the control API serve every command (plugin hook objects add theirs)."""
+        for plugin, attr, _, value in self._started:
+            if plugin == "core" and attr == "control":
+                value.set_commands(collect_commands(self.pm))
 
     async def _pump_events(self) -> None:
         from .p2p.events import MessageReceived, PeerConnected, PeerDisconnected

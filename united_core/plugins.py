@@ -1,8 +1,11 @@
 """Finding and loading plugins: the ``united.plugins`` entry-point group.
 
 Built-in plugins are entry points of this distribution, so they are found and
-loaded exactly like a third-party plugin. A node registers the core's essential
-plugin, then exactly the plugins named in ``[node] plugins``, in that order.
+loaded exactly like a third-party plugin. A plugin module may state the plugin
+API it needs (``UNITED_API = ">=1.0,<2"``); one this core does not satisfy is a
+configuration error naming the plugin, not a failure at run time. A node
+registers the core's essential plugin, then exactly the plugins named in
+``[node] plugins``, in that order.
 ``UNITED_TRACE_HOOKS=1`` prints every hook call to stderr.
 """
 
@@ -19,6 +22,7 @@ from types import ModuleType
 import pluggy
 
 from . import builtin, hookspecs
+from .api import check_api_requirement
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,15 @@ class AvailablePlugin:
                 section="node",
                 key="plugins",
             ) from exc
+        requirement = getattr(module, "UNITED_API", None)
+        if requirement is not None:
+            problem = check_api_requirement(str(requirement))
+            if problem is not None:
+                raise ConfigError(
+                    f"plugin {self.name!r} ({self.distribution}) {problem}",
+                    section="node",
+                    key="plugins",
+                )
         return module  # type: ignore[no-any-return]
 
     def description(self) -> str:

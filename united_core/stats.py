@@ -28,13 +28,34 @@ class StatsBus:
         self.snapshots_built = 0
         self.ticks = 0
 
+    def collect(self) -> dict[str, Any]:
+        """Every plugin's ``united_collect_stats``, under that plugin's own name.
+
+        A plugin's module and its hook object (``<name>.hooks``) count as one
+        plugin; their dicts are merged. One plugin can never overwrite another's.
+        """
+        node = self._node
+        plugins: dict[str, Any] = {}
+        for impl in node.pm.hook.united_collect_stats.get_hookimpls():
+            name = impl.plugin_name.removesuffix(".hooks")
+            kwargs = {arg: node for arg in impl.argnames if arg == "node"}
+            try:
+                contribution: Any = impl.function(**kwargs)
+            except Exception:
+                log.exception("the stats of plugin %s failed", name)
+                continue
+            if not contribution:
+                continue
+            if name in plugins and isinstance(plugins[name], dict):
+                plugins[name] = {**plugins[name], **dict(contribution)}
+            else:
+                plugins[name] = contribution
+        return plugins
+
     async def snapshot(self) -> dict[str, Any]:
         node = self._node
         self.snapshots_built += 1
-        plugins: dict[str, Any] = {}
-        for contribution in node.pm.hook.united_collect_stats(node=node):
-            if contribution:
-                plugins.update(contribution)
+        plugins = self.collect()
         return {
             "time": time.time(),
             "peer_id": node.identity.peer_id,
@@ -45,7 +66,7 @@ class StatsBus:
 
     async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
         """Yield a snapshot about every ``interval`` seconds, for as long as iterated."""
-        from .node import call_async
+        from .api import call_async
 
         self.subscribers += 1
         try:

@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
-from united_core import hookimpl
-from united_core.config import ConfigSection
-from united_core.containers import PluginContainer
+from united_core.api import ConfigSection, NodeAPI, PluginContainer, SignedMessage, hookimpl
 from united_core.frames import FrameContext, FrameHandler
 
 from .config import Config
@@ -18,20 +16,32 @@ from .service import ArchiveService, archive_service
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from united_core.envelope import SignedMessage
-    from united_core.node import Node
     from united_core.p2p.options import HostOptions
     from united_core.wire import frames_pb2 as pb
+
+
+class ArchiveHooks:
+    def __init__(self, archive: ArchiveService) -> None:
+        self.archive = archive
+
+    @hookimpl
+    async def united_message_received(self, message: SignedMessage) -> None:
+        await self.archive.ingest(message)
+
+    @hookimpl
+    def united_collect_stats(self) -> dict[str, Any]:
+        return self.archive.snapshot()
 
 
 class Container(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Config)
     core = providers.DependenciesContainer()
     service = providers.Resource(archive_service, config, core.data_dir, core.acceptor)
+    hooks = providers.Singleton(ArchiveHooks, service)
 
 
-def _archive(node: Node) -> ArchiveService:
-    return node.service("archive")  # type: ignore[no-any-return]
+def _archive(node: NodeAPI) -> ArchiveService:
+    return node.require(ArchiveService)
 
 
 @hookimpl
@@ -44,15 +54,15 @@ def united_register_containers() -> list[PluginContainer]:
     return [PluginContainer("archive", Container)]
 
 
-async def _history(node: Node, ctx: FrameContext, frame: pb.ClientFrame) -> pb.ServerFrame:
+async def _history(node: NodeAPI, ctx: FrameContext, frame: pb.ClientFrame) -> pb.ServerFrame:
     return await _archive(node).history(node, ctx, frame)
 
 
-async def _submit(node: Node, ctx: FrameContext, frame: pb.ClientFrame) -> pb.ServerFrame:
+async def _submit(node: NodeAPI, ctx: FrameContext, frame: pb.ClientFrame) -> pb.ServerFrame:
     return await _archive(node).submit(node, ctx, frame)
 
 
-async def _lookup(node: Node, ctx: FrameContext, frame: pb.ClientFrame) -> pb.ServerFrame:
+async def _lookup(node: NodeAPI, ctx: FrameContext, frame: pb.ClientFrame) -> pb.ServerFrame:
     return await _archive(node).lookup(node, ctx, frame)
 
 
@@ -71,15 +81,3 @@ def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> N
     options.acceptance = dataclasses.replace(
         options.acceptance, max_submission_age=config.max_submission_age
     )
-
-
-@hookimpl
-async def united_message_received(
-    node: Node, message: SignedMessage, from_peer: str, received_at: float
-) -> None:
-    await _archive(node).ingest(message)
-
-
-@hookimpl
-def united_collect_stats(node: Node) -> dict[str, Any]:
-    return {"archive": _archive(node).snapshot()}

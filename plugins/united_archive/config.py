@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from united_core.config import setting
+from united_core.api import setting
 
 
 @dataclass(frozen=True)

@@ -25,19 +25,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from united_core import frames
 from united_core.acceptance import Acceptor, Judgement, Origin, Reason
+from united_core.api import NodeAPI
 from united_core.envelope import SignedMessage, message_id_from_wire
 from united_core.wire import envelope_pb2
 from united_core.wire import frames_pb2 as pb
 
 from .config import Config
 from .store import ArchiveStore, Stored
-
-if TYPE_CHECKING:
-    from united_core.node import Node
 
 log = logging.getLogger(__name__)
 E = pb.ErrorCode
@@ -185,7 +183,7 @@ class ArchiveService:
     # ---- frames ------------------------------------------------------------------------
 
     async def history(
-        self, node: Node, ctx: frames.FrameContext, frame: pb.ClientFrame
+        self, node: NodeAPI, ctx: frames.FrameContext, frame: pb.ClientFrame
     ) -> pb.ServerFrame:
         assert self.store is not None
         request = frame.history
@@ -219,7 +217,7 @@ class ArchiveService:
         )
 
     async def lookup(
-        self, node: Node, ctx: frames.FrameContext, frame: pb.ClientFrame
+        self, node: NodeAPI, ctx: frames.FrameContext, frame: pb.ClientFrame
     ) -> pb.ServerFrame:
         """Which of the asked-for ids the archive holds, with their numbers."""
         assert self.store is not None
@@ -240,7 +238,7 @@ class ArchiveService:
         )
 
     async def submit(
-        self, node: Node, ctx: frames.FrameContext, frame: pb.ClientFrame
+        self, node: NodeAPI, ctx: frames.FrameContext, frame: pb.ClientFrame
     ) -> pb.ServerFrame:
         """Judge and store each envelope on its own; answer a verdict for each."""
         assert self.store is not None

@@ -3,34 +3,50 @@
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dependency_injector import containers, providers
 
-from united_core import hookimpl
-from united_core.config import ConfigSection
-from united_core.containers import PluginContainer
-from united_core.control import CommandError, ControlCommand
+from united_core.api import (
+    CommandError,
+    ConfigSection,
+    ControlCommand,
+    NodeAPI,
+    PluginContainer,
+    SignedMessage,
+    hookimpl,
+)
 
 from .config import Config
 from .service import CacheService, cache_service
 
-if TYPE_CHECKING:
-    from united_core.envelope import SignedMessage
-    from united_core.node import Node
+
+class CacheHooks:
+    def __init__(self, cache: CacheService) -> None:
+        self.cache = cache
+
+    @hookimpl
+    async def united_message_received(self, message: SignedMessage) -> None:
+        await self.cache.received(message)
+
+    @hookimpl
+    def united_collect_stats(self) -> dict[str, Any]:
+        return self.cache.stats()
 
 
 class Container(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Config)
     core = providers.DependenciesContainer()
+    # The session to the server: the discovery plugin's service (DirectorySession).
     discovery = providers.DependenciesContainer()
     service = providers.Resource(
         cache_service, config, core.node, core.data_dir, discovery.service, core.acceptor
     )
+    hooks = providers.Singleton(CacheHooks, service)
 
 
-def _cache(node: Node) -> CacheService:
-    return node.service("cache")  # type: ignore[no-any-return]
+def _cache(node: NodeAPI) -> CacheService:
+    return node.require(CacheService)
 
 
 @hookimpl
@@ -43,14 +59,7 @@ def united_register_containers() -> list[PluginContainer]:
     return [PluginContainer("cache", Container)]
 
 
-@hookimpl
-async def united_message_received(
-    node: Node, message: SignedMessage, from_peer: str, received_at: float
-) -> None:
-    await _cache(node).received(message)
-
-
-async def _history(node: Node, args: list[str]) -> list[dict[str, Any]]:
+async def _history(node: NodeAPI, args: list[str]) -> list[dict[str, Any]]:
     usage = "usage: history CHANNEL [--from SEQ] [--limit N]"
     if not args:
         raise CommandError(usage)
@@ -92,8 +101,3 @@ def united_register_commands() -> list[ControlCommand]:
             render=_render,
         )
     ]
-
-
-@hookimpl
-def united_collect_stats(node: Node) -> dict[str, Any]:
-    return {"cache": _cache(node).stats()}

@@ -26,20 +26,18 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from united_core.acceptance import Acceptor, Origin
+from united_core.api import NodeAPI, RemoteRefusal
 from united_core.envelope import SignedMessage
 from united_core.wire import envelope_pb2
 from united_core.wire import frames_pb2 as pb
 
 from .config import Config
 from .store import CachedMessage, CacheStore, Cursor
-
-if TYPE_CHECKING:
-    from united_core.node import Node
 
 log = logging.getLogger(__name__)
 # A submission stays well inside one WebSocket frame (the server's default bound is 256 KiB).
@@ -48,13 +46,28 @@ RETRIES = 10  # transient refusals of one upload before the cache stops trying
 RETRY_MAX = 600.0  # seconds between retries, at most
 
 
+class DirectorySession(Protocol):
+    """What the cache needs of the session to the server (the discovery plugin's
+    service provides it; typed here, so the cache imports no other plugin)."""
+
+    connected: asyncio.Event
+    sessions: int
+    cache: Any  # .joined (channels), .members
+
+    async def request(self, frame: pb.ClientFrame) -> pb.ServerFrame: ...
+
+    def add_login_listener(self, listener: Callable[[], Awaitable[None]]) -> None: ...
+
+    def resolve(self, channel: str) -> str | None: ...
+
+
 class CacheService:
     def __init__(
         self,
         config: Config,
-        node: Node,
+        node: NodeAPI,
         data_dir: Path,
-        discovery: Any,
+        discovery: DirectorySession,
         acceptor: Acceptor | None = None,
     ) -> None:
         self.config = config
@@ -168,13 +181,11 @@ class CacheService:
 
     async def _lookup(self, ids: list[bytes]) -> dict[bytes, int]:
         """The numbers the server already gave to any of ``ids`` (nothing uploaded)."""
-        from united_discovery.session import DirectoryError  # same distribution's client type
-
         try:
             reply = await self.discovery.request(
                 pb.ClientFrame(lookup=pb.LookupMessages(message_ids=ids))
             )
-        except DirectoryError as exc:  # a server without lookups: submit everything
+        except RemoteRefusal as exc:  # a server without lookups: submit everything
             log.debug("lookup refused (%s); submitting instead", exc)
             return {}
         self.looked_up += len(ids)
@@ -330,7 +341,7 @@ def _by_size(messages: list[CachedMessage], limit: int) -> list[list[CachedMessa
 
 @contextlib.asynccontextmanager
 async def cache_service(
-    config: Config, node: Node, data_dir: Path, discovery: Any, acceptor: Acceptor
+    config: Config, node: NodeAPI, data_dir: Path, discovery: DirectorySession, acceptor: Acceptor
 ) -> AsyncIterator[CacheService]:
     service = CacheService(config, node, data_dir, discovery, acceptor)
     await service.start()

@@ -6,24 +6,35 @@ from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
-from united_core import hookimpl
-from united_core.config import ConfigSection
-from united_core.containers import PluginContainer
+from united_core.api import ConfigSection, PluginContainer, hookimpl
 
 from .commands import cli_commands, control_commands
 from .config import Config
-from .service import directory_service
+from .service import DirectoryService, directory_service
 
 if TYPE_CHECKING:
-    from united_core.cli import CliCommand
-    from united_core.control import ControlCommand
-    from united_core.node import Node
+    from united_core.api import CliCommand, ControlCommand
+
+
+class DirectoryHooks:
+    def __init__(self, directory: DirectoryService) -> None:
+        self.directory = directory
+
+    @hookimpl
+    async def united_node_started(self) -> None:
+        """Tell the other plugins the member list and the channels (they have started)."""
+        await self.directory.announce_state()
+
+    @hookimpl
+    def united_collect_stats(self) -> dict[str, Any]:
+        return self.directory.stats()
 
 
 class Container(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Config)
     core = providers.DependenciesContainer()
     service = providers.Resource(directory_service, config, core.node, core.p2p, core.data_dir)
+    hooks = providers.Singleton(DirectoryHooks, service)
 
 
 @hookimpl
@@ -44,8 +55,3 @@ def united_register_commands() -> list[ControlCommand]:
 @hookimpl
 def united_register_cli_commands() -> list[CliCommand]:
     return cli_commands()
-
-
-@hookimpl
-def united_collect_stats(node: Node) -> dict[str, Any]:
-    return {"directory": node.service("directory").stats()}

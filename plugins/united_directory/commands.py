@@ -7,26 +7,21 @@ import argparse
 import datetime
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from united_core.cli import CliCommand, call_running_node
-from united_core.control import CommandError, ControlCommand
+from united_core.api import CliCommand, CLIError, CliTools, CommandError, ControlCommand, NodeAPI
 
 from .registry import RegistryError
-
-if TYPE_CHECKING:
-    from united_core.node import Node
-
-    from .service import DirectoryService
+from .service import DirectoryService
 
 JOIN_DIR = "./united-member"
 
 
-def _service(node: Node) -> DirectoryService:
-    return node.service("directory")  # type: ignore[no-any-return]
+def _service(node: NodeAPI) -> DirectoryService:
+    return node.require(DirectoryService)
 
 
-async def _invite(node: Node, args: list[str]) -> dict[str, Any]:
+async def _invite(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     invite = await _service(node).create_invite()
     invite["join_command"] = f"united join {invite['url']} {invite['code']} --dir {JOIN_DIR}"
     return invite
@@ -43,7 +38,7 @@ def render_invite(result: dict[str, Any]) -> str:
     )
 
 
-async def _channel_create(node: Node, args: list[str]) -> dict[str, str]:
+async def _channel_create(node: NodeAPI, args: list[str]) -> dict[str, str]:
     if len(args) != 1:
         raise CommandError("usage: channel-create NAME")
     try:
@@ -53,14 +48,14 @@ async def _channel_create(node: Node, args: list[str]) -> dict[str, str]:
     return {"channel_id": channel.channel_id, "name": channel.name, "topic": channel.topic}
 
 
-async def _channels(node: Node, args: list[str]) -> list[dict[str, str]]:
+async def _channels(node: NodeAPI, args: list[str]) -> list[dict[str, str]]:
     return [
         {"channel_id": c.channel_id, "name": c.name, "topic": c.topic}
         for c in _service(node).channels()
     ]
 
 
-async def _members(node: Node, args: list[str]) -> list[dict[str, Any]]:
+async def _members(node: NodeAPI, args: list[str]) -> list[dict[str, Any]]:
     service = _service(node)
     return [
         {
@@ -73,7 +68,7 @@ async def _members(node: Node, args: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-async def _member_remove(node: Node, args: list[str]) -> dict[str, str]:
+async def _member_remove(node: NodeAPI, args: list[str]) -> dict[str, str]:
     if len(args) != 1:
         raise CommandError("usage: member-remove MEMBER (id, PeerId or name)")
     try:
@@ -115,8 +110,8 @@ def _add_invite_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
-def _run_invite(args: argparse.Namespace) -> int:
-    result = call_running_node(Path(args.config), "invite")
+def _run_invite(args: argparse.Namespace, tools: CliTools) -> int:
+    result = tools.call_node(Path(args.config), "invite")
     print(json.dumps(result) if args.json else render_invite(result))
     return 0
 
@@ -128,20 +123,18 @@ def _add_channel_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
-def _run_channel(args: argparse.Namespace) -> int:
+def _run_channel(args: argparse.Namespace, tools: CliTools) -> int:
     if args.action == "create":
         if not args.name:
-            from united_core.cli import CLIError
-
             raise CLIError("usage: united channel create NAME -c CONFIG", 2)
-        result: Any = call_running_node(Path(args.config), "channel-create", [args.name])
+        result: Any = tools.call_node(Path(args.config), "channel-create", [args.name])
         print(
             json.dumps(result)
             if args.json
             else f"created #{result['name']} ({result['channel_id']})"
         )
     else:
-        result = call_running_node(Path(args.config), "channels")
+        result = tools.call_node(Path(args.config), "channels")
         print(json.dumps(result) if args.json else _render_rows("channels")(result))
     return 0
 

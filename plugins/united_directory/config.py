@@ -54,7 +54,9 @@ class Config:
     max_pending_sessions: int = setting(
         256,
         "Connections that have not logged in (requests still arriving, sessions not yet"
-        " authenticated); past it the oldest of the address holding most is closed.",
+        " authenticated); past it the network holding most (by IPv4 /24 and address,"
+        " IPv6 /48, /56 and /64) gives up its oldest, sparing logins under way; if none"
+        " can go, the newcomer is refused.",
         min=1,
         max=100_000,
     )

@@ -13,7 +13,9 @@ failed logins, anything but authentication before login).
 Connections that have not logged in are bounded before aiohttp sees them
 (:class:`PendingGate`): the HTTP request must arrive within ``header_timeout``,
 and at most ``max_pending_sessions`` of them (``max_pending_per_address`` per
-address) are held, the oldest closed first. Logged-in sessions are not counted.
+address) are held; past that the heaviest network (by /24, or /48, /56 and /64)
+gives up its oldest, or the newcomer is refused if that one is still young or
+logging in. Logged-in sessions are not counted.
 Failed logins are throttled so that nobody else's failures stop a member's login.
 """
 
@@ -31,82 +33,178 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from aiohttp import WSMsgType, web
 
 from united_core import frames
+from united_core.api import P2PAPI, NodeAPI, call_async
 from united_core.members import Channel, Member, MemberSet
-from united_core.node import call_async
 from united_core.wire import frames_pb2 as pb
 
 from .config import Config
 from .registry import ChannelRecord, Registry, RegistryError
 
-if TYPE_CHECKING:
-    from united_core.node import Node
-    from united_core.p2p.runtime import P2PRuntime
-
 log = logging.getLogger(__name__)
 E = pb.ErrorCode
 
 
-def address_key(host: str) -> str:
-    """What per-address limits count by: an IPv4 address, or an IPv6 /64 (what one
-    host or home network is usually given)."""
+def prefixes(host: str) -> tuple[str, ...]:
+    """The networks a peer address counts in, broadest first: an IPv4 /24 and the
+    address, or an IPv6 /48, /56 and /64 (one host or home network is usually
+    given a /64, a customer a /56 or /48). Anything else is its own network."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+        return (host,)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return (str(ipaddress.IPv4Network((ip, 24), strict=False)), str(ip))
+    return tuple(str(ipaddress.IPv6Network((ip, bits), strict=False)) for bits in (48, 56, 64))
+
+
+def address_key(host: str) -> str:
+    """What per-address limits count by: an IPv4 address, or an IPv6 /64."""
+    return prefixes(host)[-1]
+
+
+def _networks(host: str) -> tuple[Hashable, ...]:
+    """:func:`prefixes` as cheap keys (no formatting), for every accepted connection."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return (host,)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    n = int(ip)
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ((24, n >> 8), (32, n))
+    return ((48, n >> 80), (56, n >> 72), (64, n >> 64))
+
+
+class _Group:
+    """Pending connections of one network, its subnetworks counted apart."""
+
+    __slots__ = ("buckets", "children", "count", "key", "members", "parent", "top")
+
+    def __init__(self, key: Hashable, parent: _Group | None) -> None:
+        self.key = key
+        self.parent = parent
+        self.count = 0  # pending connections inside
+        self.children: dict[Hashable, _Group] = {}
+        # Children by count, each bucket in the order its children reached that
+        # count; ``top`` is the highest count. Counts move by one, so all is O(1).
+        self.buckets: dict[int, collections.OrderedDict[_Group, None]] = {}
+        self.top = 0
+        # An address (the last level): its connections, oldest first.
+        self.members: collections.OrderedDict[asyncio.Transport, None] = collections.OrderedDict()
+
+    def _move(self, child: _Group, old: int, new: int) -> None:
+        if old:
+            bucket = self.buckets[old]
+            del bucket[child]
+            if not bucket:
+                del self.buckets[old]
+                if self.top == old:
+                    self.top = new  # ``child`` itself is at ``new``
+        if new:
+            self.buckets.setdefault(new, collections.OrderedDict())[child] = None
+            self.top = max(self.top, new)
+        else:
+            del self.children[child.key]
+
+    def heaviest(self) -> _Group:
+        """The child holding most (of those holding most, the longest so)."""
+        return next(iter(self.buckets[self.top]))
 
 
 class PendingGate:
     """Connections that have not logged in, bounded globally and per address.
 
-    A new connection is always taken; to make room, the oldest pending connection
-    of its own address (when that address holds its share) or of the address
-    holding most of the budget (when the budget is full) is aborted. Honest
-    connections are pending for a round trip or two, stalled ones for seconds,
-    so the oldest is almost always the stalled one, and an address cannot push
-    out the connections of an address that holds fewer than it does.
+    Every connection is counted in its networks (:func:`prefixes`). When a new one
+    finds its address holding ``per_address`` or the budget full, a victim is
+    sought from the heaviest network, then its heaviest subnetwork, down to an
+    address, whose oldest connection goes. The newcomer counts in its own
+    networks, so whoever holds most gives way: an attacker spread over the /64s
+    of one /56 (or the addresses of one /24) only pushes out its own connections.
+
+    A connection whose login (a frame answering the current challenge) is being
+    checked is never pushed out. One accepted less than ``min_age`` seconds ago
+    (an honest login answers within a round trip) is pushed out only by its own
+    address or by a network lighter than its own. When there is no such victim
+    the newcomer is refused (closed at once, before aiohttp sees it), so a flood
+    from more networks than the budget holds cannot cycle honest logins out
+    before they answer; it can only make newcomers wait.
 
     With ``header_timeout``, a connection whose HTTP request has not reached a
     handler (:meth:`request_arrived`) that many seconds after it was accepted is
     aborted: whatever aiohttp version, a request that never finishes is dropped.
     """
 
-    def __init__(self, limit: int, per_address: int, header_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        per_address: int,
+        header_timeout: float | None = None,
+        min_age: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
         self.per_address = per_address
         self.header_timeout = header_timeout
+        self.min_age = min_age
+        self.clock = clock
         self.evicted = 0
+        self.refused = 0
         self.timed_out = 0
-        self._address_of: dict[asyncio.Transport, str] = {}
-        self._by_address: dict[str, dict[asyncio.Transport, None]] = {}
+        self._root = _Group("", None)
+        self._leaf_of: dict[asyncio.Transport, _Group] = {}
+        self._since: dict[asyncio.Transport, float] = {}
+        self._answering: set[asyncio.Transport] = set()
         self._deadlines: dict[asyncio.Transport, asyncio.TimerHandle] = {}
 
     def __len__(self) -> int:
-        return len(self._address_of)
+        return len(self._leaf_of)
 
-    def count(self, address: str) -> int:
-        return len(self._by_address.get(address, ()))
+    def count(self, host: str) -> int:
+        """Pending connections from ``host``'s address (IPv6: its /64)."""
+        group = self._find(_networks(host))
+        return group.count if group is not None else 0
 
-    def admit(self, transport: asyncio.Transport, address: str) -> None:
-        if self.count(address) >= self.per_address:
-            self._evict(address)
-        elif len(self._address_of) >= self.limit:
-            self._evict(max(self._by_address, key=lambda a: len(self._by_address[a])))
-        self._by_address.setdefault(address, {})[transport] = None
-        self._address_of[transport] = address
+    def _find(self, path: tuple[Hashable, ...]) -> _Group | None:
+        group: _Group | None = self._root
+        for key in path:
+            if group is None:
+                break
+            group = group.children.get(key)
+        return group
+
+    def admit(self, transport: asyncio.Transport, host: str) -> bool:
+        """Count a new connection from ``host``, pushing out a victim if it must.
+        False: it was refused (and aborted); it holds no place."""
+        path = _networks(host)
+        own = self._find(path)
+        if own is not None and own.count >= self.per_address:
+            victim = self._oldest(own)
+        elif len(self._leaf_of) >= self.limit:
+            victim = self._victim(self._root, path, 0)
+        else:
+            victim = transport
+        if victim is None:
+            self.refused += 1
+            transport.abort()
+            return False
+        if victim is not transport:
+            self.release(victim)
+            self.evicted += 1
+            victim.abort()
+        self._add(transport, path)
         if self.header_timeout is not None:
             self._deadlines[transport] = asyncio.get_running_loop().call_later(
                 self.header_timeout, self._too_slow, transport
             )
+        return True
 
     def request_arrived(self, transport: asyncio.Transport) -> None:
         """A whole HTTP request arrived on the connection: its deadline is met."""
@@ -114,22 +212,76 @@ class PendingGate:
         if deadline is not None:
             deadline.cancel()
 
+    def answering(self, transport: asyncio.Transport, answering: bool = True) -> None:
+        """The connection's login is being checked (True) or failed (False): while
+        it is, the connection is not pushed out."""
+        if not answering:
+            self._answering.discard(transport)
+        elif transport in self._leaf_of:
+            self._answering.add(transport)
+
     def release(self, transport: asyncio.Transport) -> None:
         """The connection logged in or is gone: it no longer holds a place."""
         self.request_arrived(transport)
-        address = self._address_of.pop(transport, None)
-        if address is None:
+        self._answering.discard(transport)
+        self._since.pop(transport, None)
+        group: _Group | None = self._leaf_of.pop(transport, None)
+        if group is None:
             return
-        transports = self._by_address[address]
-        del transports[transport]
-        if not transports:
-            del self._by_address[address]
+        del group.members[transport]
+        while group is not None:
+            group.count -= 1
+            if group.parent is not None:
+                group.parent._move(group, group.count + 1, group.count)
+            group = group.parent
 
-    def _evict(self, address: str) -> None:
-        oldest = next(iter(self._by_address[address]))
-        self.release(oldest)
-        self.evicted += 1
-        oldest.abort()
+    def _add(self, transport: asyncio.Transport, path: tuple[Hashable, ...]) -> None:
+        group = self._root
+        group.count += 1
+        for key in path:
+            child = group.children.get(key)
+            if child is None:
+                child = group.children[key] = _Group(key, group)
+            child.count += 1
+            group._move(child, child.count - 1, child.count)
+            group = child
+        group.members[transport] = None
+        self._leaf_of[transport] = group
+        self._since[transport] = self.clock()
+
+    def _victim(
+        self, group: _Group, path: tuple[Hashable, ...], level: int
+    ) -> asyncio.Transport | None:
+        """Who gives way to a newcomer from ``path`` (None: nobody, refuse it),
+        looking from ``group``, the newcomer's network at ``level``."""
+        if level == len(path):  # its own address
+            return self._oldest(group)
+        mine = group.children.get(path[level])
+        weight = (mine.count if mine is not None else 0) + 1  # with the newcomer
+        if group.top < weight:  # the newcomer's network holds most: look inside it
+            return self._victim(mine, path, level + 1) if mine is not None else None
+        heavier = group.top > weight
+        # The networks holding most, the longest so first (so, as a rule, oldest).
+        for other in group.buckets[group.top]:
+            victim = self._oldest(self._leaf(other))
+            if victim is None:
+                continue  # all logging in: a few at most, for a moment
+            if heavier or self.clock() - self._since[victim] >= self.min_age:
+                return victim
+            break  # as heavy as the newcomer's, and young: spared
+        if heavier or mine is None:
+            return None
+        return self._victim(mine, path, level + 1)  # as heavy: perhaps inside its own
+
+    @staticmethod
+    def _leaf(group: _Group) -> _Group:
+        while group.children:
+            group = group.heaviest()
+        return group
+
+    def _oldest(self, leaf: _Group) -> asyncio.Transport | None:
+        """The oldest connection of an address whose login is not being checked."""
+        return next((t for t in leaf.members if t not in self._answering), None)
 
     def _too_slow(self, transport: asyncio.Transport) -> None:
         if self._deadlines.pop(transport, None) is not None:
@@ -139,37 +291,46 @@ class PendingGate:
 
 
 class _GatedProtocol(asyncio.Protocol):
-    """aiohttp's protocol for one connection, counted by the gate until it logs in."""
+    """aiohttp's protocol for one connection, counted by the gate until it logs in.
+    A connection the gate refuses never reaches aiohttp."""
 
-    __slots__ = ("_gate", "_inner", "_transport")
+    __slots__ = ("_factory", "_gate", "_inner", "_transport")
 
-    def __init__(self, gate: PendingGate, inner: asyncio.Protocol) -> None:
+    def __init__(self, gate: PendingGate, factory: Callable[[], asyncio.Protocol]) -> None:
         self._gate = gate
-        self._inner = inner
+        self._factory = factory
+        self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = stream = cast(asyncio.Transport, transport)
+        stream = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self._gate.admit(stream, address_key(str(peer[0])) if peer else "?")
+        if not self._gate.admit(stream, str(peer[0]) if peer else "?"):
+            return
+        self._transport = stream
+        self._inner = self._factory()
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
             self._gate.release(self._transport)
-        self._inner.connection_lost(exc)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        if self._inner is not None:
+            self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return self._inner.eof_received() if self._inner is not None else None
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
 
 class _GatedSite(web.BaseSite):
@@ -200,7 +361,7 @@ class _GatedSite(web.BaseSite):
         gate = self._gate
 
         def protocol() -> asyncio.Protocol:
-            return _GatedProtocol(gate, server())
+            return _GatedProtocol(gate, server)
 
         self._listener = await asyncio.get_running_loop().create_server(
             protocol, self._host or None, self._port, backlog=self._backlog, reuse_address=True
@@ -271,7 +432,7 @@ class SessionClosed(Exception):
 
 
 class DirectoryService:
-    def __init__(self, config: Config, node: Node, p2p: P2PRuntime, data_dir: Path) -> None:
+    def __init__(self, config: Config, node: NodeAPI, p2p: P2PAPI, data_dir: Path) -> None:
         self.config = config
         self.node = node
         self.p2p = p2p
@@ -309,7 +470,7 @@ class DirectoryService:
             for channel in await self.registry.joined_channels(member.member_id):
                 self._channel_members[channel.channel_id].add(member.member_id)
         self._plugin_handlers = {
-            h.kind: h for batch in self.node.pm.hook.united_register_frame_handlers() for h in batch
+            h.kind: h for batch in self.node.hook.united_register_frame_handlers() for h in batch
         }
         app = web.Application(middlewares=[self._request_arrived])
         app.router.add_get("/ws", self._handle_ws)
@@ -416,6 +577,7 @@ class DirectoryService:
             "sessions": len(self._sessions),
             "pending": len(self._gate),
             "pending_evicted": self._gate.evicted,
+            "pending_refused": self._gate.refused,
             "pending_timed_out": self._gate.timed_out,
             "channels": len(self._channels),
             "frames_handled": self.frames_handled,
@@ -536,7 +698,11 @@ class DirectoryService:
                 if kind == "hello":
                     await self._on_hello(session, frame)
                 elif kind in ("auth", "register"):
-                    await self._on_login(session, frame, kind)
+                    try:
+                        await self._on_login(session, frame, kind)
+                    finally:
+                        if session.member is None and session.request.transport is not None:
+                            self._gate.answering(session.request.transport, False)
                 else:
                     await self._error(session, rid, E.ERROR_CODE_UNEXPECTED, "log in first")
                     raise SessionClosed
@@ -664,6 +830,8 @@ class DirectoryService:
         if nonce is None or body.nonce != nonce or time.time() > session.nonce_expires:
             await fail(E.ERROR_CODE_NONCE_INVALID, "unknown, used or expired nonce")
             return
+        if session.request.transport is not None:  # it answered: not pushed out meanwhile
+            self._gate.answering(session.request.transport)
         if kind == "auth":
             signed = frames.auth_bytes(self.server_id, nonce, key)
             if not frames.verify(key, signed, frame.auth.signature):
@@ -892,14 +1060,12 @@ class DirectoryService:
 
     async def _members_changed(self) -> None:
         await call_async(
-            self.node.pm.hook.united_members_changed(node=self.node, members=self.member_set())
+            self.node.hook.united_members_changed(node=self.node, members=self.member_set())
         )
 
     async def _channels_changed(self) -> None:
         await call_async(
-            self.node.pm.hook.united_channels_changed(
-                node=self.node, channels=tuple(self.channels())
-            )
+            self.node.hook.united_channels_changed(node=self.node, channels=tuple(self.channels()))
         )
 
     # ---- protobuf views --------------------------------------------------------------
@@ -924,12 +1090,11 @@ class DirectoryService:
 
 @contextlib.asynccontextmanager
 async def directory_service(
-    config: Config, node: Node, p2p: P2PRuntime, data_dir: Path
+    config: Config, node: NodeAPI, p2p: P2PAPI, data_dir: Path
 ) -> AsyncIterator[DirectoryService]:
     service = DirectoryService(config, node, p2p, data_dir)
     try:
-        await service.start()
-        await service.announce_state()
+        await service.start()  # the other plugins hear of the state in united_node_started
         yield service
     finally:
         await service.stop()

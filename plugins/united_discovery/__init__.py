@@ -6,18 +6,28 @@ from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
-from united_core import hookimpl
-from united_core.config import ConfigSection
-from united_core.containers import PluginContainer
+from united_core.api import ConfigSection, PluginContainer, hookimpl
 
 from .commands import cli_commands, control_commands
 from .config import Config
-from .service import discovery_service
+from .service import DiscoveryService, discovery_service
 
 if TYPE_CHECKING:
-    from united_core.cli import CliCommand
-    from united_core.control import ControlCommand
-    from united_core.node import Node
+    from united_core.api import CliCommand, ControlCommand
+
+
+class DiscoveryHooks:
+    def __init__(self, discovery: DiscoveryService) -> None:
+        self.discovery = discovery
+
+    @hookimpl
+    async def united_node_started(self) -> None:
+        """Announce the cached member list and channels, then keep a session."""
+        await self.discovery.begin()
+
+    @hookimpl
+    def united_collect_stats(self) -> dict[str, Any]:
+        return self.discovery.stats()
 
 
 class Container(containers.DeclarativeContainer):
@@ -26,6 +36,7 @@ class Container(containers.DeclarativeContainer):
     service = providers.Resource(
         discovery_service, config, core.node, core.identity, core.p2p, core.data_dir
     )
+    hooks = providers.Singleton(DiscoveryHooks, service)
 
 
 @hookimpl
@@ -46,8 +57,3 @@ def united_register_commands() -> list[ControlCommand]:
 @hookimpl
 def united_register_cli_commands() -> list[CliCommand]:
     return cli_commands()
-
-
-@hookimpl
-def united_collect_stats(node: Node) -> dict[str, Any]:
-    return {"discovery": node.service("discovery").stats()}

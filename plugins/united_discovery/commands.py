@@ -7,24 +7,18 @@ import argparse
 import asyncio
 import getpass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from united_core.cli import CliCommand, CLIError, write_node_dir
-from united_core.control import CommandError, ControlCommand
+from united_core.api import CliCommand, CLIError, CliTools, CommandError, ControlCommand, NodeAPI
 from united_core.frames import FrameError, clean_display_name
 from united_core.identity import Identity, load_key_file
 
-from .service import DirectoryCache, NotConnected
+from .service import DirectoryCache, DiscoveryService, NotConnected
 from .session import DirectoryClient, DirectoryError
 
-if TYPE_CHECKING:
-    from united_core.node import Node
 
-    from .service import DiscoveryService
-
-
-def _service(node: Node) -> DiscoveryService:
-    return node.service("discovery")  # type: ignore[no-any-return]
+def _service(node: NodeAPI) -> DiscoveryService:
+    return node.require(DiscoveryService)
 
 
 def _one_arg(args: list[str], usage: str) -> str:
@@ -40,31 +34,31 @@ async def _guarded(coro: Any) -> Any:
         raise CommandError(str(exc)) from None
 
 
-async def _join(node: Node, args: list[str]) -> list[str]:
+async def _join(node: NodeAPI, args: list[str]) -> list[str]:
     channels = await _guarded(_service(node).join(_one_arg(args, "join CHANNEL")))
     return [c.name for c in channels]
 
 
-async def _leave(node: Node, args: list[str]) -> list[str]:
+async def _leave(node: NodeAPI, args: list[str]) -> list[str]:
     channels = await _guarded(_service(node).leave(_one_arg(args, "leave CHANNEL")))
     return [c.name for c in channels]
 
 
-async def _channels(node: Node, args: list[str]) -> list[dict[str, str]]:
+async def _channels(node: NodeAPI, args: list[str]) -> list[dict[str, str]]:
     return [
         {"name": c.name, "channel_id": c.channel_id, "topic": c.topic}
         for c in _service(node).cache.joined
     ]
 
 
-async def _members(node: Node, args: list[str]) -> list[dict[str, str]]:
+async def _members(node: NodeAPI, args: list[str]) -> list[dict[str, str]]:
     return [
         {"name": m.display_name, "member_id": m.member_id, "peer_id": m.peer_id}
         for m in _service(node).cache.members
     ]
 
 
-async def _who(node: Node, args: list[str]) -> list[dict[str, Any]]:
+async def _who(node: NodeAPI, args: list[str]) -> list[dict[str, Any]]:
     return await _guarded(_service(node).who(_one_arg(args, "who CHANNEL")))  # type: ignore[no-any-return]
 
 
@@ -97,7 +91,7 @@ def _add_join_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="display name (default: your login name)")
 
 
-def _run_join(args: argparse.Namespace) -> int:
+def _run_join(args: argparse.Namespace, tools: CliTools) -> int:
     directory = Path(args.dir)
     if (directory / "united.toml").exists():
         raise CLIError(f"{directory / 'united.toml'} already exists; refusing to overwrite it")
@@ -129,11 +123,10 @@ def _run_join(args: argparse.Namespace) -> int:
 
         directory.mkdir(parents=True, exist_ok=True)
         write_key_file(key_path, identity)
-    config_path, _ = write_node_dir(
+    config_path, _ = tools.write_node_dir(
         directory,
         "client",
         {"discovery": {"server_url": args.server_url, "display_name": name}},
-        reuse_key=True,
     )
     cache = DirectoryCache(directory / "data" / "directory-cache.json")
     cache.apply_welcome(welcome, args.server_url)

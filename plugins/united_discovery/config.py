@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from united_core.config import ConfigValueError, setting
+from united_core.api import ConfigValueError, setting
 
 
 @dataclass(frozen=True)

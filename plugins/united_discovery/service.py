@@ -21,20 +21,16 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
+from united_core.api import P2PAPI, NodeAPI, call_async
 from united_core.identity import Identity
 from united_core.members import Channel, Member, MemberSet, Presence
-from united_core.node import call_async
 from united_core.wire import frames_pb2 as pb
 
 from .config import Config
 from .session import DirectoryClient, DirectoryError
-
-if TYPE_CHECKING:
-    from united_core.node import Node
-    from united_core.p2p.runtime import P2PRuntime
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +132,7 @@ class DirectoryCache:
 
 class DiscoveryService:
     def __init__(
-        self, config: Config, node: Node, identity: Identity, p2p: P2PRuntime, data_dir: Path
+        self, config: Config, node: NodeAPI, identity: Identity, p2p: P2PAPI, data_dir: Path
     ) -> None:
         self.config = config
         self.node = node
@@ -150,18 +146,25 @@ class DiscoveryService:
         self._task: asyncio.Task[None] | None = None
         self._pushes: set[asyncio.Task[None]] = set()
         self._login_listeners: list[Callable[[], Awaitable[None]]] = []
+        self._cached = False
 
     def add_login_listener(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener()`` after every successful login (other plugins' sync)."""
         self._login_listeners.append(listener)
 
     async def start(self) -> None:
-        if self.cache.load():
+        self._cached = self.cache.load()
+        if self._cached:
             log.info(
                 "directory cache: %d members, %d channels",
                 len(self.cache.members),
                 len(self.cache.joined),
             )
+
+    async def begin(self) -> None:
+        """Once every plugin has started: announce what the cache knows, then keep a
+        session with the server (state-change hooks never reach a plugin still starting)."""
+        if self._cached:
             await self._announce_to_plugins()
         self._task = asyncio.create_task(self._keep_session(), name="united-discovery")
 
@@ -185,7 +188,7 @@ class DiscoveryService:
             log.warning("handling a push from the server failed: %r", task.exception())
 
     async def _announce_to_plugins(self) -> None:
-        hook = self.node.pm.hook
+        hook = self.node.hook
         await call_async(
             hook.united_members_changed(node=self.node, members=self.cache.member_set())
         )
@@ -272,16 +275,12 @@ class DiscoveryService:
             return
         online = tuple(Presence(p.member_id, p.peer_id, tuple(p.addrs)) for p in presence.online)
         await call_async(
-            self.node.pm.hook.united_presence_changed(
-                node=self.node, channel=channel, online=online
-            )
+            self.node.hook.united_presence_changed(node=self.node, channel=channel, online=online)
         )
 
     async def _announce_members(self) -> None:
         await call_async(
-            self.node.pm.hook.united_members_changed(
-                node=self.node, members=self.cache.member_set()
-            )
+            self.node.hook.united_members_changed(node=self.node, members=self.cache.member_set())
         )
 
     # ---- requests (control commands) -------------------------------------------------
@@ -309,7 +308,7 @@ class DiscoveryService:
         ]
         self.cache.save()
         await call_async(
-            self.node.pm.hook.united_channels_changed(
+            self.node.hook.united_channels_changed(
                 node=self.node, channels=tuple(self.cache.joined)
             )
         )
@@ -350,7 +349,7 @@ class DiscoveryService:
 
 @contextlib.asynccontextmanager
 async def discovery_service(
-    config: Config, node: Node, identity: Identity, p2p: P2PRuntime, data_dir: Path
+    config: Config, node: NodeAPI, identity: Identity, p2p: P2PAPI, data_dir: Path
 ) -> AsyncIterator[DiscoveryService]:
     service = DiscoveryService(config, node, identity, p2p, data_dir)
     await service.start()

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from united_core import frames
+from united_core.api import RemoteRefusal
 from united_core.identity import Identity
 from united_core.wire import frames_pb2 as pb
 
@@ -24,12 +25,12 @@ log = logging.getLogger(__name__)
 PushHandler = Callable[[pb.ServerFrame], Any]
 
 
-class DirectoryError(Exception):
+class DirectoryError(RemoteRefusal):
     """The server answered with an error frame, or the session ended."""
 
     def __init__(self, code: int, message: str) -> None:
-        self.code = code
-        super().__init__(f"{pb.ErrorCode.Name(code)}: {message}" if code else message)
+        super().__init__(code, f"{pb.ErrorCode.Name(code)}: {message}" if code else message)
+        self.code: int = code
 
 
 class DirectoryClient:

@@ -7,34 +7,69 @@ from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
-from united_core import hookimpl
-from united_core.config import ConfigSection
-from united_core.containers import PluginContainer
+from united_core.api import ConfigSection, PanelSection, PluginContainer, hookimpl
 
 from .commands import control_commands
 from .config import Config
-from .scoring import score_params_factory
+from .panel import render_gossipsub
+from .scoring import score_settings
 from .service import MeshService
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from united_core.acceptance import Origin, Refusal
-    from united_core.control import ControlCommand
-    from united_core.envelope import SignedMessage
+    from united_core.api import ControlCommand, Origin, Refusal, SignedMessage
     from united_core.members import Channel, MemberSet, Presence
-    from united_core.node import Node
     from united_core.p2p.options import HostOptions
+
+
+class MeshHooks:
+    """The mesh's hooks, bound to its service (``united_validate_message`` may run on
+    the trio thread: the volume limiter it uses is thread-safe)."""
+
+    def __init__(self, mesh: MeshService) -> None:
+        self.mesh = mesh
+
+    @hookimpl
+    async def united_node_started(self) -> None:
+        await self.mesh.apply_channels()
+
+    @hookimpl
+    async def united_channels_changed(self, channels: tuple[Channel, ...]) -> None:
+        await self.mesh.set_channels(channels)
+
+    @hookimpl
+    def united_members_changed(self, members: MemberSet) -> None:
+        self.mesh.set_members(members)
+
+    @hookimpl
+    async def united_presence_changed(self, channel: Channel, online: tuple[Presence, ...]) -> None:
+        await self.mesh.dial_online(channel, online)
+
+    @hookimpl
+    def united_message_received(
+        self, message: SignedMessage, from_peer: str, received_at: float
+    ) -> None:
+        self.mesh.received(message, from_peer, received_at)
+
+    @hookimpl
+    def united_validate_message(self, message: SignedMessage, origin: Origin) -> Refusal | None:
+        return self.mesh.judge(message, origin)
+
+    @hookimpl
+    def united_peer_connected(self, peer_id: str, addrs: tuple[str, ...], direction: str) -> None:
+        self.mesh.remember(peer_id, addrs, direction)
+
+    @hookimpl
+    def united_collect_stats(self) -> dict[str, Any]:
+        return self.mesh.stats()
 
 
 class Container(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Config)
     core = providers.DependenciesContainer()
     service = providers.Singleton(MeshService, config, core.node, core.identity)
-
-
-def _mesh(node: Node) -> MeshService:
-    return node.service("mesh")  # type: ignore[no-any-return]
+    hooks = providers.Singleton(MeshHooks, service)
 
 
 @hookimpl
@@ -50,6 +85,11 @@ def united_register_containers() -> list[PluginContainer]:
 @hookimpl
 def united_register_commands() -> list[ControlCommand]:
     return control_commands()
+
+
+@hookimpl
+def united_register_panel_sections() -> list[PanelSection]:
+    return [PanelSection("Gossipsub", render_gossipsub, order=10)]
 
 
 @hookimpl
@@ -73,57 +113,4 @@ def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> N
         max_message_age=config.max_message_age,
         max_future_skew=config.max_future_skew,
     )
-
-
-@hookimpl
-def united_p2p_host_started(node: Node, context: Any) -> None:
-    # Scoring needs to know who the server is: build the parameters with a callback
-    # that reads the mesh's current member list.
-    mesh = _mesh(node)
-    context.gossipsub.scorer.params = score_params_factory(mesh.config, lambda: mesh.members)()
-
-
-@hookimpl
-async def united_node_started(node: Node) -> None:
-    await _mesh(node).apply_channels()
-
-
-@hookimpl
-async def united_channels_changed(node: Node, channels: tuple[Channel, ...]) -> None:
-    await _mesh(node).set_channels(channels)
-
-
-@hookimpl
-def united_members_changed(node: Node, members: MemberSet) -> None:
-    _mesh(node).members = members
-
-
-@hookimpl
-async def united_presence_changed(
-    node: Node, channel: Channel, online: tuple[Presence, ...]
-) -> None:
-    await _mesh(node).dial_online(channel, online)
-
-
-@hookimpl
-def united_message_received(
-    node: Node, message: SignedMessage, from_peer: str, received_at: float
-) -> None:
-    _mesh(node).received(message, from_peer, received_at)
-
-
-@hookimpl
-def united_validate_message(node: Node, message: SignedMessage, origin: Origin) -> Refusal | None:
-    return _mesh(node).judge(message, origin)
-
-
-@hookimpl
-def united_peer_connected(
-    node: Node, peer_id: str, addrs: tuple[str, ...], direction: str, relayed: bool
-) -> None:
-    _mesh(node).remember(peer_id, addrs, direction)
-
-
-@hookimpl
-def united_collect_stats(node: Node) -> dict[str, Any]:
-    return {"mesh": _mesh(node).stats()}
+    g.scoring = score_settings(config)

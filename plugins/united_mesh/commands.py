@@ -5,24 +5,21 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from united_core import envelope
 from united_core.acceptance import MessageRefused
-from united_core.control import CommandError, ControlCommand
+from united_core.api import CommandError, ControlCommand, NodeAPI
 from united_core.envelope import EnvelopeError
 
-if TYPE_CHECKING:
-    from united_core.node import Node
-
-    from .service import MeshService
+from .service import MeshService
 
 
-def _mesh(node: Node) -> MeshService:
-    return node.service("mesh")  # type: ignore[no-any-return]
+def _mesh(node: NodeAPI) -> MeshService:
+    return node.require(MeshService)
 
 
-async def _send(node: Node, args: list[str]) -> dict[str, Any]:
+async def _send(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     if len(args) < 2:
         raise CommandError("usage: send CHANNEL TEXT")
     mesh = _mesh(node)
@@ -37,7 +34,7 @@ async def _send(node: Node, args: list[str]) -> dict[str, Any]:
     return {"id": sealed.id.hex(), "topic": sealed.topic, "sequence_hint": sealed.sequence_hint}
 
 
-async def _tail(node: Node, args: list[str]) -> AsyncIterator[dict[str, Any]]:
+async def _tail(node: NodeAPI, args: list[str]) -> AsyncIterator[dict[str, Any]]:
     mesh = _mesh(node)
     if len(args) > 1:
         raise CommandError("usage: tail [CHANNEL]")
@@ -55,7 +52,7 @@ def render_line(line: dict[str, Any]) -> str:
     return f"{when} #{line['channel']} <{line['sender']}> {line['text']}"
 
 
-async def _send_test(node: Node, args: list[str]) -> dict[str, Any]:
+async def _send_test(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     if len(args) != 1:
         raise CommandError("usage: send-test CHANNEL")
     mesh = _mesh(node)
@@ -70,11 +67,11 @@ async def _send_test(node: Node, args: list[str]) -> dict[str, Any]:
     return {"id": sealed.id.hex(), "topic": sealed.topic, "text": sealed.text}
 
 
-async def _reconnect(node: Node, args: list[str]) -> dict[str, Any]:
+async def _reconnect(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     return await _mesh(node).reconnect()
 
 
-async def _topics(node: Node, args: list[str]) -> dict[str, Any]:
+async def _topics(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     mesh = _mesh(node)
     snapshot = await node.p2p.snapshot()
     out = {}
@@ -89,11 +86,11 @@ async def _topics(node: Node, args: list[str]) -> dict[str, Any]:
     return out
 
 
-async def _scores(node: Node, args: list[str]) -> dict[str, float]:
+async def _scores(node: NodeAPI, args: list[str]) -> dict[str, float]:
     return await node.p2p.scores()
 
 
-async def _send_invalid(node: Node, args: list[str]) -> dict[str, str]:
+async def _send_invalid(node: NodeAPI, args: list[str]) -> dict[str, str]:
     mesh = _mesh(node)
     if not mesh.config.allow_test_actions:
         raise CommandError("send-invalid is a test action: set [mesh] allow_test_actions = true")

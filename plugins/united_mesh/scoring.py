@@ -12,38 +12,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from united_core.members import MemberSet
+from united_core.p2p.options import ScoreSettings
 
 from .config import Config
 
 
-def score_params_factory(config: Config, members: Callable[[], MemberSet]) -> Callable[[], object]:
-    """A factory run on the trio side (it imports py-libp2p's ScoreParams there)."""
-
-    def build() -> object:
-        from libp2p.peer.id import ID
-        from libp2p.pubsub.score import ScoreParams, TopicScoreParams
-
-        def app_score(peer: ID) -> float:
-            trusted = members().trusted_peer_ids
-            return config.server_score_bonus if peer.to_base58() in trusted else 0.0
-
-        return ScoreParams(
-            p2_first_message_deliveries=TopicScoreParams(
-                weight=config.score_first_delivery_weight,
-                cap=config.score_first_delivery_cap,
-                decay=0.9,
-            ),
-            p4_invalid_messages=TopicScoreParams(
-                weight=config.score_invalid_weight, cap=1e6, decay=config.score_invalid_decay
-            ),
-            p6_appl_slack_weight=1.0,
-            app_specific_score_fn=app_score,
-            gossip_threshold=config.gossip_threshold,
-            publish_threshold=config.publish_threshold,
-            graylist_threshold=config.graylist_threshold,
-        )
-
-    return build
+def score_settings(config: Config) -> ScoreSettings:
+    """The runtime's scoring settings from ``[mesh]`` (the server's bonus is set at run
+    time with ``set_app_scores``, once the member list says who the server is)."""
+    return ScoreSettings(
+        first_delivery_weight=config.score_first_delivery_weight,
+        first_delivery_cap=config.score_first_delivery_cap,
+        first_delivery_decay=0.9,
+        invalid_weight=config.score_invalid_weight,
+        invalid_decay=config.score_invalid_decay,
+        app_weight=1.0,
+        gossip_threshold=config.gossip_threshold,
+        publish_threshold=config.publish_threshold,
+        graylist_threshold=config.graylist_threshold,
+    )

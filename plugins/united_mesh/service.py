@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from united_core import envelope
 from united_core.acceptance import Origin, Reason, Refusal, Verdict
+from united_core.api import P2PAPI, NodeAPI
 from united_core.envelope import SignedMessage
 from united_core.members import Channel, MemberSet, Presence
 
@@ -34,8 +35,6 @@ from .limits import VolumeLimiter
 
 if TYPE_CHECKING:
     from united_core.identity import Identity
-    from united_core.node import Node
-    from united_core.p2p.runtime import P2PRuntime
 
 log = logging.getLogger(__name__)
 TAIL_QUEUE = 1000
@@ -68,7 +67,7 @@ class MeshService:
     """Created on first use (hooks may fire while other plugins start); it touches
     the network only once the node runs, then applies what it learned."""
 
-    def __init__(self, config: Config, node: Node, identity: Identity) -> None:
+    def __init__(self, config: Config, node: NodeAPI, identity: Identity) -> None:
         self.config = config
         self.node = node
         self.identity = identity
@@ -84,7 +83,7 @@ class MeshService:
         self._lock = asyncio.Lock()
 
     @property
-    def p2p(self) -> P2PRuntime:
+    def p2p(self) -> P2PAPI:
         return self.node.p2p
 
     # ---- channels and topics ---------------------------------------------------------
@@ -95,6 +94,7 @@ class MeshService:
             await self.apply_channels()
 
     async def apply_channels(self) -> None:
+        self.set_members(self.members)  # the runtime is up now: apply the server's bonus
         async with self._lock:  # changes apply in order, even when they arrive quickly
             wanted = {c.topic: c for c in self.wanted}
             for topic in set(self.channels) - set(wanted):
@@ -195,6 +195,14 @@ class MeshService:
                 tail.dropped += 1
             tail.queue.put_nowait(line)
 
+    def set_members(self, members: MemberSet) -> None:
+        """A new member list: who to limit, and the server's scoring bonus (P6)."""
+        self.members = members
+        if self.node.running:
+            self.p2p.set_app_scores(
+                {peer: self.config.server_score_bonus for peer in members.trusted_peer_ids}
+            )
+
     def judge(self, message: SignedMessage, origin: Origin) -> Refusal | None:
         """Per-member, per-channel volume limits (``rate_limit``/``rate_burst``), on every
         origin but history. The server (trusted, not a member) is not limited."""
@@ -263,6 +271,9 @@ class MeshService:
         return {
             "topics": topics,
             "names": names,
+            # Tables the console's core Peers section reads (docs/hooks.md).
+            "peer_names": names,
+            "topic_names": {topic: channel.name for topic, channel in self.channels.items()},
             "subscribed": sorted(c.name for c in self.channels.values()),
             "tails": len(self.tails),
             "volume": self.limiter.stats(),

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from united_core import hookimpl
-from united_core.control import ControlCommand
+from dependency_injector import containers, providers
 
-from .service import LAST_RTT, ping_command, ping_peer, render_ping
+from united_core.api import ControlCommand, PluginContainer, hookimpl
 
-if TYPE_CHECKING:
-    from united_core.node import Node
+from .service import PingService, ping_command, render_ping
+
+
+class PingHooks:
+    def __init__(self, service: PingService) -> None:
+        self.service = service
+
+    @hookimpl
+    async def united_stats_refresh(self) -> None:
+        """Ping every connected peer (only while someone watches the live stats)."""
+        await self.service.refresh()
+
+    @hookimpl
+    def united_collect_stats(self) -> dict[str, Any]:
+        return self.service.stats()
+
+
+class Container(containers.DeclarativeContainer):
+    core = providers.DependenciesContainer()
+    service = providers.Singleton(PingService, core.node)
+    hooks = providers.Singleton(PingHooks, service)
+
+
+@hookimpl
+def united_register_containers() -> list[PluginContainer]:
+    return [PluginContainer("ping", Container)]
 
 
 @hookimpl
@@ -25,25 +47,3 @@ def united_register_commands() -> list[ControlCommand]:
             render=render_ping,
         )
     ]
-
-
-@hookimpl
-async def united_stats_refresh(node: Node) -> None:
-    """Ping every connected peer once (only while someone watches the live stats)."""
-    peers = {p["peer_id"] for p in await node.p2p.peers()}
-
-    async def one(peer_id: str) -> None:
-        try:
-            async with asyncio.timeout(2):
-                rtts = await ping_peer(node, peer_id, 1)
-            LAST_RTT.setdefault(node.identity.peer_id, {})[peer_id] = rtts[0]
-        except Exception:
-            LAST_RTT.setdefault(node.identity.peer_id, {}).pop(peer_id, None)
-
-    await asyncio.gather(*(one(p) for p in peers))
-
-
-@hookimpl
-def united_collect_stats(node: Node) -> dict[str, Any]:
-    rtts = LAST_RTT.get(node.identity.peer_id, {})
-    return {"ping": {peer: round(rtt, 3) for peer, rtt in rtts.items()}}

@@ -1,66 +1,49 @@
-"""The ping command: ``/ipfs/ping/1.0.0`` round trips, timed on the trio side.
-
-Every libp2p host answers this protocol (py-libp2p registers the handler by
-default), so any peer can be pinged. The RTT is measured with a monotonic clock
-around the write and the echoed read, in milliseconds with microsecond
-resolution (py-libp2p's own helper rounds to whole milliseconds).
-"""
+"""The ping command and live RTTs: libp2p ping round trips through the runtime's API."""
 
 from __future__ import annotations
 
-import secrets
+import asyncio
 import statistics
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from united_core.control import CommandError
+from united_core.api import CommandError, NodeAPI
 
-if TYPE_CHECKING:
-    from united_core.node import Node
-
-PING_PROTOCOL = "/ipfs/ping/1.0.0"
-# Last RTT (ms) per node, per peer: several nodes may share a process (tests).
-LAST_RTT: dict[str, dict[str, float]] = {}
-PING_SIZE = 32
-PING_TIMEOUT_S = 10.0
 MAX_COUNT = 100
 
 
-async def ping_peer(node: Node, peer_id: str, count: int = 1) -> list[float]:
-    """Round-trip times in ms for ``count`` pings over one stream."""
-    import trio  # trio-side code of this plugin (DESIGN §3)
-    from libp2p.custom_types import TProtocol
-    from libp2p.peer.id import ID
+class PingService:
+    """The last round-trip time (ms) to each peer, refreshed only while watched."""
 
-    runtime = node.p2p
+    def __init__(self, node: NodeAPI) -> None:
+        self.node = node
+        self.last_rtt: dict[str, float] = {}
 
-    async def pings() -> list[float]:
-        host = runtime.host_context.host
-        rtts = []
-        with trio.fail_after(PING_TIMEOUT_S):
-            stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(PING_PROTOCOL)])
-            try:
-                for _ in range(count):
-                    payload = secrets.token_bytes(PING_SIZE)
-                    start = time.perf_counter()
-                    await stream.write(payload)
-                    echoed = b""
-                    while len(echoed) < PING_SIZE:
-                        chunk = await stream.read(PING_SIZE - len(echoed))
-                        if not chunk:
-                            raise ConnectionError("the peer closed the ping stream")
-                        echoed += chunk
-                    rtts.append((time.perf_counter() - start) * 1000)
-                    if echoed != payload:
-                        raise ValueError("the peer echoed a different payload")
-            finally:
-                await stream.close()
+    async def ping(self, peer_id: str, count: int = 1) -> list[float]:
+        rtts = await self.node.p2p.ping(peer_id, count)
+        self.last_rtt[peer_id] = rtts[-1]
         return rtts
 
-    return await runtime.call(pings)
+    async def refresh(self) -> None:
+        """Ping every connected peer once, at most 2 s each, all at once."""
+        peers = {p["peer_id"] for p in await self.node.p2p.peers()}
+
+        async def one(peer_id: str) -> None:
+            try:
+                async with asyncio.timeout(2):
+                    await self.ping(peer_id, 1)
+            except Exception:
+                self.last_rtt.pop(peer_id, None)
+
+        await asyncio.gather(*(one(p) for p in peers))
+        for gone in set(self.last_rtt) - peers:
+            del self.last_rtt[gone]
+
+    def stats(self) -> dict[str, Any]:
+        # ``peer_rtt_ms``: the table the console's Peers section reads.
+        return {"peer_rtt_ms": {peer: round(rtt, 3) for peer, rtt in self.last_rtt.items()}}
 
 
-async def ping_command(node: Node, args: list[str]) -> dict[str, Any]:
+async def ping_command(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     if not 1 <= len(args) <= 2:
         raise CommandError("usage: ping PEER_ID [COUNT]")
     peer_id = args[0]
@@ -71,16 +54,11 @@ async def ping_command(node: Node, args: list[str]) -> dict[str, Any]:
     if not 1 <= count <= MAX_COUNT:
         raise CommandError(f"COUNT must be between 1 and {MAX_COUNT}")
     try:
-        from libp2p.peer.id import ID
-
-        ID.from_base58(peer_id)
-    except Exception:
-        raise CommandError(f"not a PeerId: {peer_id!r}") from None
-    try:
-        rtts = await ping_peer(node, peer_id, count)
+        rtts = await node.require(PingService).ping(peer_id, count)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     except Exception as exc:
         raise CommandError(f"ping {peer_id} failed: {type(exc).__name__}: {exc}") from None
-    LAST_RTT.setdefault(node.identity.peer_id, {})[peer_id] = rtts[-1]
     return {
         "peer_id": peer_id,
         "count": count,

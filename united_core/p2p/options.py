@@ -6,18 +6,32 @@ Plain data with no trio or libp2p import, so plugins can adjust them from the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..acceptance import Rules, Verdict
 
-__all__ = ["GossipOptions", "HostOptions", "Rules", "Verdict"]
+__all__ = ["GossipOptions", "HostOptions", "Rules", "ScoreSettings", "Verdict"]
 
 
 GOSSIPSUB_V10 = "/meshsub/1.0.0"
 GOSSIPSUB_V11 = "/meshsub/1.1.0"
 GOSSIPSUB_V12 = "/meshsub/1.2.0"
 KNOWN_GOSSIPSUB_PROTOCOLS = (GOSSIPSUB_V12, GOSSIPSUB_V11, GOSSIPSUB_V10)
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Gossipsub v1.1 peer-scoring parameters (the subset a chat mesh uses)."""
+
+    first_delivery_weight: float = 0.5  # P2, per first delivery, capped
+    first_delivery_cap: float = 20.0
+    first_delivery_decay: float = 0.9
+    invalid_weight: float = 10.0  # P4, subtracted per invalid message
+    invalid_decay: float = 0.99
+    app_weight: float = 1.0  # P6: the application score (set_app_scores)
+    gossip_threshold: float = -10.0
+    publish_threshold: float = -50.0
+    graylist_threshold: float = -80.0
 
 
 @dataclass
@@ -40,10 +54,11 @@ class GossipOptions:
     adaptive_gossip: bool = False
     spam_protection: bool = False
     eclipse_protection: bool = False
-    # Peer scoring parameters (``libp2p.pubsub.score.ScoreParams``), built on the
-    # trio side by this factory; None keeps py-libp2p's (all weights 0).
-    score_params: Callable[[], object] | None = None
-    seen_ttl: int = 120
+    # Peer scoring, as data (the runtime builds py-libp2p's ScoreParams from it);
+    # None keeps py-libp2p's (all weights 0). Application scores (P6) per peer
+    # are set at run time with ``P2PRuntime.set_app_scores``.
+    scoring: ScoreSettings | None = None
+    seen_ttl: int = 600
 
 
 @dataclass

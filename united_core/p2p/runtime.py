@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import secrets
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
@@ -47,9 +49,10 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..acceptance import Acceptor, Judgement, MessageRefused, Origin
 from ..envelope import SignedMessage, message_id_from_wire
 from ..identity import Identity
+from ..threads import asyncio_only, register_loop_thread
 from .events import MessageReceived, P2PEvent, PeerConnected, PeerDisconnected
 from .gate import GatedNoiseTransport, PeerGate
-from .options import HostOptions
+from .options import HostOptions, ScoreSettings
 from .pubsub import (
     CountingRpcQueue,
     PubsubCounters,
@@ -62,6 +65,10 @@ from .pubsub import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+PING_PROTOCOL = "/ipfs/ping/1.0.0"  # every libp2p host answers it (py-libp2p by default)
+PING_SIZE = 32
+PING_TIMEOUT_S = 10.0
 
 
 class RuntimeStopped(RuntimeError):
@@ -171,6 +178,7 @@ class P2PRuntime:
         self._inbox_send: trio.MemorySendChannel[MessageReceived] | None = None
         self._publish_slots = asyncio.Semaphore(options.max_inflight_publishes)
         self._ctx: HostContext | None = None
+        self._app_scores: dict[str, float] = {}
         self._topics: set[str] = set()
         self.listen_addrs: list[str] = []
         self.started_at: float | None = None
@@ -192,6 +200,7 @@ class P2PRuntime:
         if self._thread is not None:
             raise RuntimeError("a P2PRuntime starts once")
         check_ports_free(self.options.listen_addrs)
+        register_loop_thread()
         loop = asyncio.get_running_loop()
         self._loop = loop
         started: asyncio.Future[None] = loop.create_future()
@@ -328,7 +337,7 @@ class P2PRuntime:
             gossip_window=g.gossip_window,
             gossip_history=g.gossip_history,
             heartbeat_interval=g.heartbeat_interval,
-            score_params=g.score_params() if g.score_params else None,
+            score_params=self._score_params(g.scoring) if g.scoring else None,
             adaptive_gossip_enabled=g.adaptive_gossip,
             spam_protection_enabled=g.spam_protection,
             eclipse_protection_enabled=g.eclipse_protection,
@@ -347,6 +356,35 @@ class P2PRuntime:
             seen_ttl=g.seen_ttl,
         )
         return host, pubsub, gossipsub
+
+    def _score_params(self, scoring: ScoreSettings) -> ScoreParams:
+        """py-libp2p's ScoreParams from our plain-data settings (trio side)."""
+
+        def app_score(peer: ID) -> float:
+            return self._app_scores.get(peer.to_base58(), 0.0)
+
+        return ScoreParams(
+            p2_first_message_deliveries=TopicScoreParams(
+                weight=scoring.first_delivery_weight,
+                cap=scoring.first_delivery_cap,
+                decay=scoring.first_delivery_decay,
+            ),
+            p4_invalid_messages=TopicScoreParams(
+                weight=scoring.invalid_weight, cap=1e6, decay=scoring.invalid_decay
+            ),
+            p6_appl_slack_weight=scoring.app_weight,
+            app_specific_score_fn=app_score,
+            gossip_threshold=scoring.gossip_threshold,
+            publish_threshold=scoring.publish_threshold,
+            graylist_threshold=scoring.graylist_threshold,
+        )
+
+    def set_app_scores(self, scores: Mapping[str, float]) -> None:
+        """Application-specific scores (gossipsub P6) by PeerId, e.g. the server's bonus.
+
+        Replaces the whole map at once (one reference swap: safe from any thread).
+        """
+        self._app_scores = dict(scores)
 
     # ---- messages (trio side) -------------------------------------------------------
 
@@ -393,6 +431,7 @@ class P2PRuntime:
 
     # ---- asyncio -> trio calls ------------------------------------------------------
 
+    @asyncio_only
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await fn(*args)`` on the trio thread and return its result.
 
@@ -451,6 +490,7 @@ class P2PRuntime:
 
     # ---- public operations (asyncio side) -------------------------------------------
 
+    @asyncio_only
     async def events(self) -> P2PEvent:
         """Return the next event. One consumer (the node's event pump) should call this."""
         event = await self._events.get()
@@ -467,6 +507,7 @@ class P2PRuntime:
         except trio.RunFinishedError:
             pass
 
+    @asyncio_only
     async def connect(self, addr: str) -> str:
         """Dial a full multiaddr (with ``/p2p/<id>``); return the remote PeerId."""
         try:
@@ -481,12 +522,14 @@ class P2PRuntime:
 
         return await self.call(dial)
 
+    @asyncio_only
     async def disconnect(self, peer_id: str) -> None:
         async def hang_up() -> None:
             await self.host_context.host.disconnect(ID.from_base58(peer_id))
 
         await self.call(hang_up)
 
+    @asyncio_only
     async def peers(self) -> list[dict[str, Any]]:
         """Connected peers with their addresses and direction."""
 
@@ -506,6 +549,7 @@ class P2PRuntime:
 
         return await self.call(collect)
 
+    @asyncio_only
     async def open_stream(self, peer_id: str, protocols: list[str]) -> StreamHandle:
         async def open_() -> StreamHandle:
             stream = await self.host_context.host.new_stream(
@@ -515,6 +559,7 @@ class P2PRuntime:
 
         return await self.call(open_)
 
+    @asyncio_only
     async def set_stream_handler(self, protocol: str, handler: AsyncStreamHandler) -> None:
         """Serve ``protocol`` with an asyncio coroutine (one call per inbound stream)."""
         loop = asyncio.get_running_loop()
@@ -544,6 +589,7 @@ class P2PRuntime:
 
         await self.call(register)
 
+    @asyncio_only
     async def subscribe(self, topic: str) -> None:
         async def sub() -> None:
             await self.host_context.pubsub.subscribe(topic)
@@ -551,6 +597,7 @@ class P2PRuntime:
         await self.call(sub)
         self._topics.add(topic)
 
+    @asyncio_only
     async def unsubscribe(self, topic: str) -> None:
         async def unsub() -> None:
             await self.host_context.pubsub.unsubscribe(topic)
@@ -562,6 +609,7 @@ class P2PRuntime:
     def topics(self) -> frozenset[str]:
         return frozenset(self._topics)
 
+    @asyncio_only
     async def publish(self, topic: str, envelope_bytes: bytes) -> SignedMessage:
         """Publish a sealed envelope on ``topic``; return it as accepted.
 
@@ -609,6 +657,7 @@ class P2PRuntime:
             ctx.pubsub.own_messages.pop(data, None)
         self.counters.published += 1
 
+    @asyncio_only
     async def publish_unchecked(self, topic: str, data: bytes) -> None:
         """Publish ``data`` without the acceptance path (a developer test action).
 
@@ -620,6 +669,41 @@ class P2PRuntime:
         async with self._publish_slots:
             await self.call(self._publish_trio, topic, data, None)
 
+    @asyncio_only
+    async def ping(self, peer_id: str, count: int = 1) -> list[float]:
+        """Round-trip times in ms of ``count`` libp2p pings (``/ipfs/ping/1.0.0``) over
+        one stream, timed on the trio side around the write and the echoed read."""
+
+        async def pings() -> list[float]:
+            host = self.host_context.host
+            rtts = []
+            with trio.fail_after(PING_TIMEOUT_S):
+                stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(PING_PROTOCOL)])
+                try:
+                    for _ in range(count):
+                        payload = secrets.token_bytes(PING_SIZE)
+                        start = time.perf_counter()
+                        await stream.write(payload)
+                        echoed = b""
+                        while len(echoed) < PING_SIZE:
+                            chunk = await stream.read(PING_SIZE - len(echoed))
+                            if not chunk:
+                                raise ConnectionError("the peer closed the ping stream")
+                            echoed += chunk
+                        rtts.append((time.perf_counter() - start) * 1000)
+                        if echoed != payload:
+                            raise ValueError("the peer echoed a different payload")
+                finally:
+                    await stream.close()
+            return rtts
+
+        try:
+            ID.from_base58(peer_id)
+        except Exception:
+            raise ValueError(f"not a PeerId: {peer_id!r}") from None
+        return await self.call(pings)
+
+    @asyncio_only
     async def scores(self) -> dict[str, float]:
         """Each connected peer's gossipsub score over our subscribed topics."""
 
@@ -634,6 +718,7 @@ class P2PRuntime:
 
         return await self.call(read)
 
+    @asyncio_only
     async def snapshot(self) -> dict[str, Any]:
         """A consistent view of the host, read on the trio thread."""
 

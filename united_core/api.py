@@ -1,0 +1,408 @@
+"""The plugin API, version 1: every type a hook takes or returns, in one module.
+
+A plugin imports from here (and from the data modules it names:
+``united_core.envelope``, ``united_core.acceptance``, ``united_core.identity``,
+``united_core.wire``), never from the core's implementation modules; an
+import-linter contract holds the built-in plugins to that, and
+``docs/plugin-guide.md`` is written against this module alone.
+
+This is the bottom layer of the core: it imports nothing of the core but those
+data modules, so ``hookspecs.py``, which documents every hook, imports only this.
+
+Stability: names exported here keep their meaning for all of API version 1.x;
+additions bump the minor version. A plugin states what it needs with
+``UNITED_API = ">=1.0"`` in its module (checked when it is loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+
+import pluggy
+
+from .acceptance import Judgement, MessageRefused, Origin, Reason, Refusal, Rules, Verdict
+from .envelope import SignedMessage
+from .identity import Identity
+
+if TYPE_CHECKING:
+    from dependency_injector import containers
+
+API_VERSION = (1, 0)
+"""The plugin API's version: (major, minor). See :func:`check_api_requirement`."""
+
+hookimpl = pluggy.HookimplMarker("united")
+"""Marker for plugin hook implementations: ``@hookimpl def united_...``."""
+
+T = TypeVar("T")
+
+__all__ = [
+    "API_VERSION",
+    "P2PAPI",
+    "CLIError",
+    "CliCommand",
+    "CliTools",
+    "CommandError",
+    "ConfigSection",
+    "ConfigValueError",
+    "ControlCommand",
+    "Judgement",
+    "MessageRefused",
+    "NodeAPI",
+    "NodeState",
+    "Origin",
+    "PanelSection",
+    "PluginContainer",
+    "Reason",
+    "Refusal",
+    "RemoteRefusal",
+    "Rules",
+    "Settings",
+    "SignedMessage",
+    "StatsAPI",
+    "Verdict",
+    "call_async",
+    "check_api_requirement",
+    "hookimpl",
+    "setting",
+    "validate_multiaddrs",
+]
+
+
+# ---- configuration declarations -------------------------------------------------------
+
+
+class ConfigValueError(ValueError):
+    """Raised by a section's ``validate()`` to name the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+class ConfigSection(NamedTuple):
+    """What ``united_register_config_sections`` returns: a section name and its schema.
+
+    ``schema`` is a frozen dataclass whose fields are made with :func:`setting`.
+    """
+
+    name: str
+    schema: type
+    description: str = ""
+
+
+def setting(
+    default: Any,
+    help: str = "",
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: Iterable[Any] | None = None,
+) -> Any:
+    """A dataclass field with a help line and bounds, for a plugin's ``Config``.
+
+    The core checks the type (from the annotation), the bounds (numbers are
+    also refused when NaN or infinite) and the choices, element by element for
+    tuples; ``united init`` writes the help line and the default.
+    """
+    meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None}
+    if isinstance(default, list | dict | set):
+        raise TypeError("use a tuple for sequence defaults (sections are frozen)")
+    return field(default=default, metadata=meta)
+
+
+def validate_multiaddrs(key: str, addrs: Iterable[str], *, dialable: bool = False) -> None:
+    """Raise :class:`ConfigValueError` for ``key`` unless every entry is a TCP multiaddr.
+
+    ``dialable`` also refuses TCP port 0 (fine to listen on, impossible to dial).
+    """
+    import multiaddr
+
+    for addr in addrs:
+        try:
+            ma = multiaddr.Multiaddr(addr)
+        except Exception as exc:
+            raise ConfigValueError(key, f"{addr!r} is not a multiaddr ({exc})") from None
+        if "tcp" not in {p.name for p in ma.protocols()}:
+            raise ConfigValueError(key, f"{addr!r}: only TCP addresses are supported")
+        if dialable and ma.value_for_protocol("tcp") == "0":
+            raise ConfigValueError(key, f"{addr!r}: port 0 cannot be dialed")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one node: every enabled section, typed."""
+
+    path: Path
+    sections: Mapping[str, Any]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, value: str) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def __getitem__(self, name: str) -> Any:
+        return self.sections[name]
+
+
+# ---- composition ---------------------------------------------------------------------
+
+
+class PluginContainer(NamedTuple):
+    """What ``united_register_containers`` returns: a mount name and a container class.
+
+    The container may declare:
+
+    - ``config = providers.Dependency(instance_of=YourConfig)``: the section;
+    - ``core = providers.DependenciesContainer()``: the core's services
+      (``node``, ``identity``, ``settings``, ``data_dir``, ``p2p``, ``stats``,
+      ``acceptor``);
+    - ``<plugin> = providers.DependenciesContainer()``: another plugin's
+      container, by its name (the node reports a missing one at start-up);
+    - ``providers.Resource(...)`` for what starts and stops (an async context
+      manager: start before ``yield``, stop after);
+    - ``hooks = providers.Singleton(YourHooks, ...)``: an object whose
+      ``@hookimpl`` methods are registered once every Resource has started and
+      unregistered before they stop (constructor injection: no lookups).
+    """
+
+    name: str
+    container: type[containers.DeclarativeContainer]
+
+
+async def call_async(results: Iterable[Any]) -> None:
+    """Await whatever hook implementations returned awaitables (datasette's await_me_maybe)."""
+    for result in results:
+        if inspect.isawaitable(result):
+            await result
+
+
+# ---- the node, as plugins see it --------------------------------------------------------
+
+
+class NodeState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@runtime_checkable
+class P2PAPI(Protocol):
+    """The P2P runtime's asyncio-side API: the only way plugins touch libp2p."""
+
+    peer_id: str
+    listen_addrs: list[str]
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def topics(self) -> frozenset[str]: ...
+
+    async def publish(self, topic: str, envelope_bytes: bytes) -> SignedMessage: ...
+
+    async def subscribe(self, topic: str) -> None: ...
+
+    async def unsubscribe(self, topic: str) -> None: ...
+
+    async def connect(self, addr: str) -> str: ...
+
+    async def disconnect(self, peer_id: str) -> None: ...
+
+    async def peers(self) -> list[dict[str, Any]]: ...
+
+    async def ping(self, peer_id: str, count: int = 1) -> list[float]: ...
+
+    async def scores(self) -> dict[str, float]: ...
+
+    async def snapshot(self) -> dict[str, Any]: ...
+
+    def set_app_scores(self, scores: Mapping[str, float]) -> None: ...
+
+    async def publish_unchecked(self, topic: str, data: bytes) -> None:
+        """A test action: publish without the acceptance path (plays a hostile host)."""
+        ...
+
+
+@runtime_checkable
+class StatsAPI(Protocol):
+    async def snapshot(self) -> dict[str, Any]: ...
+
+    def subscribe(self) -> AsyncIterator[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class NodeAPI(Protocol):
+    """What an asyncio-side hook or a control command may use of the node.
+
+    Trio-side hooks never receive it (see hookspecs.py).
+    """
+
+    settings: Settings
+    started_at: float
+
+    @property
+    def identity(self) -> Identity: ...
+
+    @property
+    def p2p(self) -> P2PAPI: ...
+
+    @property
+    def stats(self) -> StatsAPI: ...
+
+    @property
+    def state(self) -> NodeState: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def plugin_names(self) -> list[str]: ...
+
+    @property
+    def hook(self) -> Any:
+        """The plugin manager's hook relay, to fire hooks (``node.hook.united_...(...)``)."""
+        ...
+
+    def require(self, kind: type[T]) -> T:
+        """The started service of type (or implementing the protocol) ``kind``."""
+        ...
+
+    def request_stop(self) -> None: ...
+
+
+# ---- commands --------------------------------------------------------------------------
+
+
+class CommandError(Exception):
+    """A control command's clean refusal: sent to the client as ``bad_request``."""
+
+    code = "bad_request"
+
+
+Handler = Callable[[NodeAPI, list[str]], Awaitable[Any] | AsyncIterator[Any]]
+
+
+@dataclass(frozen=True)
+class ControlCommand:
+    """A command of the control API (``united ctl NAME``, the console).
+
+    ``handler(node, args)`` is a coroutine returning a JSON-serialisable result,
+    or an async generator whose items are streamed as events until it ends or
+    the client goes away (then set ``streaming=True``). ``render`` turns a
+    result (or event) into text for people; ``united ctl --json`` prints the
+    JSON instead. Raise :class:`CommandError` for a clean refusal (exit 1).
+    """
+
+    name: str
+    handler: Handler
+    help: str
+    usage: str = ""
+    render: Callable[[Any], str] | None = None
+    streaming: bool = False
+
+
+class CLIError(Exception):
+    """An expected failure of a ``united`` sub-command: one line, exit ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class CliTools(Protocol):
+    """What the core lends a plugin's CLI command (``CliCommand.run(args, tools)``)."""
+
+    def call_node(self, config: Path, command: str, args: list[str] | None = None) -> Any:
+        """Run a control command on the node that ``config`` describes; its result."""
+        ...
+
+    def write_node_dir(
+        self, directory: Path, role: str, overrides: dict[str, dict[str, Any]] | None = None
+    ) -> tuple[Path, Identity]:
+        """``united init`` into ``directory`` with ``overrides``; (config path, identity)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CliCommand:
+    """A ``united <name>`` sub-command contributed by a plugin.
+
+    ``add_arguments(parser)`` declares its arguments; ``run(args, tools)`` does
+    the work and returns the exit status (raise :class:`CLIError` for expected
+    failures: one line, never a traceback).
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, CliTools], int]
+
+
+class RemoteRefusal(Exception):
+    """A remote service (the coordination server, a peer) refused a request.
+
+    ``code`` is the protocol's own error code, kept for ``--json`` output.
+    """
+
+    def __init__(self, code: int | str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+# ---- stats and the live panel ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PanelSection:
+    """A section of the console's live panel (``united_register_panel_sections``).
+
+    The core prints ``title``; ``render(snapshot)`` gets the whole stats
+    snapshot (every plugin's stats under ``snapshot["plugins"][<plugin name>]``)
+    and returns the lines to show under it.
+    """
+
+    title: str
+    render: Callable[[Mapping[str, Any]], list[str]]
+    order: int = 100
+
+
+# ---- API version requirements ------------------------------------------------------------
+
+
+def check_api_requirement(requirement: str) -> str | None:
+    """``None`` if this core satisfies ``requirement`` (e.g. ``">=1.0"``, ``">=1.0,<2"``),
+    else why not."""
+    for clause in (c.strip() for c in requirement.split(",") if c.strip()):
+        for op in (">=", "<=", "==", "!=", ">", "<"):
+            if clause.startswith(op):
+                break
+        else:
+            return f"cannot read the API requirement {requirement!r}"
+        try:
+            wanted = tuple(int(p) for p in clause[len(op) :].strip().split("."))
+        except ValueError:
+            return f"cannot read the API requirement {requirement!r}"
+        have = API_VERSION[: len(wanted)]
+        ok = {
+            ">=": have >= wanted,
+            "<=": have <= wanted,
+            "==": have == wanted,
+            "!=": have != wanted,
+            ">": have > wanted,
+            "<": have < wanted,
+        }[op]
+        if not ok:
+            version = ".".join(map(str, API_VERSION))
+            return f"needs plugin API {requirement}, this core has {version}"
+    return None
