@@ -66,7 +66,7 @@ async def gap_fill(count: int) -> float:
     import types
 
     from united_cache.service import CacheService
-    from united_discovery.session import DirectoryClient
+    from united_directory.client.session import DirectoryClient
 
     from united_core.cli import write_node_dir
     from united_core.node import Node, load_settings

@@ -22,12 +22,13 @@ from united_core.p2p.options import HostOptions
 from united_core.p2p.runtime import P2PRuntime
 
 TOPIC = "united/bench/00000000-0000-4000-8000-000000000000"
+LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
 
 
 async def one_run(calls: int, messages: int) -> tuple[float, float, float]:
     a, b = (
-        P2PRuntime(Identity.generate(), HostOptions()),
-        P2PRuntime(Identity.generate(), HostOptions()),
+        P2PRuntime(Identity.generate(), HostOptions(listen_addrs=LOOPBACK)),
+        P2PRuntime(Identity.generate(), HostOptions(listen_addrs=LOOPBACK)),
     )
     await a.start()
     await b.start()
@@ -57,7 +58,7 @@ async def one_run(calls: int, messages: int) -> tuple[float, float, float]:
                 if isinstance(event, MessageReceived) and event.message.id == sealed.id:
                     break
             latencies.append((time.perf_counter() - t0) * 1000)
-            while not b._events.empty():  # drop our own echoes
+            while not b._bridge.events.empty():  # drop our own echoes
                 await b.events()
         latencies.sort()
         return call_us, statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]

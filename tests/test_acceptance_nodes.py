@@ -17,11 +17,11 @@ from typing import Any
 from conftest import run_cli, running_node
 from test_directory import server_config
 from test_membership import join, until
-from united_directory.registry import Registry
+from united_directory.model import Channel
+from united_directory.server.registry import Registry
 
 from united_core import envelope
 from united_core.identity import Identity
-from united_core.members import Channel
 from united_core.node import Node
 from united_core.testing import add_to_table, free_port
 

@@ -12,9 +12,10 @@ import pytest
 from conftest import running_node
 from test_directory import registered, server_config
 from united_archive.store import ArchiveStore
-from united_discovery.session import DirectoryClient, DirectoryError
+from united_directory import protocol
+from united_directory.client.session import DirectoryClient, DirectoryError
 
-from united_core import envelope, frames
+from united_core import envelope
 from united_core.envelope import message_id_from_wire
 from united_core.identity import Identity
 from united_core.testing import Community
@@ -321,7 +322,7 @@ def test_history_pages_fit_in_a_frame_whatever_the_payloads(tmp_path: Path) -> N
                         )
                     )
                 )
-                assert page.ByteSize() <= frames.MAX_FRAME_BYTES
+                assert page.ByteSize() <= protocol.MAX_FRAME_BYTES
                 seqs += [m.seq for m in page.history_page.messages]
                 start, pages = page.history_page.next_seq, pages + 1
             assert seqs == list(range(1, 11)) and pages >= 3

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,60 @@ def test_init_writes_every_key_with_its_default(tmp_path: Path) -> None:
     ):
         assert f"{key} = " in text, key
     assert "# dial_timeout = 10.0" in text
+
+
+def _plugins_line(text: str) -> list[str]:
+    found = re.search(r"^plugins = (\[.*\])$", text, flags=re.M)
+    assert found is not None
+    return list(tomllib.loads(f"p = {found.group(1)}")["p"])
+
+
+def test_init_with_renders_a_third_party_plugins_section(tmp_path: Path, toy_plugins: Path) -> None:
+    """`--with NAME` adds a plugin to the preset's and writes its commented section."""
+    directory = tmp_path / "n"
+    argv = ["init", "--role", "server", "--dir", str(directory)]
+    assert cli_main([*argv, "--with", "gatekeeper", "--with", "recorder"]) == 0
+    text = (directory / "united.toml").read_text()
+    assert _plugins_line(text) == [
+        *("ping", "membership", "directory", "mesh", "archive"),
+        *("gatekeeper", "recorder"),
+    ]
+    for line in ("[gatekeeper]", "# Smallest payload accepted.", "# min_len = 0", "[recorder]"):
+        assert f"\n{line}\n" in text, line
+    assert "\n[mesh]\n" in text  # the preset's plugins keep theirs
+    settings, _, warnings = load_settings(directory / "united.toml")
+    assert settings["gatekeeper"].max_len == 1000 and warnings == []
+
+
+def test_init_plugins_replaces_the_presets_list(tmp_path: Path, toy_plugins: Path) -> None:
+    directory = tmp_path / "n"
+    argv = ["init", "--role", "client", "--dir", str(directory), "--plugins", "ping,recorder"]
+    assert cli_main(argv) == 0
+    text = (directory / "united.toml").read_text()
+    assert _plugins_line(text) == ["ping", "recorder"]
+    assert '\n[recorder]\n# A label.\n# label = "toy"\n' in text
+    assert "\n[mesh]\n" not in text and "\n[discovery]\n" not in text
+    settings, _, _ = load_settings(directory / "united.toml")
+    assert settings["recorder"].label == "toy"
+
+
+def test_init_refuses_an_unknown_plugin_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "n"
+    argv = ["init", "--role", "client", "--dir", str(directory), "--with", "nope"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("united: [node] plugins: unknown plugin 'nope'; available plugins:")
+    assert not directory.exists()
+
+
+def test_write_node_dir_takes_a_plugin_list(tmp_path: Path, toy_plugins: Path) -> None:
+    from united_core.cli import write_node_dir
+
+    config, _ = write_node_dir(tmp_path / "n", "client", plugins=["gatekeeper"])
+    assert _plugins_line(config.read_text()) == ["gatekeeper"]
+    assert "\n[gatekeeper]\n" in config.read_text()
 
 
 # ---- non-finite numbers, NUL characters, undecodable files, address lists -----------

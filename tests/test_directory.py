@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ import pytest
 from conftest import TOY_PLUGINS, make_node_dir, run_cli, running_node
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from united_discovery.session import DirectoryClient, DirectoryError
+from united_directory import protocol
+from united_directory.client.session import DirectoryClient, DirectoryError
 
-from united_core import frames
+from united_core import node as node_module
+from united_core.api import hookimpl
 from united_core.identity import Identity
 from united_core.node import Node
 from united_core.wire import frames_pb2 as pb
@@ -121,7 +124,7 @@ def test_login_failures_are_refused_with_codes(tmp_path: Path) -> None:
             # Alice's public key, signed by someone else.
             challenge = await client._next_challenge()
             forger = Identity.generate()
-            signed = frames.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
+            signed = protocol.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
             frame = pb.ClientFrame(
                 auth=pb.AuthResponse(
                     public_key=identity.public_key,
@@ -133,7 +136,7 @@ def test_login_failures_are_refused_with_codes(tmp_path: Path) -> None:
                 await client.request(frame)
             assert info.value.code == E.ERROR_CODE_BAD_SIGNATURE
             # A replayed (already used) nonce, correctly signed.
-            signed = frames.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
+            signed = protocol.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
             frame = pb.ClientFrame(
                 auth=pb.AuthResponse(
                     public_key=identity.public_key,
@@ -259,7 +262,7 @@ def test_member_list_is_pushed_after_registration_and_rotation(tmp_path: Path) -
                 await client.close()
             # A rotation signed only by the old key is refused.
             third = Identity.generate()
-            signed = frames.rotation_bytes(
+            signed = protocol.rotation_bytes(
                 service.server_id, alice_welcome.you.member_id, new_key.public_key, third.public_key
             )
             with pytest.raises(DirectoryError) as info:
@@ -285,7 +288,7 @@ async def raw_session(
     http = aiohttp.ClientSession()
     ws = await http.ws_connect(url, max_msg_size=0)
     msg = await ws.receive(timeout=5)
-    return http, ws, frames.decode_server_frame(msg.data)
+    return http, ws, protocol.decode_server_frame(msg.data)
 
 
 async def replies_until_close(ws: aiohttp.ClientWebSocketResponse) -> list[pb.ServerFrame]:
@@ -293,7 +296,7 @@ async def replies_until_close(ws: aiohttp.ClientWebSocketResponse) -> list[pb.Se
     async with asyncio.timeout(5):
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
-                out.append(frames.decode_server_frame(msg.data))
+                out.append(protocol.decode_server_frame(msg.data))
     return out
 
 
@@ -303,7 +306,7 @@ def test_bad_frames_get_error_codes_and_the_server_keeps_serving(tmp_path: Path)
             cases: list[tuple[Any, int]] = [
                 (b"\x0a\xff\xff", E.ERROR_CODE_MALFORMED),  # truncated protobuf
                 (b"", E.ERROR_CODE_MALFORMED),  # no body
-                (b"x" * (frames.MAX_FRAME_BYTES + 1), E.ERROR_CODE_TOO_LARGE),
+                (b"x" * (protocol.MAX_FRAME_BYTES + 1), E.ERROR_CODE_TOO_LARGE),
                 ("a text frame", E.ERROR_CODE_MALFORMED),
                 (
                     pb.ClientFrame(list_channels=pb.ListChannels()).SerializeToString(),
@@ -331,10 +334,10 @@ def test_bad_frames_get_error_codes_and_the_server_keeps_serving(tmp_path: Path)
             challenge = await fast._next_challenge()
             service.config = type(service.config)(**{**vars(service.config), "nonce_ttl": 1.0})
             await asyncio.sleep(0)
-            fast_session = next(iter(service._sessions))
+            fast_session = next(iter(service.endpoint.sessions))
             fast_session.nonce_expires = 0
             identity = Identity.generate()
-            signed = frames.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
+            signed = protocol.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
             with pytest.raises(DirectoryError) as info:
                 await fast.request(
                     pb.ClientFrame(
@@ -512,14 +515,87 @@ def test_hook_united_channels_changed(tmp_path: Path, toy_plugins: Path) -> None
     asyncio.run(scenario())
 
 
+class FramePlugin:
+    """Serves ``lookup`` frames three ways: a reply, a returned refusal, a bug."""
+
+    def __init__(self) -> None:
+        self.contexts: list[Any] = []
+
+    @hookimpl
+    def united_register_frame_handlers(self) -> list[tuple[str, Any]]:
+        return [("lookup", self.lookup)]  # a plain tuple: no import of the directory
+
+    async def lookup(self, node: Any, ctx: Any, frame: pb.ClientFrame) -> pb.ServerFrame:
+        self.contexts.append(ctx)
+        ids = len(frame.lookup.message_ids)
+        if ids == 0:
+            return pb.ServerFrame(lookup_result=pb.LookupResult())
+        if ids == 1:
+            return pb.ServerFrame(error=pb.Error(code=E.ERROR_CODE_TOO_LARGE, message="one"))
+        raise RuntimeError("a bug with a secret in it")
+
+
+def test_frame_handlers_refuse_by_returning_and_a_bug_never_closes_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract of united_register_frame_handlers (united_directory/hookspecs.py)."""
+    plugin = FramePlugin()
+    original = node_module.load_settings
+
+    def with_plugin(config: Path) -> Any:
+        settings, pm, warnings = original(config)
+        pm.register(plugin, name="frames")
+        return settings, pm, warnings
+
+    monkeypatch.setattr(node_module, "load_settings", with_plugin)
+
+    async def scenario() -> None:
+        async with server(tmp_path) as (_, service, url):
+            client, _, welcome, _ = await registered(url, service, "alice")
+            reply = await client.request(pb.ClientFrame(lookup=pb.LookupMessages()))
+            assert reply.WhichOneof("body") == "lookup_result" and reply.request_id
+            with pytest.raises(DirectoryError) as refused:
+                await client.request(pb.ClientFrame(lookup=pb.LookupMessages(message_ids=[b"a"])))
+            assert refused.value.code == E.ERROR_CODE_TOO_LARGE and "one" in str(refused.value)
+            errors = service.stats()["errors_sent"]
+            with pytest.raises(DirectoryError) as bug:
+                await client.request(
+                    pb.ClientFrame(lookup=pb.LookupMessages(message_ids=[b"a", b"b"]))
+                )
+            assert bug.value.code == E.ERROR_CODE_UNEXPECTED and "secret" not in str(bug.value)
+            assert service.stats()["errors_sent"] == errors + 1
+            # The session is still open and served.
+            again = await client.request(pb.ClientFrame(lookup=pb.LookupMessages()))
+            assert again.WhichOneof("body") == "lookup_result"
+            ctx = plugin.contexts[0]
+            assert ctx.member.member_id == welcome.you.member_id
+            assert ctx.server_id == welcome.server_id
+            assert ctx.max_frame_bytes == protocol.MAX_FRAME_BYTES
+            await client.close()
+
+    asyncio.run(scenario())
+
+
 def test_hook_united_register_cli_commands(tmp_path: Path) -> None:
-    """The plugins' commands are `united` sub-commands, usable before any node exists."""
-    result = run_cli("--help")
-    for name in ("join", "invite", "channel"):
-        assert name in result.stdout
+    """The plugins' commands are `united` sub-commands, usable before any node exists:
+    collected from every installed plugin, enabled or not (no united.toml here)."""
+    help_ = run_cli("--help")
+    assert help_.returncode == 0
+    assert {"join", "invite", "channel"} <= _subcommands(help_.stdout)  # discovery, directory
     result = run_cli("join", "http://nope", "code", "--dir", str(tmp_path / "x"))
     assert result.returncode == 2 and "ws://" in result.stderr
-    assert str(TOY_PLUGINS)  # the toy plugins add none: only installed plugins count
+    # More plugins installed, one of them failing to import (toy_broken): the
+    # commands are the same (the toys add none), and the broken one breaks nothing.
+    with_toys = run_cli("--help", env={"PYTHONPATH": str(TOY_PLUGINS)})
+    assert with_toys.returncode == 0, with_toys.stderr
+    assert _subcommands(with_toys.stdout) == _subcommands(help_.stdout)
+
+
+def _subcommands(help_text: str) -> set[str]:
+    """The sub-command names `united --help` lists (indented under COMMAND)."""
+    names = set(re.findall(r"^ {4}([a-z][a-z_-]*)(?: {2,}\S.*)?$", help_text, re.M))
+    assert names, help_text
+    return names
 
 
 def test_silent_sessions_are_closed_and_pending_capped_per_address(tmp_path: Path) -> None:

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 from test_directory import raw_session, registered, replies_until_close, server
-from united_directory.service import PendingGate, address_key, prefixes
-from united_discovery.session import DirectoryClient, DirectoryError
+from united_directory import protocol
+from united_directory.client.session import DirectoryClient, DirectoryError
+from united_directory.server.limits import PendingGate, address_key, prefixes
 
-from united_core import frames
 from united_core.control import ControlClient
 from united_core.identity import Identity
 from united_core.wire import frames_pb2 as pb
@@ -290,7 +290,7 @@ def test_failed_logins_from_a_shared_address_do_not_lock_out_members(tmp_path: P
 
     def unknown_key(challenge: pb.Challenge) -> pb.ClientFrame:
         stranger = Identity.generate()
-        signed = frames.auth_bytes(challenge.server_id, challenge.nonce, stranger.public_key)
+        signed = protocol.auth_bytes(challenge.server_id, challenge.nonce, stranger.public_key)
         return pb.ClientFrame(
             auth=pb.AuthResponse(
                 public_key=stranger.public_key,
@@ -301,7 +301,7 @@ def test_failed_logins_from_a_shared_address_do_not_lock_out_members(tmp_path: P
 
     def bad_invite(challenge: pb.Challenge) -> pb.ClientFrame:
         stranger = Identity.generate()
-        signed = frames.register_bytes(
+        signed = protocol.register_bytes(
             challenge.server_id, challenge.nonce, stranger.public_key, "x"
         )
         return pb.ClientFrame(
@@ -325,7 +325,7 @@ def test_failed_logins_from_a_shared_address_do_not_lock_out_members(tmp_path: P
             forger = Identity.generate()
 
             def forged_for_alice(challenge: pb.Challenge) -> pb.ClientFrame:
-                signed = frames.auth_bytes(challenge.server_id, challenge.nonce, alice.public_key)
+                signed = protocol.auth_bytes(challenge.server_id, challenge.nonce, alice.public_key)
                 return pb.ClientFrame(
                     auth=pb.AuthResponse(
                         public_key=alice.public_key,
@@ -344,7 +344,7 @@ def test_failed_logins_from_a_shared_address_do_not_lock_out_members(tmp_path: P
             # Thirty forged signatures for alice's key from the same address.
             forged = await fail_logins(url, 30, forged_for_alice)
             assert set(forged) == {E.ERROR_CODE_BAD_SIGNATURE}
-            assert service._member_failures.count(("127.0.0.1", alice.public_key)) == 30
+            assert service.limits.member_failures.count(("127.0.0.1", alice.public_key)) == 30
 
             # Alice and bob, same address, log in at once.
             for name in ("alice", "bob"):
@@ -415,7 +415,7 @@ def test_stalled_websocket_sessions_hold_no_more_than_the_budget(tmp_path: Path)
         async with server(tmp_path, extra) as (_, service, url):
             held = [await raw_session(url) for _ in range(4)]
             assert service.stats()["pending"] == 4
-            await asyncio.sleep(service._gate.min_age)  # stalled, not just opened
+            await asyncio.sleep(service.endpoint.gate.min_age)  # stalled, not just opened
             client, _, _, _ = await registered(url, service, "alice")
             await replies_until_close(held[0][1])  # the oldest gave way
             assert service.stats()["pending"] == 3
@@ -457,7 +457,7 @@ def test_a_budget_full_of_young_connections_refuses_the_newcomer(tmp_path: Path)
             refused = await connect("127.0.0.4")
             await until("pending_refused", 1)
             assert await closed(refused)
-            await asyncio.sleep(service._gate.min_age)
+            await asyncio.sleep(service.endpoint.gate.min_age)
             late = await connect("127.0.0.4")  # now the oldest goes
             await until("pending_evicted", 1)
             assert await closed(held[0])

@@ -24,7 +24,10 @@ OTHER = "united/test/random"
 
 
 def options(**gossip: Any) -> HostOptions:
-    return HostOptions(gossip=GossipOptions(scoring=score_settings(MeshConfig()), **gossip))
+    return HostOptions(
+        listen_addrs=("/ip4/127.0.0.1/tcp/0",),
+        gossip=GossipOptions(scoring=score_settings(MeshConfig()), **gossip),
+    )
 
 
 @contextlib.asynccontextmanager

@@ -11,28 +11,12 @@ from typing import Any
 import pytest
 from conftest import make_node_dir, running_node
 from test_directory import server_config
+from united_directory.model import Member, MemberSet
 
 from united_core import envelope
 from united_core.acceptance import Origin, Reason, Verdict
-from united_core.cli import main as cli_main
-from united_core.members import Member, MemberSet
 from united_core.node import Node
-
-
-async def join(url: str, service: Any, directory: Path, name: str) -> Path:
-    """`united join` as a member runs it (in a thread: it runs its own event loop)."""
-    code = (await service.create_invite())["code"]
-    status = await asyncio.to_thread(
-        cli_main, ["join", url, code, "--dir", str(directory), "--name", name]
-    )
-    assert status == 0
-    return directory / "united.toml"
-
-
-async def until(predicate: Any, timeout: float = 10, what: str = "condition") -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.05)
+from united_core.testing import join, until
 
 
 async def peer_ids(node: Node) -> set[str]:
@@ -120,7 +104,11 @@ def test_clients_accept_each_other_from_cached_lists_while_the_server_is_down(
         async with running_node(configs[0]) as a, running_node(configs[1]) as b:
             assert not a.service("discovery").connected.is_set()
             assert await b.p2p.connect(a.p2p.listen_addrs[0]) == a.identity.peer_id
-            assert b.identity.peer_id in await peer_ids(a)
+
+            async def a_sees_b() -> bool:  # the inbound side registers it a moment later
+                return b.identity.peer_id in await peer_ids(a)
+
+            await until(a_sees_b, timeout=5, what="a's side of the connection")
             outsider_config = make_node_dir(tmp_path, "outsider", plugins=[])
             async with running_node(outsider_config) as outsider:
                 with pytest.raises(Exception, match=r"(?i)connect"):

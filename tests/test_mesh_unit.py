@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from united_directory.model import Member, MemberSet
 from united_mesh.config import Config
 from united_mesh.limits import VolumeLimiter
 from united_mesh.service import MeshService
@@ -12,7 +13,6 @@ from united_mesh.service import MeshService
 from united_core import envelope
 from united_core.acceptance import Origin, Reason, Verdict
 from united_core.identity import Identity
-from united_core.members import Member, MemberSet
 
 ALICE = Identity.generate()
 TOPIC = "united/s/c"

@@ -23,11 +23,13 @@ from united_core.p2p.pubsub import CountingRpcQueue
 from united_core.p2p.runtime import P2PRuntime, RuntimeStopped
 
 TOPIC = "united/test/3d5b1f84-0d1e-4a49-8f59-2d7bbf0ef5a7"
+# Tests listen on loopback (the default, 0.0.0.0, is for nodes that peers elsewhere dial).
+LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
 
 
 @contextlib.asynccontextmanager
 async def runtime(**kwargs: Any) -> AsyncIterator[P2PRuntime]:
-    rt = P2PRuntime(Identity.generate(), HostOptions(), **kwargs)
+    rt = P2PRuntime(Identity.generate(), HostOptions(listen_addrs=LOOPBACK), **kwargs)
     await rt.start()
     try:
         yield rt
@@ -78,7 +80,7 @@ def test_trio_exception_reaches_the_asyncio_caller() -> None:
 
 def test_calls_pending_at_stop_and_after_stop_fail_cleanly() -> None:
     async def scenario() -> None:
-        rt = P2PRuntime(Identity.generate(), HostOptions())
+        rt = P2PRuntime(Identity.generate(), HostOptions(listen_addrs=LOOPBACK))
         with pytest.raises(RuntimeStopped):
             await rt.call(trio.sleep, 0)
         await rt.start()
@@ -119,7 +121,7 @@ def test_cancelling_the_caller_cancels_the_trio_task() -> None:
 
 def test_stop_leaves_no_threads_and_no_listener(no_thread_leaks: None) -> None:
     async def scenario() -> None:
-        rt = P2PRuntime(Identity.generate(), HostOptions())
+        rt = P2PRuntime(Identity.generate(), HostOptions(listen_addrs=LOOPBACK))
         await rt.start()
         port = port_of(rt.listen_addrs[0])
         assert accepts(port)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_node_dir, running_node
-from united_discovery.service import DirectoryCache
+from united_directory.client.service import DirectoryCache
 
 from united_core.cli import main as cli_main
 from united_core.sqlite import open_database

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 
+from . import defaults
 from .envelope import (
     BadSignature,
     EnvelopeError,
@@ -141,9 +142,9 @@ class Rules:
     """Freshness windows, per origin. Plugins set them from their sections
     (``united_p2p_configure``): ``[mesh]`` for gossip, ``[archive]`` for submissions."""
 
-    max_message_age: float = 300.0
-    max_future_skew: float = 120.0
-    max_submission_age: float = 30 * 86400.0
+    max_message_age: float = defaults.MAX_MESSAGE_AGE
+    max_future_skew: float = defaults.MAX_FUTURE_SKEW
+    max_submission_age: float = defaults.MAX_SUBMISSION_AGE
 
 
 # (message, origin, from_peer) -> each plugin's verdict, Refusal or None.

@@ -2,7 +2,8 @@
 
 A plugin imports from here (and from the data modules it names:
 ``united_core.envelope``, ``united_core.acceptance``, ``united_core.identity``,
-``united_core.wire``), never from the core's implementation modules; an
+``united_core.wire``, ``united_core.sqlite``, ``united_core.defaults``), never
+from the core's implementation modules; an
 import-linter contract holds the built-in plugins to that, and
 ``docs/plugin-guide.md`` is written against this module alone.
 

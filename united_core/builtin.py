@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import multiaddr
 
+from . import defaults
 from .api import (
     CommandError,
     ConfigSection,
@@ -41,21 +42,33 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class P2PConfig:
+    # Defaults: united_core/defaults.py, shared with the runtime's HostOptions.
     listen: tuple[str, ...] = setting(
-        ("/ip4/0.0.0.0/tcp/0",), "libp2p listen multiaddrs (TCP); port 0 picks a free port."
+        defaults.LISTEN_ADDRS,
+        "libp2p listen multiaddrs (TCP); port 0 picks a free port (0.0.0.0 is not announced).",
     )
-    dial_timeout: float = setting(10.0, "Seconds before a dial gives up.", min=0.1, max=300)
+    dial_timeout: float = setting(
+        defaults.DIAL_TIMEOUT, "Seconds before a dial gives up.", min=0.1, max=300
+    )
     gossipsub_protocols: tuple[str, ...] = setting(
-        ("/meshsub/1.1.0", "/meshsub/1.0.0"),
+        defaults.GOSSIPSUB_PROTOCOLS,
         "Gossipsub versions offered, preferred first (v1.2 doubles CPU; see docs).",
         choices=KNOWN_GOSSIPSUB_PROTOCOLS,
     )
     publish_timeout: float = setting(
-        5.0, "Longest a publish waits for a slow peer's queue to drain.", min=0.0, max=120
+        defaults.PUBLISH_TIMEOUT,
+        "Longest a publish waits for a slow peer's queue to drain.",
+        min=0.0,
+        max=120,
     )
-    max_inflight_publishes: int = setting(64, "Publishes in flight at once.", min=1, max=4096)
+    max_inflight_publishes: int = setting(
+        defaults.MAX_INFLIGHT_PUBLISHES, "Publishes in flight at once.", min=1, max=4096
+    )
     inbound_queue_size: int = setting(
-        1024, "Received messages buffered for the application.", min=16, max=1_000_000
+        defaults.INBOUND_QUEUE_SIZE,
+        "Received messages buffered for the application.",
+        min=16,
+        max=1_000_000,
     )
 
     def validate(self) -> None:
@@ -104,6 +117,7 @@ def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> N
 
 async def _status(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     return {
+        "state": node.state.value,
         "plugin_set": node.settings["node"].plugin_set,
         "peer_id": node.identity.peer_id,
         "listen_addrs": list(node.p2p.listen_addrs),

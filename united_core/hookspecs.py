@@ -51,8 +51,6 @@ if TYPE_CHECKING:
         SignedMessage,
         Verdict,
     )
-    from .frames import FrameHandler
-    from .members import Channel, MemberSet, Presence
     from .p2p.options import HostOptions
 
 hookspec = pluggy.HookspecMarker("united")
@@ -128,17 +126,6 @@ def united_register_cli_commands() -> list[CliCommand]:
     run before any ``united.toml`` exists (``united join`` writes one).
 
     :returns: a list of :class:`~united_core.api.CliCommand`.
-    """
-
-
-@hookspec
-def united_register_frame_handlers() -> list[FrameHandler]:
-    """Serve kinds of directory WebSocket frames (``history``, ``submit``, ...).
-
-    The directory plugin authenticates the session and calls the handler for the
-    frame kinds it does not serve itself; the reply gets the request's id.
-
-    :returns: a list of :class:`~united_core.frames.FrameHandler`.
     """
 
 
@@ -294,50 +281,6 @@ def united_message_received(
     :param message: the verified envelope.
     :param from_peer: the PeerId that forwarded it (our own for our publishes).
     :param received_at: arrival time, seconds since the epoch.
-    """
-
-
-# -------------------------------------------------------------------------------------
-# Membership and channels (asyncio side)
-# -------------------------------------------------------------------------------------
-
-
-@hookspec
-def united_members_changed(node: NodeAPI, members: MemberSet) -> Awaitable[None] | None:
-    """The member list changed (or is first known, from the registry or a cache).
-
-    *May be async.* Fired by the plugin that owns the list (``directory`` on the
-    server, ``discovery`` on a client); consumed by the gate (``membership``).
-
-    :param node: the running node.
-    :param members: the complete current list, plus trusted non-member peers.
-    """
-
-
-@hookspec
-def united_channels_changed(node: NodeAPI, channels: tuple[Channel, ...]) -> Awaitable[None] | None:
-    """The set of channels this node takes part in changed (or is first known).
-
-    *May be async.* The server takes part in every channel, a client in the ones
-    it joined. The mesh subscribes a topic per channel from this.
-
-    :param node: the running node.
-    :param channels: the complete current set.
-    """
-
-
-@hookspec
-def united_presence_changed(
-    node: NodeAPI, channel: Channel, online: tuple[Presence, ...]
-) -> Awaitable[None] | None:
-    """Who is online in a channel changed (or was first learned after a login).
-
-    *May be async.* Fired by discovery on a client from the directory's pushes;
-    the mesh dials from it to fill each channel's mesh.
-
-    :param node: the running node.
-    :param channel: the channel.
-    :param online: the members online in it, with their announced addresses.
     """
 
 

@@ -1,24 +1,43 @@
-"""Run a local community of real ``united`` processes (tests and benchmarks).
+"""Testing helpers: nodes and small communities on loopback, for tests and benchmarks.
 
-Everything listens on loopback: a server (directory, mesh), members created with
-``united init``/``united invite``/``united join`` exactly as a user would, each
-its own process with its own directory. Logs go to files in each node's
-directory (never pipes, which a chatty node could fill).
+Two kinds, both with real libp2p hosts and real WebSocket sessions:
+
+- **in process** (what plugin tests want): :func:`make_node_dir` writes a node
+  directory with ``united init``, :func:`running_node` runs a node in the
+  caller's event loop, :func:`running_community` runs a server and members
+  joined to channels; :func:`until`, :func:`ctl` and :func:`call` wait for and
+  drive them. The pytest plugin :mod:`united_core.pytest_plugin` wraps them in
+  fixtures (``united_node_dir``, ``united_node``, ``united_community``,
+  ``united_ctl``);
+- **as processes** (:class:`Community`, :class:`NodeProcess`): members created
+  with ``united init``/``united invite``/``united join`` exactly as a user
+  would, each its own process with its own directory. Logs go to files in each
+  node's directory (never pipes, which a chatty node could fill).
+
+Everything listens on loopback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import inspect
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .node import Node
 
 
 def free_port() -> int:
@@ -153,3 +172,316 @@ class Community:
     def stop(self) -> None:
         for node in [*self.members, *([self.server] if self.server else [])]:
             node.stop()
+
+
+# ---- in process: node directories, nodes in this event loop, communities ----------------
+
+LOOPBACK_LISTEN = "/ip4/127.0.0.1/tcp/0"
+SERVER_LOOPBACK = '[directory]\nlisten_host = "127.0.0.1"\nlisten_port = 0\n'
+
+
+def _on_loopback(text: str) -> str:
+    """Listen on loopback, on a free port (never the default 0.0.0.0 or a fixed port)."""
+    return merge_toml_text(text, f'[p2p]\nlisten = ["{LOOPBACK_LISTEN}"]\n')
+
+
+def make_node_dir(
+    base: Path,
+    name: str = "node",
+    role: str = "client",
+    *,
+    plugins: Sequence[str] | None = ("ping",),
+    extra: str = "",
+) -> Path:
+    """``united init`` a node in ``base/name`` listening on loopback; return its config path.
+
+    ``plugins`` replaces the preset's ``[node] plugins`` (``None`` keeps the
+    preset's; the names are not checked here, so a test can write a broken
+    list); ``extra`` is TOML merged into the file (see :func:`merge_toml_text`).
+    """
+    from .cli import main as cli_main
+
+    directory = base / name
+    status = cli_main(["init", "--role", role, "--dir", str(directory)])
+    if status != 0:
+        raise RuntimeError(f"united init --role {role} --dir {directory} exited {status}")
+    config = directory / "united.toml"
+    text = _on_loopback(config.read_text())
+    if plugins is not None:
+        listed = "plugins = [" + ", ".join(f'"{p}"' for p in plugins) + "]"
+        text = re.sub(r"^plugins = \[.*\]$", listed, text, count=1, flags=re.M)
+    config.write_text(merge_toml_text(text, extra))
+    return config
+
+
+def enable_plugins(config: Path, *names: str) -> None:
+    """Add ``names`` to the ``[node] plugins`` of ``config`` (those not listed yet)."""
+    text = config.read_text()
+    found = re.search(r"^plugins = \[(.*)\]$", text, flags=re.M)
+    if found is None:
+        raise ValueError(f"{config}: no [node] plugins line")
+    listed = re.findall(r'"([^"]+)"', found.group(1))
+    listed += [n for n in names if n not in listed]
+    line = "plugins = [" + ", ".join(f'"{p}"' for p in listed) + "]"
+    config.write_text(text[: found.start()] + line + text[found.end() :])
+
+
+def merge_toml(config: Path, extra: str) -> None:
+    """Merge the TOML ``extra`` into the file ``config`` (see :func:`merge_toml_text`)."""
+    if extra.strip():
+        config.write_text(merge_toml_text(config.read_text(), extra))
+
+
+def merge_toml_text(text: str, extra: str) -> str:
+    """Add ``extra``'s keys into the file's existing tables (TOML forbids a table twice).
+
+    ``extra`` is ``[table]`` headers with ``key = value`` lines; a key already set
+    in that table is replaced, a table not in the file is appended.
+    """
+    blocks = re.split(r"^(\[[^\]]+\])\s*$", extra, flags=re.M)
+    if blocks[0].strip():
+        raise ValueError("extra must start with a [table] header")
+    for header, body in zip(blocks[1::2], blocks[2::2], strict=True):
+        lines = body.strip("\n")
+        if re.search(rf"^{re.escape(header)}\s*$", text, flags=re.M):
+            for key in re.findall(r"^(\w+)\s*=", lines, flags=re.M):  # the new value wins
+                if _in_table(text, header, key):
+                    text = re.sub(rf"^{key}\s*=.*$\n?", "", text, flags=re.M)
+            text = re.sub(
+                rf"^{re.escape(header)}\s*$", f"{header}\n{lines}", text, count=1, flags=re.M
+            )
+        else:
+            text += f"\n{header}\n{lines}\n"
+    return text
+
+
+def _in_table(text: str, header: str, key: str) -> bool:
+    section = text.split(header, 1)[1].split("\n[", 1)[0]
+    return re.search(rf"^{key}\s*=", section, flags=re.M) is not None
+
+
+@contextlib.asynccontextmanager
+async def running_node(config: Path, *, timeout: float = 20.0) -> AsyncIterator[Node]:
+    """Run the node of ``config`` in this event loop; stop it (and wait) on exit.
+
+    Yields once the node is up (every Resource started, ``united_node_started``
+    done); a start-up error is raised here.
+    """
+    from .node import Node, load_settings
+
+    settings, pm, _ = load_settings(config)
+    node = Node(settings, pm)
+    ready = asyncio.Event()
+    task = asyncio.create_task(node.run(ready), name=f"united-node-{config.parent.name}")
+    ready_wait = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait(
+        {task, ready_wait}, return_when=asyncio.FIRST_COMPLETED, timeout=timeout
+    )
+    if task in done:
+        ready_wait.cancel()
+        task.result()  # raises the start-up error
+        raise RuntimeError(f"the node of {config} stopped while starting")
+    if not ready.is_set():
+        ready_wait.cancel()
+        node.request_stop()
+        await asyncio.wait_for(task, 10)
+        raise TimeoutError(f"the node of {config} did not start in {timeout} s")
+    try:
+        yield node
+    finally:
+        node.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def until(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "the condition"
+) -> Any:
+    """Wait until ``predicate()`` (sync, or returning an awaitable) is truthy; return it.
+
+    Raises ``TimeoutError`` naming ``what`` and the last value after ``timeout`` s.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}; last: {value!r}")
+        await asyncio.sleep(0.05)
+
+
+async def join(url: str, invite: str | Any, directory: Path, name: str) -> Path:
+    """``united join`` as a member runs it; return the new node's config path.
+
+    ``invite`` is an invite code, or an object with an async ``create_invite()``
+    (the directory service). Runs in a thread: the command runs its own event loop.
+    """
+    from .cli import main as cli_main
+
+    code = invite if isinstance(invite, str) else (await invite.create_invite())["code"]
+    argv = ["join", url, code, "--dir", str(directory), "--name", name]
+    status = await asyncio.to_thread(cli_main, argv)
+    if status != 0:
+        raise RuntimeError(f"united join ... --name {name} exited {status}")
+    return directory / "united.toml"
+
+
+@dataclass(frozen=True)
+class CtlResult:
+    """What ``united ctl`` did: its exit status and what it printed."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        """``stdout`` parsed (run the command with ``--json``)."""
+        return json.loads(self.stdout)
+
+
+async def ctl(config: Path, *args: str, timeout: float = 30.0) -> CtlResult:
+    """Run ``united ctl -c CONFIG ARGS...`` in a process, as a user would; never raises
+    for a failing command (look at ``returncode`` and ``stderr``)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "united_core",
+        "ctl",
+        "-c",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return CtlResult(tuple(args), proc.returncode, out.decode(), err.decode())
+
+
+async def call(node: Node, command: str, *args: str) -> Any:
+    """Run one control command on ``node`` through its control socket; its JSON result.
+
+    A refusal raises ``ControlClientError`` (``.code`` and the message).
+    """
+    from .control import ControlClient
+
+    settings = node.settings
+    client = await ControlClient.connect(settings.resolve(settings["control"].socket))
+    try:
+        return await client.call(command, list(args))
+    finally:
+        await client.close()
+
+
+@dataclass
+class LocalCommunity:
+    """A running server and members, in this event loop (see :func:`running_community`)."""
+
+    base: Path
+    server: Node
+    members: dict[str, Node]
+    configs: dict[str, Path]  # "server" and each member's name -> its united.toml
+    channels: dict[str, dict[str, str]]  # name -> {"channel_id", "name", "topic"}
+
+    until = staticmethod(until)
+
+    def node(self, name: str) -> Node:
+        """``"server"`` or a member, by name."""
+        return self.server if name == "server" else self.members[name]
+
+    def topic(self, channel: str) -> str:
+        return self.channels[channel]["topic"]
+
+    async def ctl(self, name: str, *args: str, timeout: float = 30.0) -> CtlResult:
+        """``united ctl`` on node ``name``, in a process (see :func:`ctl`)."""
+        return await ctl(self.configs[name], *args, timeout=timeout)
+
+    async def call(self, name: str, command: str, *args: str) -> Any:
+        """A control command on node ``name``, in process (see :func:`call`)."""
+        return await call(self.node(name), command, *args)
+
+    async def stats(self, name: str) -> dict[str, Any]:
+        """Node ``name``'s plugin stats: ``{plugin name: what it contributed}``."""
+        snapshot = await self.node(name).stats.snapshot()
+        plugins: dict[str, Any] = snapshot["plugins"]
+        return plugins
+
+
+@contextlib.asynccontextmanager
+async def running_community(
+    base: Path,
+    members: Sequence[str] = ("alice", "bob"),
+    *,
+    channels: Sequence[str] = ("general",),
+    plugins: Sequence[str] = (),
+    extra: str = "",
+    server_extra: str = "",
+    member_extra: str = "",
+    node_extra: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> AsyncIterator[LocalCommunity]:
+    """A server (its preset: directory, mesh, archive) and ``members`` (the client
+    preset, made with ``united join``), all in every one of ``channels``.
+
+    ``plugins`` are added to every node's ``[node] plugins``; ``extra`` is TOML
+    merged into every node's config, ``server_extra``/``member_extra`` into the
+    server's or the members', ``node_extra[name]`` into that node's (``"server"``
+    or a member's name), in that order. Yields once each member has joined every channel and
+    is in the server's gossipsub mesh for it; everything stops on exit.
+    """
+    configs: dict[str, Path] = {}
+    server_config = make_node_dir(base, "server", "server", plugins=None, extra=SERVER_LOOPBACK)
+    enable_plugins(server_config, *plugins)
+    merge_toml(server_config, extra)
+    merge_toml(server_config, server_extra)
+    merge_toml(server_config, (node_extra or {}).get("server", ""))
+    configs["server"] = server_config
+    async with running_node(server_config, timeout=timeout) as server:
+        made = {name: await call(server, "channel-create", name) for name in channels}
+        for name in members:
+            invite = await call(server, "invite")
+            config = await join(invite["url"], invite["code"], base / name, name)
+            config.write_text(_on_loopback(config.read_text()))
+            enable_plugins(config, *plugins)
+            merge_toml(config, extra)
+            merge_toml(config, member_extra)
+            merge_toml(config, (node_extra or {}).get(name, ""))
+            configs[name] = config
+        async with contextlib.AsyncExitStack() as stack:
+            nodes = {
+                name: await stack.enter_async_context(running_node(configs[name], timeout=timeout))
+                for name in members
+            }
+            for name, node in nodes.items():
+                for channel in channels:
+                    joined = functools.partial(_joined, node, channel)
+                    await until(joined, timeout, f"{name} to join {channel}")
+            peers = {node.identity.peer_id for node in nodes.values()}
+            topics = [c["topic"] for c in made.values()]
+            await until(lambda: _meshed(server, peers, topics), timeout, "the meshes to form")
+            yield LocalCommunity(base, server, nodes, configs, made)
+
+
+async def _joined(node: Node, channel: str) -> bool:
+    from .control import ControlClientError
+
+    try:
+        await call(node, "join", channel)  # refused until discovery has logged in
+    except ControlClientError:
+        return False
+    return True
+
+
+async def _meshed(server: Node, peers: set[str], topics: list[str]) -> bool:
+    mesh = (await server.p2p.snapshot())["mesh"]
+    return all(peers <= set(mesh.get(topic, ())) for topic in topics)

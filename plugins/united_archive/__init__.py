@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any
 from dependency_injector import containers, providers
 
 from united_core.api import ConfigSection, NodeAPI, PluginContainer, SignedMessage, hookimpl
-from united_core.frames import FrameContext, FrameHandler
 
 from .config import Config
 from .service import ArchiveService, archive_service
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from united_directory.protocol import FrameContext, FrameHandlerFn
 
     from united_core.p2p.options import HostOptions
     from united_core.wire import frames_pb2 as pb
@@ -66,13 +67,11 @@ async def _lookup(node: NodeAPI, ctx: FrameContext, frame: pb.ClientFrame) -> pb
     return await _archive(node).lookup(node, ctx, frame)
 
 
-@hookimpl
-def united_register_frame_handlers() -> list[FrameHandler]:
-    return [
-        FrameHandler("history", _history),
-        FrameHandler("submit", _submit),
-        FrameHandler("lookup", _lookup),
-    ]
+@hookimpl(optionalhook=True)  # a directory hook: there is none without the directory
+def united_register_frame_handlers() -> list[tuple[str, FrameHandlerFn]]:
+    """The frames the archive serves through the directory, as plain (kind, handler)
+    tuples: the archive does not import the directory at run time."""
+    return [("history", _history), ("submit", _submit), ("lookup", _lookup)]
 
 
 @hookimpl

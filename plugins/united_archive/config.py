@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from united_core import defaults
 from united_core.api import setting
 
 
@@ -16,7 +17,7 @@ class Config:
     )
     page_max: int = setting(500, "Most messages in one history page.", min=1, max=10_000)
     max_submission_age: float = setting(
-        30 * 86400.0,
+        defaults.MAX_SUBMISSION_AGE,
         "Oldest envelope (by its timestamp, seconds) a member may upload: messages "
         "written while the server was away are reconciled within this window.",
         min=60.0,

@@ -25,9 +25,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from united_core import frames
 from united_core.acceptance import Acceptor, Judgement, Origin, Reason
 from united_core.api import NodeAPI
 from united_core.envelope import SignedMessage, message_id_from_wire
@@ -37,13 +36,16 @@ from united_core.wire import frames_pb2 as pb
 from .config import Config
 from .store import ArchiveStore, Stored
 
+if TYPE_CHECKING:
+    from united_directory.protocol import FrameContext
+
 log = logging.getLogger(__name__)
 E = pb.ErrorCode
 MAX_SUBMIT = 1000
 MAX_LOOKUP = 5000
 REASON_CODES = {reason: getattr(pb, f"REFUSAL_REASON_{reason.name}") for reason in Reason}
 # A history page stays well inside one WebSocket frame.
-PAGE_BYTES = frames.MAX_FRAME_BYTES - 16 * 1024
+PAGE_MARGIN = 16 * 1024  # a page stays this far below the largest frame a client reads
 PAGE_OVERHEAD = 16  # per-message protobuf framing (tags, lengths, seq)
 
 
@@ -183,24 +185,24 @@ class ArchiveService:
     # ---- frames ------------------------------------------------------------------------
 
     async def history(
-        self, node: NodeAPI, ctx: frames.FrameContext, frame: pb.ClientFrame
+        self, node: NodeAPI, ctx: FrameContext, frame: pb.ClientFrame
     ) -> pb.ServerFrame:
         assert self.store is not None
         request = frame.history
         topic = ctx.topic_of(request.channel_id)
         if topic is None:
-            raise frames.FrameError(
-                E.ERROR_CODE_UNKNOWN_CHANNEL, f"no channel {request.channel_id!r}"
-            )
+            return _error(E.ERROR_CODE_UNKNOWN_CHANNEL, f"no channel {request.channel_id!r}")
         limit = min(request.limit or self.config.page_max, self.config.page_max)
         page = await self.store.page(topic, request.from_seq, limit)
         self.stats.history_pages += 1
-        # Pages are bounded in bytes too: a page must fit in one frame, whatever
-        # the payload sizes (at least one message per page, which always fits).
+        # Pages are bounded in bytes too: a page must fit in one frame a client
+        # reads, whatever the payload sizes (at least one message per page, which
+        # always fits).
+        page_bytes = ctx.max_frame_bytes - PAGE_MARGIN
         messages: list[pb.StoredMessage] = []
         size, next_seq = 0, page.next_seq
         for seq, wire in page.messages:
-            if messages and size + len(wire) + PAGE_OVERHEAD > PAGE_BYTES:
+            if messages and size + len(wire) + PAGE_OVERHEAD > page_bytes:
                 next_seq = seq
                 break
             messages.append(
@@ -217,13 +219,13 @@ class ArchiveService:
         )
 
     async def lookup(
-        self, node: NodeAPI, ctx: frames.FrameContext, frame: pb.ClientFrame
+        self, node: NodeAPI, ctx: FrameContext, frame: pb.ClientFrame
     ) -> pb.ServerFrame:
         """Which of the asked-for ids the archive holds, with their numbers."""
         assert self.store is not None
         ids = [bytes(i) for i in frame.lookup.message_ids]
         if len(ids) > MAX_LOOKUP:
-            raise frames.FrameError(E.ERROR_CODE_TOO_LARGE, f"at most {MAX_LOOKUP} ids per lookup")
+            return _error(E.ERROR_CODE_TOO_LARGE, f"at most {MAX_LOOKUP} ids per lookup")
         self.stats.lookups += 1
         known = await self.store.known([i for i in ids if len(i) == 32])
         return pb.ServerFrame(
@@ -238,21 +240,19 @@ class ArchiveService:
         )
 
     async def submit(
-        self, node: NodeAPI, ctx: frames.FrameContext, frame: pb.ClientFrame
+        self, node: NodeAPI, ctx: FrameContext, frame: pb.ClientFrame
     ) -> pb.ServerFrame:
         """Judge and store each envelope on its own; answer a verdict for each."""
         assert self.store is not None
         envelopes = frame.submit.envelopes
         if len(envelopes) > MAX_SUBMIT:
-            raise frames.FrameError(
-                E.ERROR_CODE_TOO_LARGE, f"at most {MAX_SUBMIT} envelopes per submission"
-            )
+            return _error(E.ERROR_CODE_TOO_LARGE, f"at most {MAX_SUBMIT} envelopes per submission")
         # One submission at a time: members reconciling at once after an outage
         # upload the same messages, and the second must find the first's stored.
         async with self._submit_lock:
             return await self._submit(ctx, envelopes)
 
-    async def _submit(self, ctx: frames.FrameContext, envelopes: Any) -> pb.ServerFrame:
+    async def _submit(self, ctx: FrameContext, envelopes: Any) -> pb.ServerFrame:
         assert self.store is not None
         wires = [env.SerializeToString() for env in envelopes]
         ids = [message_id_from_wire(w) for w in wires]
@@ -330,14 +330,20 @@ class ArchiveService:
 class _ChannelTopics:
     """The topics of the server's channels, as a container the acceptance path checks."""
 
-    def __init__(self, ctx: frames.FrameContext) -> None:
+    def __init__(self, ctx: FrameContext) -> None:
         self._ctx = ctx
 
     def __contains__(self, topic: object) -> bool:
         return isinstance(topic, str) and self._ctx.channel_of(topic) is not None
 
 
-def _assigned(ctx: frames.FrameContext, mid: bytes, topic: str, seq: int) -> pb.SequenceAssigned:
+def _error(code: int, message: str) -> pb.ServerFrame:
+    """A refusal, as the directory's frame-handler contract has it: an error frame
+    returned (the directory fills in the request id)."""
+    return pb.ServerFrame(error=pb.Error(code=code, message=message))  # type: ignore[arg-type]
+
+
+def _assigned(ctx: FrameContext, mid: bytes, topic: str, seq: int) -> pb.SequenceAssigned:
     return pb.SequenceAssigned(message_id=mid, channel_id=ctx.channel_of(topic) or "", seq=seq)
 
 

@@ -1,57 +1,21 @@
-"""Coordination server directory: members, invites, channels and presence over WebSocket."""
+"""The directory protocol: the coordination server's WebSocket directory, both ends.
 
-from __future__ import annotations
+One distribution package, two plugins (as rust-libp2p's relay crate holds
+``relay::Behaviour`` and ``relay::client::Behaviour``):
 
-from typing import TYPE_CHECKING, Any
+- :mod:`united_directory.server` is the ``directory`` plugin: members, invites,
+  channels and presence, served over WebSocket on the coordination server;
+- :mod:`united_directory.client` is the ``discovery`` plugin: a member's standing
+  session with that server, its cached member list, ``united join``.
 
-from dependency_injector import containers, providers
+What both ends share lives here, so the core knows nothing of the protocol:
+:mod:`~united_directory.protocol` (frame bounds, the byte strings that get
+signed, frame handlers), :mod:`~united_directory.model` (members, channels,
+presence) and :mod:`~united_directory.hookspecs` (the hooks either plugin adds
+with ``united_addhooks``: the member list, channels and presence changed; frame
+handlers). The wire schema itself stays in ``united_core.wire.frames_pb2``,
+the wire format of record.
 
-from united_core.api import ConfigSection, PluginContainer, hookimpl
-
-from .commands import cli_commands, control_commands
-from .config import Config
-from .service import DirectoryService, directory_service
-
-if TYPE_CHECKING:
-    from united_core.api import CliCommand, ControlCommand
-
-
-class DirectoryHooks:
-    def __init__(self, directory: DirectoryService) -> None:
-        self.directory = directory
-
-    @hookimpl
-    async def united_node_started(self) -> None:
-        """Tell the other plugins the member list and the channels (they have started)."""
-        await self.directory.announce_state()
-
-    @hookimpl
-    def united_collect_stats(self) -> dict[str, Any]:
-        return self.directory.stats()
-
-
-class Container(containers.DeclarativeContainer):
-    config = providers.Dependency(instance_of=Config)
-    core = providers.DependenciesContainer()
-    service = providers.Resource(directory_service, config, core.node, core.p2p, core.data_dir)
-    hooks = providers.Singleton(DirectoryHooks, service)
-
-
-@hookimpl
-def united_register_config_sections() -> list[ConfigSection]:
-    return [ConfigSection("directory", Config, "The coordination server's directory (WebSocket).")]
-
-
-@hookimpl
-def united_register_containers() -> list[PluginContainer]:
-    return [PluginContainer("directory", Container)]
-
-
-@hookimpl
-def united_register_commands() -> list[ControlCommand]:
-    return control_commands()
-
-
-@hookimpl
-def united_register_cli_commands() -> list[CliCommand]:
-    return cli_commands()
+Other plugins never import this package at run time: they receive its objects
+through the hooks and use them as they are (``if TYPE_CHECKING:`` imports only).
+"""

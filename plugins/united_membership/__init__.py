@@ -21,7 +21,7 @@ from united_core.api import (
 from .state import MembershipState
 
 if TYPE_CHECKING:
-    from united_core.members import MemberSet
+    from united_directory.model import MemberSet
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ list is known the gate refuses everyone (fail closed).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from united_core.members import MemberSet
+if TYPE_CHECKING:
+    from united_directory.model import MemberSet
 
 
 class MembershipState:

@@ -18,8 +18,9 @@ from .service import MeshService
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from united_directory.model import Channel, MemberSet, Presence
+
     from united_core.api import ControlCommand, Origin, Refusal, SignedMessage
-    from united_core.members import Channel, MemberSet, Presence
     from united_core.p2p.options import HostOptions
 
 

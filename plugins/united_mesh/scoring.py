@@ -20,13 +20,12 @@ from .config import Config
 def score_settings(config: Config) -> ScoreSettings:
     """The runtime's scoring settings from ``[mesh]`` (the server's bonus is set at run
     time with ``set_app_scores``, once the member list says who the server is)."""
+    # The P2 decay and the P6 weight are not settings: ScoreSettings' defaults apply.
     return ScoreSettings(
         first_delivery_weight=config.score_first_delivery_weight,
         first_delivery_cap=config.score_first_delivery_cap,
-        first_delivery_decay=0.9,
         invalid_weight=config.score_invalid_weight,
         invalid_decay=config.score_invalid_decay,
-        app_weight=1.0,
         gossip_threshold=config.gossip_threshold,
         publish_threshold=config.publish_threshold,
         graylist_threshold=config.graylist_threshold,

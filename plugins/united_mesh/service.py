@@ -28,12 +28,13 @@ from united_core import envelope
 from united_core.acceptance import Origin, Reason, Refusal, Verdict
 from united_core.api import P2PAPI, NodeAPI
 from united_core.envelope import SignedMessage
-from united_core.members import Channel, MemberSet, Presence
 
 from .config import Config
 from .limits import VolumeLimiter
 
 if TYPE_CHECKING:
+    from united_directory.model import Channel, MemberSet, Presence
+
     from united_core.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class MeshService:
         self.identity = identity
         self.channels: dict[str, Channel] = {}  # subscribed, by topic
         self.wanted: tuple[Channel, ...] = ()
-        self.members = MemberSet()
+        self.members: MemberSet | None = None  # until the directory's hook says
         self.clock = 0
         self.topic_stats: dict[str, TopicStats] = {}
         self.tails: set[TailSubscriber] = set()
@@ -94,7 +95,8 @@ class MeshService:
             await self.apply_channels()
 
     async def apply_channels(self) -> None:
-        self.set_members(self.members)  # the runtime is up now: apply the server's bonus
+        if self.members is not None:  # the runtime is up now: apply the server's bonus
+            self.set_members(self.members)
         async with self._lock:  # changes apply in order, even when they arrive quickly
             wanted = {c.topic: c for c in self.wanted}
             for topic in set(self.channels) - set(wanted):
@@ -206,7 +208,12 @@ class MeshService:
     def judge(self, message: SignedMessage, origin: Origin) -> Refusal | None:
         """Per-member, per-channel volume limits (``rate_limit``/``rate_burst``), on every
         origin but history. The server (trusted, not a member) is not limited."""
-        if origin is Origin.HISTORY or message.sender_pubkey not in self.members.by_key:
+        members = self.members
+        if (
+            origin is Origin.HISTORY
+            or members is None
+            or message.sender_pubkey not in members.by_key
+        ):
             return None
         if self.limiter.allow(
             message.sender_pubkey,
@@ -223,7 +230,9 @@ class MeshService:
         )
 
     def describe(self, message: SignedMessage, received_at: float) -> dict[str, Any]:
-        member = self.members.by_key.get(message.sender_pubkey)
+        member = (
+            self.members.by_key.get(message.sender_pubkey) if self.members is not None else None
+        )
         channel = self.channels.get(message.topic)
         return {
             "channel": channel.name if channel else message.topic,
@@ -241,9 +250,11 @@ class MeshService:
         }
 
     def _is_server(self, message: SignedMessage) -> bool:
+        members = self.members
         return (
-            self.members.allows_key(message.sender_pubkey)
-            and message.sender_pubkey not in self.members.by_key
+            members is not None
+            and members.allows_key(message.sender_pubkey)
+            and message.sender_pubkey not in members.by_key
         )
 
     @contextlib.asynccontextmanager
@@ -266,8 +277,11 @@ class MeshService:
                 "latency_p50_ms": s.percentile(0.5),
                 "latency_p95_ms": s.percentile(0.95),
             }
-        names = {m.peer_id: m.display_name for m in self.members.members}
-        names.update({p: "server" for p in self.members.trusted_peer_ids})
+        members = self.members
+        names: dict[str, str] = {}
+        if members is not None:
+            names = {m.peer_id: m.display_name for m in members.members}
+            names.update({p: "server" for p in members.trusted_peer_ids})
         return {
             "topics": topics,
             "names": names,

@@ -1,15 +1,22 @@
-"""Who may join the mesh: the member list as the core sees it.
+"""The directory's data model: members, channels and presence, as other plugins see them.
 
 The directory (server) and discovery (client) plugins announce the current
-list with ``united_members_changed``; the membership plugin gates connections
-and messages with it. Kept in memory as immutable snapshots so the trio-side
-gate can read it without locks.
+member list with ``united_members_changed``, the channels with
+``united_channels_changed`` and who is online with ``united_presence_changed``
+(:mod:`united_directory.hookspecs`); the membership plugin gates connections
+and messages with the list, the mesh subscribes and dials from the rest.
+Immutable snapshots, so the trio-side gate can read them without locks.
+
+Plugins that receive these objects use them as they are and import this module
+only for type checking: they never depend on the directory at run time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from united_core.identity import peer_id_from_public_key
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,6 @@ class MemberSet:
     def allows_key(self, public_key: bytes) -> bool:
         if public_key in self.by_key:
             return True
-        from .identity import peer_id_from_public_key
-
         return (
             len(public_key) == 32 and peer_id_from_public_key(public_key) in self.trusted_peer_ids
         )

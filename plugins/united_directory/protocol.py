@@ -1,7 +1,15 @@
-"""WebSocket frames between clients and the coordination server: bounds, signatures.
+"""The directory's WebSocket protocol: frame bounds, signed byte strings, frame handlers.
 
-Both sides (the ``directory`` and ``discovery`` plugins) use these helpers, so
-the byte strings that get signed are defined once, next to the schema.
+Both ends (the ``directory`` server and the ``discovery`` client) use these
+helpers, so the byte strings that get signed and the bounds every frame is
+decoded within are defined once. The schema is ``proto/frames.proto``, whose
+generated code stays in ``united_core.wire.frames_pb2`` (the wire format of
+record); this module is what the protocol *means*, and it belongs to the
+directory, not to the core.
+
+A plugin serving frames of its own (``united_register_frame_handlers``) needs
+none of this at run time: it gets a :class:`FrameContext` and returns a
+``ServerFrame`` (see :class:`FrameHandler` for the contract).
 """
 
 from __future__ import annotations
@@ -9,16 +17,17 @@ from __future__ import annotations
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from .identity import verify_signature
-from .wire import frames_pb2
+from united_core.identity import verify_signature
+from united_core.wire import frames_pb2
 
 if TYPE_CHECKING:
-    from .api import NodeAPI
-    from .members import Member, MemberSet
+    from united_core.api import NodeAPI
+
+    from .model import Member, MemberSet
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 256 * 1024
@@ -38,7 +47,12 @@ ErrorCode = frames_pb2.ErrorCode
 
 
 class FrameError(ValueError):
-    """A frame that cannot be accepted; ``code`` is the ErrorCode to answer with."""
+    """A frame that cannot be accepted; ``code`` is the ErrorCode to answer with.
+
+    Raised by this module's decoding and cleaning helpers, for the directory's
+    own use; a plugin's frame handler returns an error reply instead
+    (:class:`FrameHandler`).
+    """
 
     def __init__(self, code: int, message: str) -> None:
         self.code = code
@@ -135,11 +149,13 @@ def topic_for(server_id: str, channel_id: str) -> str:
 class FrameContext:
     """What a plugin's frame handler learns about the session and the directory."""
 
-    member: Member
+    member: Member  # the logged-in member who sent the frame
     server_id: str
-    members: MemberSet
+    members: MemberSet  # the current member list (plus trusted peers: the server)
     topic_of: Callable[[str], str | None]  # channel id -> topic, None if unknown
     channel_of: Callable[[str], str | None]  # topic -> channel id, None if unknown
+    # The largest frame a client decodes: a reply must fit (the archive pages by it).
+    max_frame_bytes: int = MAX_FRAME_BYTES
 
 
 FrameHandlerFn = Callable[
@@ -147,10 +163,28 @@ FrameHandlerFn = Callable[
 ]
 
 
-@dataclass(frozen=True)
-class FrameHandler:
+class FrameHandler(NamedTuple):
     """Serves one kind of client frame (the ``oneof`` name, e.g. ``"history"``) for
-    logged-in members; raise :class:`FrameError` to answer with an error frame."""
+    logged-in members: ``await handler(node, ctx, frame)`` returns the reply.
+
+    The contract (the same for every handler, whoever wrote it):
+
+    - the reply is a ``ServerFrame``; the directory sets its ``request_id``;
+    - a refusal is a reply too: a ``ServerFrame`` whose ``error`` is set
+      (:func:`error_reply`, or ``ServerFrame(error=Error(code=..., message=...))``
+      built from ``united_core.wire.frames_pb2`` alone);
+    - an exception escaping the handler is a bug: the directory logs it with the
+      frame kind and answers ``ERROR_CODE_UNEXPECTED`` without the details; the
+      session stays open.
+
+    A plain ``(kind, handler)`` tuple is accepted in its place, so a plugin can
+    serve frames without importing the directory at run time.
+    """
 
     kind: str
     handler: FrameHandlerFn
+
+
+def error_reply(code: int, message: str) -> frames_pb2.ServerFrame:
+    """A frame handler's refusal: an error frame (the directory fills in the request id)."""
+    return error_frame(0, code, message)

@@ -15,10 +15,11 @@ from typing import Any
 
 import aiohttp
 
-from united_core import frames
 from united_core.api import RemoteRefusal
 from united_core.identity import Identity
 from united_core.wire import frames_pb2 as pb
+
+from .. import protocol
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class DirectoryClient:
         try:
             ws = await http.ws_connect(
                 url,
-                max_msg_size=2 * frames.MAX_FRAME_BYTES,
+                max_msg_size=2 * protocol.MAX_FRAME_BYTES,
                 heartbeat=30,
                 timeout=aiohttp.ClientWSTimeout(ws_close=request_timeout),
                 autoping=True,
@@ -85,8 +86,8 @@ class DirectoryClient:
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     break
                 try:
-                    frame = frames.decode_server_frame(msg.data)
-                except frames.FrameError as exc:
+                    frame = protocol.decode_server_frame(msg.data)
+                except protocol.FrameError as exc:
                     log.warning("bad frame from the server: %s", exc)
                     continue
                 self._dispatch(frame)
@@ -156,7 +157,7 @@ class DirectoryClient:
 
     async def login(self, identity: Identity) -> pb.Welcome:
         challenge = await self._next_challenge()
-        signed = frames.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
+        signed = protocol.auth_bytes(challenge.server_id, challenge.nonce, identity.public_key)
         reply = await self.request(
             pb.ClientFrame(
                 auth=pb.AuthResponse(
@@ -171,7 +172,7 @@ class DirectoryClient:
 
     async def register(self, identity: Identity, display_name: str, invite_code: str) -> pb.Welcome:
         challenge = await self._next_challenge()
-        signed = frames.register_bytes(
+        signed = protocol.register_bytes(
             challenge.server_id, challenge.nonce, identity.public_key, display_name
         )
         reply = await self.request(
@@ -189,7 +190,7 @@ class DirectoryClient:
         return reply.welcome
 
     async def rotate_key(self, old: Identity, new: Identity, member_id: str) -> None:
-        signed = frames.rotation_bytes(self.server_id, member_id, old.public_key, new.public_key)
+        signed = protocol.rotation_bytes(self.server_id, member_id, old.public_key, new.public_key)
         await self.request(
             pb.ClientFrame(
                 rotate_key=pb.RotateKey(

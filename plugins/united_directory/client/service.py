@@ -26,9 +26,9 @@ from urllib.parse import urlparse
 
 from united_core.api import P2PAPI, NodeAPI, call_async
 from united_core.identity import Identity
-from united_core.members import Channel, Member, MemberSet, Presence
 from united_core.wire import frames_pb2 as pb
 
+from ..model import Channel, Member, MemberSet, Presence
 from .config import Config
 from .session import DirectoryClient, DirectoryError
 

@@ -21,8 +21,9 @@ from typing import ParamSpec, TypeVar
 import aiosqlite
 
 from united_core.identity import peer_id_from_public_key
-from united_core.members import Member
 from united_core.sqlite import open_database
+
+from ..model import Member
 
 P = ParamSpec("P")
 T = TypeVar("T")

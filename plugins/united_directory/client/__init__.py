@@ -1,4 +1,10 @@
-"""Client discovery: the session with the coordination server, member-list cache, `united join`."""
+"""Client discovery: the session with the coordination server, member-list cache, `united join`.
+
+The ``discovery`` plugin (entry point ``united_directory.client``). It adds the
+directory's hooks (:mod:`united_directory.hookspecs`) and fires
+``united_members_changed``, ``united_channels_changed`` and
+``united_presence_changed`` from its cache and the server's pushes.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,14 @@ from dependency_injector import containers, providers
 
 from united_core.api import ConfigSection, PluginContainer, hookimpl
 
+from .. import hookspecs
 from .commands import cli_commands, control_commands
 from .config import Config
 from .service import DiscoveryService, discovery_service
 
 if TYPE_CHECKING:
+    import pluggy
+
     from united_core.api import CliCommand, ControlCommand
 
 
@@ -37,6 +46,11 @@ class Container(containers.DeclarativeContainer):
         discovery_service, config, core.node, core.identity, core.p2p, core.data_dir
     )
     hooks = providers.Singleton(DiscoveryHooks, service)
+
+
+@hookimpl
+def united_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    hookspecs.add_to(pluginmanager)
 
 
 @hookimpl

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from united_core.config import ConfigValueError, setting, validate_multiaddrs
-from united_core.frames import MAX_FRAME_BYTES
+
+from ..protocol import MAX_FRAME_BYTES
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from united_core.api import CliCommand, CLIError, CliTools, CommandError, ControlCommand, NodeAPI
-from united_core.frames import FrameError, clean_display_name
 from united_core.identity import Identity, load_key_file
 
+from ..protocol import FrameError, clean_display_name
 from .service import DirectoryCache, DiscoveryService, NotConnected
 from .session import DirectoryClient, DirectoryError
 

@@ -1,0 +1,631 @@
+"""The directory service: members, invites, channels and presence; what frames mean.
+
+One job: the directory's state (members, channels, who is online where, kept
+in memory so queries never touch the database; the registry is the record)
+and the protocol on top of it. It answers each session's frames (log in
+first, then member requests and the frame kinds other plugins serve), pushes
+member-list and presence changes to sessions, tells the other plugins through
+the directory's hooks, and offers the admin operations the control API uses.
+
+Bad input never takes the server down: every frame is decoded inside bounds,
+each refusal is an error frame with a code, and the offending session is
+closed where continuing makes no sense (malformed or oversized frames, too many
+failed logins, anything but authentication before login). Connections and
+sessions are handled by :mod:`.session`; floods are bounded by :mod:`.limits`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+from united_core.api import P2PAPI, NodeAPI, call_async
+from united_core.wire import frames_pb2 as pb
+
+from .. import protocol
+from ..model import Channel, Member, MemberSet
+from .config import Config
+from .limits import LoginLimits
+from .registry import ChannelRecord, Registry, RegistryError
+from .session import Endpoint, Session, SessionClosed
+
+log = logging.getLogger(__name__)
+E = pb.ErrorCode
+
+
+class DirectoryService:
+    """The directory: its state, its protocol, its admin operations (a Resource)."""
+
+    def __init__(self, config: Config, node: NodeAPI, p2p: P2PAPI, data_dir: Path) -> None:
+        self.config = config
+        self.node = node
+        self.p2p = p2p
+        self.db_path = data_dir / config.database
+        self.registry: Registry | None = None
+        self.server_id = ""
+        self.endpoint = Endpoint(config, self)
+        self.limits = LoginLimits(config)
+        self._online: dict[str, list[Session]] = collections.defaultdict(list)
+        self._channels: dict[str, ChannelRecord] = {}
+        self._channel_members: dict[str, set[str]] = collections.defaultdict(set)
+        self._members: dict[str, Member] = {}
+        self._member_keys: dict[bytes, str] = {}
+        self._plugin_handlers: dict[str, protocol.FrameHandlerFn] = {}
+        self.frames_handled = 0
+        self.errors_sent = 0
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.registry = await Registry.open(self.db_path)
+        self.server_id = await self.registry.server_id()
+        for channel in await self.registry.channels():
+            self._channels[channel.channel_id] = channel
+        for member in await self.registry.members():
+            self._set_member(member)
+            for channel in await self.registry.joined_channels(member.member_id):
+                self._channel_members[channel.channel_id].add(member.member_id)
+        self._plugin_handlers = self._collect_frame_handlers()
+        await self.endpoint.start()
+        log.info("directory listening on %s (server id %s)", self.url, self.server_id)
+
+    def _collect_frame_handlers(self) -> dict[str, protocol.FrameHandlerFn]:
+        """Every plugin's frame handlers, by kind (``united_register_frame_handlers``)."""
+        handlers: dict[str, protocol.FrameHandlerFn] = {}
+        for batch in self.node.hook.united_register_frame_handlers():
+            for kind, handler in batch:  # a FrameHandler, or a plain (kind, handler) tuple
+                if kind in self._handlers or kind in ("hello", "auth", "register"):
+                    log.warning("a plugin's handler for %r frames is ignored: served here", kind)
+                elif kind in handlers:
+                    log.warning("two plugins serve %r frames; ignoring one", kind)
+                else:
+                    handlers[kind] = handler
+        return handlers
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    async def announce_state(self) -> None:
+        """Tell the other plugins the member list and the channels (at start)."""
+        await self._members_changed()
+        await self._channels_changed()
+
+    async def stop(self) -> None:
+        await self.endpoint.stop()
+        if self.registry is not None:
+            await self.registry.close()
+
+    @property
+    def url(self) -> str:
+        if self.config.public_url:
+            return self.config.public_url
+        host = self.config.listen_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"ws://{host}:{self.port}/ws"
+
+    # ---- views ---------------------------------------------------------------------
+
+    def member_set(self) -> MemberSet:
+        return MemberSet.of(self._members.values(), trusted=[self.p2p.peer_id])
+
+    def channels(self) -> list[Channel]:
+        return [
+            Channel(c.channel_id, c.name, protocol.topic_for(self.server_id, c.channel_id))
+            for c in self._channels.values()
+        ]
+
+    def server_addrs(self) -> list[str]:
+        addrs = self.config.announce_addrs or tuple(self.p2p.listen_addrs)
+        suffix = f"/p2p/{self.p2p.peer_id}"
+        return [a if a.endswith(suffix) else a + suffix for a in addrs]
+
+    def online(self, channel_id: str) -> list[pb.PeerPresence]:
+        out = []
+        for member_id in sorted(self._channel_members.get(channel_id, ())):
+            sessions = self._online.get(member_id)
+            member = self._members.get(member_id)
+            if not sessions or member is None:
+                continue
+            addrs = next((s.addrs for s in reversed(sessions) if s.addrs), [])
+            out.append(pb.PeerPresence(member_id=member_id, peer_id=member.peer_id, addrs=addrs))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "server_id": self.server_id,
+            "url": self.url,
+            "members": len(self._members),
+            "online": len(self._online),
+            "sessions": len(self.endpoint.sessions),
+            "pending": len(self.endpoint.gate),
+            "pending_evicted": self.endpoint.gate.evicted,
+            "pending_refused": self.endpoint.gate.refused,
+            "pending_timed_out": self.endpoint.gate.timed_out,
+            "channels": len(self._channels),
+            "frames_handled": self.frames_handled,
+            "errors_sent": self.errors_sent,
+        }
+
+    # ---- admin operations (control API) --------------------------------------------
+
+    async def create_invite(self) -> dict[str, Any]:
+        assert self.registry is not None
+        code, expires = await self.registry.create_invite(self.config.invite_ttl)
+        return {"code": code, "expires_at": expires, "url": self.url}
+
+    async def create_channel(self, name: str) -> Channel:
+        assert self.registry is not None
+        name = " ".join(name.split())
+        if not 1 <= len(name) <= protocol.MAX_CHANNEL_NAME:
+            raise RegistryError(
+                "name", f"a channel name is 1 to {protocol.MAX_CHANNEL_NAME} characters"
+            )
+        record = await self.registry.create_channel(name)
+        self._channels[record.channel_id] = record
+        await self._channels_changed()
+        return Channel(
+            record.channel_id, name, protocol.topic_for(self.server_id, record.channel_id)
+        )
+
+    async def remove_member(self, ref: str) -> Member:
+        assert self.registry is not None
+        member = await self.registry.find_member(ref)
+        if member is None:
+            raise RegistryError("unknown", f"no member {ref!r}")
+        await self.registry.remove_member(member.member_id)
+        self._drop_member(member.member_id)
+        for members in self._channel_members.values():
+            members.discard(member.member_id)
+        for session in self._online.pop(member.member_id, []):
+            await session.send(
+                protocol.error_frame(0, E.ERROR_CODE_NOT_A_MEMBER, "you were removed")
+            )
+            await session.ws.close(code=4003, message=b"removed")
+        await self._member_list_changed()
+        return member
+
+    # ---- sessions (the endpoint's SessionHandler) ----------------------------------
+
+    async def session_opened(self, session: Session) -> None:
+        await self._challenge(session)
+
+    async def frame_received(self, session: Session, data: bytes) -> None:
+        await self._on_frame(session, data)
+
+    async def error(self, session: Session, request_id: int, code: int, message: str) -> None:
+        await self._error(session, request_id, code, message)
+
+    async def session_closed(self, session: Session) -> None:
+        await self._went_offline(session)
+
+    async def _challenge(self, session: Session) -> None:
+        session.nonce = secrets.token_bytes(protocol.NONCE_BYTES)
+        session.nonce_expires = time.time() + self.config.nonce_ttl
+        await session.send(
+            pb.ServerFrame(
+                challenge=pb.Challenge(
+                    nonce=session.nonce,
+                    server_id=self.server_id,
+                    expires_at=int(session.nonce_expires * 1000),
+                )
+            )
+        )
+
+    async def _error(self, session: Session, request_id: int, code: int, message: str) -> None:
+        self.errors_sent += 1
+        await session.send(protocol.error_frame(request_id, code, message))
+
+    async def _on_frame(self, session: Session, data: bytes) -> None:
+        self.frames_handled += 1
+        try:
+            frame = protocol.decode_client_frame(data, self.config.max_frame_bytes)
+        except protocol.FrameError as exc:
+            await self._error(session, 0, exc.code, str(exc))
+            raise SessionClosed from None
+        kind = frame.WhichOneof("body")
+        rid = frame.request_id
+        try:
+            if session.member is None:
+                if kind == "hello":
+                    await self._on_hello(session, frame)
+                elif kind in ("auth", "register"):
+                    try:
+                        await self._on_login(session, frame, kind)
+                    finally:
+                        if session.member is None:
+                            self.endpoint.answering(session, False)
+                else:
+                    await self._error(session, rid, E.ERROR_CODE_UNEXPECTED, "log in first")
+                    raise SessionClosed
+                return
+            handler = self._handlers.get(kind or "")
+            if handler is not None:
+                await handler(self, session, frame)
+                return
+            plugin_handler = self._plugin_handlers.get(kind or "")
+            if plugin_handler is None:
+                await self._error(
+                    session, rid, E.ERROR_CODE_UNEXPECTED, f"{kind} is not served here"
+                )
+                return
+            await self._on_plugin_frame(session, frame, kind or "", plugin_handler)
+        except protocol.FrameError as exc:
+            await self._error(session, rid, exc.code, str(exc))
+        except RegistryError as exc:
+            code = (
+                E.ERROR_CODE_INVITE_INVALID if exc.reason == "invite" else E.ERROR_CODE_UNEXPECTED
+            )
+            await self._error(session, rid, code, str(exc))
+
+    async def _on_plugin_frame(
+        self,
+        session: Session,
+        frame: pb.ClientFrame,
+        kind: str,
+        handler: protocol.FrameHandlerFn,
+    ) -> None:
+        """A frame another plugin serves: its reply, or its refusal (an error frame
+        it returned), goes back with the request's id; a handler that raises is a
+        bug, answered without details (the contract: directory hookspecs)."""
+        try:
+            reply = await handler(self.node, self._context(session), frame)
+        except Exception:
+            log.exception("the handler of %r frames failed", kind)
+            await self._error(
+                session, frame.request_id, E.ERROR_CODE_UNEXPECTED, f"the {kind} request failed"
+            )
+            return
+        reply.request_id = frame.request_id
+        if reply.WhichOneof("body") == "error":
+            self.errors_sent += 1
+        await session.send(reply)
+
+    def _context(self, session: Session) -> protocol.FrameContext:
+        assert session.member is not None
+        by_topic = {protocol.topic_for(self.server_id, c): c for c in self._channels}
+
+        def topic_of(channel_id: str) -> str | None:
+            return (
+                protocol.topic_for(self.server_id, channel_id)
+                if channel_id in self._channels
+                else None
+            )
+
+        return protocol.FrameContext(
+            member=session.member,
+            server_id=self.server_id,
+            members=self.member_set(),
+            topic_of=topic_of,
+            channel_of=by_topic.get,
+        )
+
+    async def _on_hello(self, session: Session, frame: pb.ClientFrame) -> None:
+        if frame.hello.protocol_version != protocol.PROTOCOL_VERSION:
+            await self._error(
+                session,
+                frame.request_id,
+                E.ERROR_CODE_UNSUPPORTED_VERSION,
+                f"this server speaks protocol {protocol.PROTOCOL_VERSION}",
+            )
+            raise SessionClosed
+        await session.send(pb.ServerFrame(request_id=frame.request_id, ok=pb.Ok()))
+
+    # ---- login -----------------------------------------------------------------------
+
+    # Failed logins are counted where they cannot hurt anyone else (LoginLimits).
+
+    def _set_member(self, member: Member) -> None:
+        old = self._members.get(member.member_id)
+        if old is not None:
+            self._member_keys.pop(old.public_key, None)
+        self._members[member.member_id] = member
+        self._member_keys[member.public_key] = member.member_id
+
+    def _drop_member(self, member_id: str) -> None:
+        old = self._members.pop(member_id, None)
+        if old is not None:
+            self._member_keys.pop(old.public_key, None)
+
+    async def _login_failed(
+        self, session: Session, rid: int, code: int, message: str, member_key: bytes | None
+    ) -> None:
+        session.failures += 1
+        member_id = self._member_keys.get(member_key, "?") if member_key is not None else "?"
+        spent = self.limits.failed(session.address, member_key, member_id)
+        await self._error(session, rid, code, message)
+        if session.failures >= self.config.max_failed_auth_per_session or spent:
+            raise SessionClosed
+        await self._challenge(session)
+
+    async def _on_login(self, session: Session, frame: pb.ClientFrame, kind: str) -> None:
+        assert self.registry is not None
+        rid = frame.request_id
+        body = frame.auth if kind == "auth" else frame.register
+        key = bytes(body.public_key)
+        member_key = key if kind == "auth" and key in self._member_keys else None
+
+        async def fail(code: int, message: str) -> None:
+            await self._login_failed(session, rid, code, message, member_key)
+
+        refusal = self.limits.refusal(session.address, member_key)
+        if refusal is not None:
+            await self._error(session, rid, E.ERROR_CODE_RATE_LIMITED, refusal)
+            raise SessionClosed
+        nonce, session.nonce = session.nonce, None  # single use, whatever happens next
+        if nonce is None or body.nonce != nonce or time.time() > session.nonce_expires:
+            await fail(E.ERROR_CODE_NONCE_INVALID, "unknown, used or expired nonce")
+            return
+        self.endpoint.answering(session)  # it answered: not pushed out meanwhile
+        if kind == "auth":
+            signed = protocol.auth_bytes(self.server_id, nonce, key)
+            if not protocol.verify(key, signed, frame.auth.signature):
+                await fail(E.ERROR_CODE_BAD_SIGNATURE, "signature does not verify")
+                return
+            member = await self.registry.member_by_key(key) if member_key else None
+            if member is None:
+                await fail(E.ERROR_CODE_NOT_A_MEMBER, "not a member")
+                return
+        else:
+            try:
+                name = protocol.clean_display_name(frame.register.display_name)
+            except protocol.FrameError as exc:
+                await fail(exc.code, str(exc))
+                return
+            signed = protocol.register_bytes(self.server_id, nonce, key, name)
+            if not protocol.verify(key, signed, frame.register.signature):
+                await fail(E.ERROR_CODE_BAD_SIGNATURE, "signature does not verify")
+                return
+            code = frame.register.invite_code or None
+            if self.config.registration == "invite" and code is None:
+                await fail(E.ERROR_CODE_INVITE_INVALID, "an invite is required")
+                return
+            try:
+                member = await self.registry.register(key, name, code)
+            except RegistryError as exc:
+                reason = (
+                    E.ERROR_CODE_INVITE_INVALID
+                    if exc.reason == "invite"
+                    else E.ERROR_CODE_UNEXPECTED
+                )
+                await fail(reason, str(exc))
+                return
+            self._set_member(member)
+            log.info("registered member %s (%s)", member.display_name, member.peer_id)
+        self._logged_in(session, member)
+        await session.send(await self._welcome(rid, member))
+        if kind == "register":
+            await self._member_list_changed()
+
+    def _logged_in(self, session: Session, member: Member) -> None:
+        """Count the session as a member's, no longer as pending; the member's
+        oldest sessions beyond max_sessions_per_member are closed."""
+        session.member = member
+        self.limits.logged_in(session.address)
+        self.endpoint.logged_in(session)
+        sessions = self._online[member.member_id]
+        sessions.append(session)
+        for old in sessions[: -self.config.max_sessions_per_member]:
+            self.endpoint.close_later(old, 4009, b"replaced by a newer session")
+
+    async def _welcome(self, rid: int, member: Member) -> pb.ServerFrame:
+        assert self.registry is not None
+        joined = [
+            self._channel_pb(c) for c in await self.registry.joined_channels(member.member_id)
+        ]
+        return pb.ServerFrame(
+            request_id=rid,
+            welcome=pb.Welcome(
+                server_id=self.server_id,
+                you=self._member_pb(member, await self.registry.previous_keys(member.member_id)),
+                members=[self._member_pb(m) for m in self._members.values()],
+                joined=joined,
+                server_addrs=self.server_addrs(),
+                server_peer_id=self.p2p.peer_id,
+            ),
+        )
+
+    # ---- authenticated requests ------------------------------------------------------
+
+    async def _on_rotate(self, session: Session, frame: pb.ClientFrame) -> None:
+        assert self.registry is not None and session.member is not None
+        member, body = session.member, frame.rotate_key
+        new_key = bytes(body.new_public_key)
+        signed = protocol.rotation_bytes(
+            self.server_id, member.member_id, member.public_key, new_key
+        )
+        if len(new_key) != 32 or not (
+            protocol.verify(member.public_key, signed, body.signature_by_old)
+            and protocol.verify(new_key, signed, body.signature_by_new)
+        ):
+            await self._error(
+                session,
+                frame.request_id,
+                E.ERROR_CODE_BAD_SIGNATURE,
+                "rotation signatures do not verify",
+            )
+            return
+        rotated = await self.registry.rotate_key(member, new_key)
+        self._set_member(rotated)
+        for s in self._online.get(member.member_id, []):
+            s.member = rotated
+        log.info("member %s rotated to %s", member.display_name, rotated.peer_id)
+        await session.send(pb.ServerFrame(request_id=frame.request_id, ok=pb.Ok()))
+        await self._member_list_changed()
+
+    async def _on_join_leave(self, session: Session, frame: pb.ClientFrame) -> None:
+        assert self.registry is not None and session.member is not None
+        kind = frame.WhichOneof("body")
+        ref = frame.join.channel if kind == "join" else frame.leave.channel
+        channel = await self.registry.find_channel(ref)
+        if channel is None:
+            await self._error(
+                session, frame.request_id, E.ERROR_CODE_UNKNOWN_CHANNEL, f"no channel {ref!r}"
+            )
+            return
+        member_id = session.member.member_id
+        if kind == "join":
+            await self.registry.join(member_id, channel.channel_id)
+            self._channel_members[channel.channel_id].add(member_id)
+        else:
+            await self.registry.leave(member_id, channel.channel_id)
+            self._channel_members[channel.channel_id].discard(member_id)
+        joined = await self.registry.joined_channels(member_id)
+        await session.send(
+            pb.ServerFrame(
+                request_id=frame.request_id,
+                channel_list=pb.ChannelList(channels=[self._channel_pb(c) for c in joined]),
+            )
+        )
+        await self._push_presence(channel.channel_id)
+
+    async def _on_create_channel(self, session: Session, frame: pb.ClientFrame) -> None:
+        if not self.config.members_create_channels:
+            await self._error(
+                session,
+                frame.request_id,
+                E.ERROR_CODE_UNEXPECTED,
+                "channels are created by the server admin",
+            )
+            return
+        channel = await self.create_channel(frame.create_channel.name)
+        await session.send(
+            pb.ServerFrame(
+                request_id=frame.request_id,
+                channel_list=pb.ChannelList(
+                    channels=[
+                        pb.Channel(
+                            channel_id=channel.channel_id, name=channel.name, topic=channel.topic
+                        )
+                    ]
+                ),
+            )
+        )
+
+    async def _on_list_channels(self, session: Session, frame: pb.ClientFrame) -> None:
+        channels = [self._channel_pb(c) for c in self._channels.values()]
+        await session.send(
+            pb.ServerFrame(
+                request_id=frame.request_id, channel_list=pb.ChannelList(channels=channels)
+            )
+        )
+
+    async def _on_announce(self, session: Session, frame: pb.ClientFrame) -> None:
+        assert session.member is not None
+        addrs = protocol.clean_addrs(list(frame.announce.addrs))
+        # A wildcard listen address is reachable at the address the session came from.
+        session.addrs = [a.replace("/ip4/0.0.0.0/", f"/ip4/{session.remote}/") for a in addrs]
+        await session.send(pb.ServerFrame(request_id=frame.request_id, ok=pb.Ok()))
+        for channel_id, members in self._channel_members.items():
+            if session.member.member_id in members:
+                await self._push_presence(channel_id)
+
+    async def _on_directory_query(self, session: Session, frame: pb.ClientFrame) -> None:
+        channel_id = frame.directory_query.channel_id
+        if channel_id not in self._channels:
+            await self._error(
+                session,
+                frame.request_id,
+                E.ERROR_CODE_UNKNOWN_CHANNEL,
+                f"no channel {channel_id!r}",
+            )
+            return
+        await session.send(
+            pb.ServerFrame(
+                request_id=frame.request_id,
+                directory_answer=pb.DirectoryAnswer(
+                    channel_id=channel_id, online=self.online(channel_id)
+                ),
+            )
+        )
+
+    _handlers = {
+        "rotate_key": _on_rotate,
+        "join": _on_join_leave,
+        "leave": _on_join_leave,
+        "create_channel": _on_create_channel,
+        "list_channels": _on_list_channels,
+        "announce": _on_announce,
+        "directory_query": _on_directory_query,
+    }
+
+    # ---- pushes ----------------------------------------------------------------------
+
+    async def _went_offline(self, session: Session) -> None:
+        if session.member is None:
+            return
+        self.limits.logged_out(session.address)
+        sessions = self._online.get(session.member.member_id, [])
+        if session in sessions:
+            sessions.remove(session)
+        if not sessions:
+            self._online.pop(session.member.member_id, None)
+        for channel_id, members in self._channel_members.items():
+            if session.member.member_id in members:
+                await self._push_presence(channel_id)
+
+    async def _push_presence(self, channel_id: str) -> None:
+        frame = pb.ServerFrame(
+            presence=pb.Presence(channel_id=channel_id, online=self.online(channel_id))
+        )
+        for member_id in list(self._channel_members.get(channel_id, ())):
+            for session in list(self._online.get(member_id, [])):
+                await session.send(frame)
+
+    async def _member_list_changed(self) -> None:
+        frame = pb.ServerFrame(
+            member_list=pb.MemberList(members=[self._member_pb(m) for m in self._members.values()])
+        )
+        for sessions in list(self._online.values()):
+            for session in list(sessions):
+                await session.send(frame)
+        await self._members_changed()
+
+    async def _members_changed(self) -> None:
+        await call_async(
+            self.node.hook.united_members_changed(node=self.node, members=self.member_set())
+        )
+
+    async def _channels_changed(self) -> None:
+        await call_async(
+            self.node.hook.united_channels_changed(node=self.node, channels=tuple(self.channels()))
+        )
+
+    # ---- protobuf views --------------------------------------------------------------
+
+    def _channel_pb(self, channel: ChannelRecord) -> pb.Channel:
+        return pb.Channel(
+            channel_id=channel.channel_id,
+            name=channel.name,
+            topic=protocol.topic_for(self.server_id, channel.channel_id),
+        )
+
+    @staticmethod
+    def _member_pb(member: Member, previous: Iterable[bytes] = ()) -> pb.Member:
+        return pb.Member(
+            member_id=member.member_id,
+            display_name=member.display_name,
+            public_key=member.public_key,
+            peer_id=member.peer_id,
+            previous_keys=list(previous),
+        )
+
+
+@contextlib.asynccontextmanager
+async def directory_service(
+    config: Config, node: NodeAPI, p2p: P2PAPI, data_dir: Path
+) -> AsyncIterator[DirectoryService]:
+    service = DirectoryService(config, node, p2p, data_dir)
+    try:
+        await service.start()  # the other plugins hear of the state in united_node_started
+        yield service
+    finally:
+        await service.stop()

@@ -1,0 +1,215 @@
+"""Peers and streams: dial, hang up, list connections, open and serve streams, ping.
+
+Why a module of its own: this is everything a plugin does with *connections*
+(as opposed to messages), through asyncio-side calls that run on the trio
+thread via the bridge, plus the network notifee that turns py-libp2p's
+connection events into :class:`PeerConnected` / :class:`PeerDisconnected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from ..threads import asyncio_only
+from .bridge import TrioBridge, run_sync_soon_quietly
+from .events import P2PEvent, PeerConnected, PeerDisconnected
+from .host import HostContext
+
+log = logging.getLogger(__name__)
+
+PING_PROTOCOL = "/ipfs/ping/1.0.0"  # every libp2p host answers it (py-libp2p by default)
+PING_SIZE = 32
+PING_TIMEOUT_S = 10.0
+
+
+class StreamHandle:
+    """An asyncio view of a libp2p stream; each operation runs on the trio thread."""
+
+    def __init__(self, bridge: TrioBridge, stream: INetStream) -> None:
+        self._bridge = bridge
+        self._stream = stream
+        self.protocol = str(stream.get_protocol())
+        self.peer_id = stream.muxed_conn.peer_id.to_base58()
+
+    @asyncio_only
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        return await self._bridge.call(self._stream.read, max_bytes)
+
+    @asyncio_only
+    async def write(self, data: bytes) -> None:
+        await self._bridge.call(self._stream.write, data)
+
+    @asyncio_only
+    async def close(self) -> None:
+        await self._bridge.call(self._stream.close)
+
+    @asyncio_only
+    async def reset(self) -> None:
+        await self._bridge.call(self._stream.reset)
+
+
+AsyncStreamHandler = Callable[[StreamHandle], Coroutine[Any, Any, None]]
+
+
+class PeerEvents(INotifee):
+    """Network notifee: connection events become P2P events (trio side)."""
+
+    def __init__(self, post_event: Callable[[P2PEvent], None]) -> None:
+        self._post_event = post_event
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id.to_base58()
+        try:
+            addrs = tuple(str(a) for a in conn.get_transport_addresses())
+        except Exception:
+            addrs = ()
+        relayed = "relay" in str(getattr(conn, "get_connection_type", lambda: "")()).lower()
+        self._post_event(PeerConnected(peer, addrs, direction_of(conn), relayed))
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._post_event(PeerDisconnected(conn.muxed_conn.peer_id.to_base58()))
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+class Peers:
+    """Connections and streams, asyncio side (each operation runs on the trio thread)."""
+
+    def __init__(
+        self, *, bridge: TrioBridge, context: Callable[[], HostContext], dial_timeout: float
+    ) -> None:
+        self._bridge = bridge
+        self._context = context
+        self._dial_timeout = dial_timeout
+
+    async def connect(self, addr: str) -> str:
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            raise ValueError(f"not a dialable multiaddr with /p2p/: {addr!r} ({exc})") from None
+
+        async def dial() -> str:
+            with trio.fail_after(self._dial_timeout):
+                await self._context().host.connect(info)
+            return str(info.peer_id.to_base58())
+
+        return await self._bridge.call(dial)
+
+    async def disconnect(self, peer_id: str) -> None:
+        async def hang_up() -> None:
+            await self._context().host.disconnect(ID.from_base58(peer_id))
+
+        await self._bridge.call(hang_up)
+
+    async def peers(self) -> list[dict[str, Any]]:
+        async def collect() -> list[dict[str, Any]]:
+            network = self._context().host.get_network()
+            out = []
+            for peer, conns in list(network.connections.items()):
+                for conn in list(conns):
+                    out.append(
+                        {
+                            "peer_id": peer.to_base58(),
+                            "addrs": [str(a) for a in conn.get_transport_addresses()],
+                            "direction": direction_of(conn),
+                        }
+                    )
+            return out
+
+        return await self._bridge.call(collect)
+
+    async def open_stream(self, peer_id: str, protocols: list[str]) -> StreamHandle:
+        async def open_() -> StreamHandle:
+            stream = await self._context().host.new_stream(
+                ID.from_base58(peer_id), [TProtocol(p) for p in protocols]
+            )
+            return StreamHandle(self._bridge, stream)
+
+        return await self._bridge.call(open_)
+
+    async def set_stream_handler(self, protocol: str, handler: AsyncStreamHandler) -> None:
+        loop = asyncio.get_running_loop()
+        bridge = self._bridge
+
+        async def on_stream(stream: INetStream) -> None:
+            token = trio.lowlevel.current_trio_token()
+            finished = trio.Event()
+            handle = StreamHandle(bridge, stream)
+            cf: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(
+                handler(handle), loop
+            )
+            cf.add_done_callback(lambda _: run_sync_soon_quietly(token, finished.set))
+            try:
+                await finished.wait()
+            finally:
+                failed = not cf.done() or cf.cancelled() or cf.exception() is not None
+                if not cf.done():
+                    cf.cancel()
+                elif not cf.cancelled() and cf.exception() is not None:
+                    log.warning("stream handler for %s failed: %r", protocol, cf.exception())
+                if failed:
+                    with trio.CancelScope(shield=True):
+                        await stream.reset()
+
+        async def register() -> None:
+            self._context().host.set_stream_handler(TProtocol(protocol), on_stream)
+
+        await self._bridge.call(register)
+
+    async def ping(self, peer_id: str, count: int = 1) -> list[float]:
+        async def pings() -> list[float]:
+            host = self._context().host
+            rtts = []
+            with trio.fail_after(PING_TIMEOUT_S):
+                stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(PING_PROTOCOL)])
+                try:
+                    for _ in range(count):
+                        payload = secrets.token_bytes(PING_SIZE)
+                        start = time.perf_counter()
+                        await stream.write(payload)
+                        echoed = b""
+                        while len(echoed) < PING_SIZE:
+                            chunk = await stream.read(PING_SIZE - len(echoed))
+                            if not chunk:
+                                raise ConnectionError("the peer closed the ping stream")
+                            echoed += chunk
+                        rtts.append((time.perf_counter() - start) * 1000)
+                        if echoed != payload:
+                            raise ValueError("the peer echoed a different payload")
+                finally:
+                    await stream.close()
+            return rtts
+
+        try:
+            ID.from_base58(peer_id)
+        except Exception:
+            raise ValueError(f"not a PeerId: {peer_id!r}") from None
+        return await self._bridge.call(pings)
+
+
+def direction_of(conn: INetConn) -> str:
+    """``"inbound"`` or ``"outbound"`` (py-libp2p's SwarmConn.direction enum, lower-cased)."""
+    return str(getattr(conn, "direction", "unknown")).rsplit(".", 1)[-1].lower()
