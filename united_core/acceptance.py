@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import inspect
 import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
@@ -251,6 +252,15 @@ class Acceptor:
             return _refuse(message, Reason.POLICY, f"a validator failed: {type(exc).__name__}")
         ignored: Judgement | None = None
         for answer in answers:
+            if inspect.isawaitable(answer):  # an async validator: its verdict would be lost
+                if inspect.iscoroutine(answer):
+                    answer.close()
+                return _refuse(
+                    message,
+                    Reason.POLICY,
+                    "a united_validate_message implementation is async; it must be a plain "
+                    "function (it runs on the trio thread)",
+                )
             if isinstance(answer, Refusal):
                 verdict, reason, code = answer.verdict, answer.reason, answer.code
             elif isinstance(answer, Verdict):

@@ -22,7 +22,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .api import ConfigSection, ConfigValueError, Settings, setting, validate_multiaddrs
+from .api import (
+    ConfigError,
+    ConfigSection,
+    ConfigValueError,
+    Settings,
+    setting,
+    validate_multiaddrs,
+)
 
 __all__ = [
     "ConfigError",
@@ -36,36 +43,6 @@ __all__ = [
     "setting",
     "validate_multiaddrs",
 ]
-
-
-class ConfigError(Exception):
-    """A configuration problem, located as precisely as it can be."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: Path | str | None = None,
-        section: str | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.message = message
-        self.file = str(file) if file is not None else None
-        self.section = section
-        self.key = key
-        super().__init__(str(self))
-
-    def located(self, file: Path | str) -> ConfigError:
-        return ConfigError(self.message, file=file, section=self.section, key=self.key)
-
-    def __str__(self) -> str:
-        where = []
-        if self.file:
-            where.append(self.file)
-        if self.section:
-            where.append(f"[{self.section}]" + (f" {self.key}" if self.key else ""))
-        text = (": ".join(where) + ": " if where else "") + self.message
-        return " ".join(text.splitlines())  # always one line
 
 
 # ---- type checking ------------------------------------------------------------------

@@ -12,6 +12,7 @@ start in dependency order and stop in reverse (``init_resources`` /
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -61,6 +62,12 @@ def peer_gate(pm: pluggy.PluginManager, node: Node) -> Callable[[str, str], bool
             if not node.hooks_ready:
                 return False
             answers = pm.hook.united_peer_allowed(peer_id=peer_id, direction=direction)
+        for answer in answers:
+            if inspect.isawaitable(answer):  # an async gate: its answer would be lost
+                if inspect.iscoroutine(answer):
+                    answer.close()
+                log.error("a united_peer_allowed implementation is async; refusing %s", peer_id)
+                return False
         return all(answer is not False for answer in answers)
 
     return allowed
@@ -201,7 +208,9 @@ def compose(
         listed = list(settings["node"].plugins)
         rank = {name: i for i, name in enumerate(listed)}
         for spec in sorted(ready, key=lambda s: (rank.get(s.name, len(listed)), s.name))[:1]:
-            kwargs: dict[str, Any] = {"core": root.core}
+            kwargs: dict[str, Any] = {}
+            if "core" in spec.container.cls_providers:
+                kwargs["core"] = root.core
             if "config" in spec.container.cls_providers and spec.name in settings.sections:
                 kwargs["config"] = providers.Object(settings[spec.name])
             for dep in _needs(spec.container):

@@ -31,7 +31,7 @@ import pluggy
 from dependency_injector import containers, providers
 
 from .api import NodeState, call_async
-from .config import ConfigSection, Settings, build_settings, read_toml
+from .config import ConfigError, ConfigSection, Settings, build_settings, read_toml
 from .containers import CoreContainer, collect_commands, compose
 from .identity import Identity, tighten_private_dir
 from .plugins import available_plugins, get_plugin_manager
@@ -44,6 +44,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STOPPING_HOOK_TIMEOUT = 1.0
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, objects: list[object]) -> list[str]:
+    """``plugin.method`` for each hook implementation with no spec (pluggy's check_pending,
+    limited to the hook objects, since module-level ones were checked at load)."""
+    unknown = []
+    for obj in objects:
+        name = pm.get_name(obj)
+        for hook in pm.get_hookcallers(obj) or []:
+            if hook.spec is None:
+                for impl in hook.get_hookimpls():
+                    if impl.plugin is obj and not impl.optionalhook:
+                        unknown.append(f"{name}.{hook.name}")
+    return sorted(unknown)
 
 
 def _is_instance(value: object, kind: type) -> bool:
@@ -204,7 +218,9 @@ class Node:
         for mount, cls in mounts:
             holder = getattr(self.container, mount)
             for attr, declared in cls.cls_providers.items():
-                if isinstance(declared, providers.Resource | providers.BaseSingleton):
+                if isinstance(declared, providers.Resource | providers.BaseSingleton) or (
+                    attr == "hooks" and isinstance(declared, providers.Provider)
+                ):
                     order.append((mount, attr, getattr(holder, attr)))
         return order
 
@@ -231,6 +247,15 @@ class Node:
             for plugin, obj in objects:
                 self.pm.register(obj, name=f"{plugin}.hooks")
                 self._hook_objects.append(obj)
+            unknown = _unknown_hooks(self.pm, self._hook_objects)
+            if unknown:
+                raise ConfigError(
+                    "a plugin's hooks object implements unknown hooks (misspelt? "
+                    "mark it @hookimpl(optionalhook=True) if another plugin adds it): "
+                    + ", ".join(unknown),
+                    section="node",
+                    key="plugins",
+                )
             self._hooks_ready = True
 
     async def _stop_started(self) -> None:

@@ -9,6 +9,8 @@ long as that subscriber does.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -44,8 +46,18 @@ class StatsBus:
             except Exception:
                 log.exception("the stats of plugin %s failed", name)
                 continue
+            if inspect.isawaitable(contribution):
+                if inspect.iscoroutine(contribution):
+                    contribution.close()
+                log.error("united_collect_stats of plugin %s is async; it must not be", name)
+                contribution = {"error": "united_collect_stats must be a plain function"}
             if not contribution:
                 continue
+            try:
+                json.dumps(contribution)
+            except (TypeError, ValueError) as exc:
+                log.error("the stats of plugin %s are not JSON: %s", name, exc)
+                contribution = {"error": f"not JSON-serialisable: {exc}"}
             if name in plugins and isinstance(plugins[name], dict):
                 plugins[name] = {**plugins[name], **dict(contribution)}
             else:

@@ -235,29 +235,28 @@ def merge_toml(config: Path, extra: str) -> None:
 def merge_toml_text(text: str, extra: str) -> str:
     """Add ``extra``'s keys into the file's existing tables (TOML forbids a table twice).
 
-    ``extra`` is ``[table]`` headers with ``key = value`` lines; a key already set
-    in that table is replaced, a table not in the file is appended.
+    ``extra`` is ``[table]`` headers with ``key = value`` lines (one line each); a
+    key already set in that table is replaced (only in that table: the same key
+    elsewhere is left alone; an array is replaced, not appended to), a table not
+    in the file is appended.
     """
     blocks = re.split(r"^(\[[^\]]+\])\s*$", extra, flags=re.M)
     if blocks[0].strip():
         raise ValueError("extra must start with a [table] header")
     for header, body in zip(blocks[1::2], blocks[2::2], strict=True):
         lines = body.strip("\n")
-        if re.search(rf"^{re.escape(header)}\s*$", text, flags=re.M):
-            for key in re.findall(r"^(\w+)\s*=", lines, flags=re.M):  # the new value wins
-                if _in_table(text, header, key):
-                    text = re.sub(rf"^{key}\s*=.*$\n?", "", text, flags=re.M)
-            text = re.sub(
-                rf"^{re.escape(header)}\s*$", f"{header}\n{lines}", text, count=1, flags=re.M
-            )
-        else:
+        match = re.search(rf"^{re.escape(header)}\s*$", text, flags=re.M)
+        if match is None:
             text += f"\n{header}\n{lines}\n"
+            continue
+        start = match.end()
+        following = re.search(r"^\[", text[start:], flags=re.M)
+        end = start + following.start() if following else len(text)
+        table = text[start:end]
+        for key in re.findall(r"^([\w-]+)\s*=", lines, flags=re.M):  # the new value wins
+            table = re.sub(rf"^{re.escape(key)}\s*=.*$\n?", "", table, flags=re.M)
+        text = text[:start] + "\n" + lines + "\n" + table.lstrip("\n") + text[end:]
     return text
-
-
-def _in_table(text: str, header: str, key: str) -> bool:
-    section = text.split(header, 1)[1].split("\n[", 1)[0]
-    return re.search(rf"^{key}\s*=", section, flags=re.M) is not None
 
 
 @contextlib.asynccontextmanager

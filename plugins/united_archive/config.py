@@ -36,6 +36,19 @@ class Config:
         min=1000,
         max=10**7,
     )
+    late_after: float = setting(
+        5.0,
+        "A gossip message stamped longer ago than this (seconds) was sent while this "
+        "server was away: it is numbered in Lamport order with the reconciliation.",
+        min=0.5,
+        max=3600,
+    )
+    reorder_window: float = setting(
+        3.0,
+        "How long late gossip waits for the members' reconciliation uploads (seconds).",
+        min=0.0,
+        max=60,
+    )
     queue_max: int = setting(
         10_000, "Messages waiting to be written before receivers are slowed.", min=1, max=1_000_000
     )

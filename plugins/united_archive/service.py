@@ -83,6 +83,9 @@ class ArchiveService:
         self._buckets: dict[str, tuple[float, float]] = {}  # member id -> (tokens, time)
         # Ids recently stored from submissions: their gossip copy needs no write.
         self._submitted_ids: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        # Late gossip (sent while this server was away), waiting to be ordered.
+        self._late: dict[bytes, SignedMessage] = {}
+        self._late_flush: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.store = await ArchiveStore.open(self.path)
@@ -90,6 +93,12 @@ class ArchiveService:
 
     async def stop(self) -> None:
         """Write what is queued, then stop (nothing received is left unwritten)."""
+        if self._late_flush is not None:
+            self._late_flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._late_flush
+        if self._late and self._writer is not None:
+            await self.write(self._take_late([]))
         if self._writer is not None:
             await self._queue.join()
             self._writer.cancel()
@@ -99,9 +108,33 @@ class ArchiveService:
             await self.store.close()
 
     async def ingest(self, message: SignedMessage) -> None:
+        """A message accepted from gossip. A late one (sent while this server was away,
+        replayed by a peer when it came back) waits briefly to be numbered in Lamport
+        order with the other late ones and with the reconciling members' uploads."""
         if message.id in self._submitted_ids:  # a member's upload got here before gossip
             return
+        if time.time() * 1000 - message.timestamp > self.config.late_after * 1000:
+            self._late[message.id] = message
+            if self._late_flush is None or self._late_flush.done():
+                self._late_flush = asyncio.create_task(
+                    self._flush_late(), name="united-archive-late"
+                )
+            return
         await self._queue.put(_Write([message]))
+
+    async def _flush_late(self) -> None:
+        await asyncio.sleep(self.config.reorder_window)
+        async with self._submit_lock:
+            if self._late:
+                await self.write(self._take_late([]))
+
+    def _take_late(self, others: list[SignedMessage]) -> list[SignedMessage]:
+        """``others`` with every waiting late message, in (Lamport hint, sender) order."""
+        merged = {m.id: m for m in others}
+        for mid, message in self._late.items():
+            merged.setdefault(mid, message)
+        self._late.clear()
+        return sorted(merged.values(), key=lambda m: (m.sequence_hint, m.sender_pubkey))
 
     def _budget(self, member_id: str, count: int) -> bool:
         """Take ``count`` from the member's submission bucket; False if it lacks them."""
@@ -291,9 +324,13 @@ class ArchiveService:
                 accepted.append(judgement.message)
             else:
                 refused.append(_refused(mid, judgement))
-        # Messages sent while the server was away get numbers in (Lamport, sender) order.
-        accepted.sort(key=lambda m: (m.sequence_hint, m.sender_pubkey))
-        for stored in await self.write(accepted) if accepted else []:
+        # Messages sent while the server was away get numbers in (Lamport, sender) order,
+        # together with the late gossip copies of them waiting to be written.
+        submitted_ids = {m.id for m in accepted}
+        batch = self._take_late(accepted) if accepted else []
+        for stored in await self.write(batch) if batch else []:
+            if stored.id not in submitted_ids:
+                continue  # a late gossip message written with this submission
             if stored.error is not None:
                 refused.append(
                     pb.EnvelopeRefused(

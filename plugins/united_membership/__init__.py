@@ -52,7 +52,7 @@ class MembershipHooks:
             return Refusal(Verdict.REJECT, "the sender is not a member", Reason.NOT_A_MEMBER)
         return None
 
-    @hookimpl
+    @hookimpl(optionalhook=True)  # a directory hook: absent without it
     async def united_members_changed(self, node: NodeAPI, members: MemberSet) -> None:
         self.state.replace(members)
         if not node.running:

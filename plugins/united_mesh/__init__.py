@@ -35,15 +35,15 @@ class MeshHooks:
     async def united_node_started(self) -> None:
         await self.mesh.apply_channels()
 
-    @hookimpl
+    @hookimpl(optionalhook=True)  # a directory hook: absent without it
     async def united_channels_changed(self, channels: tuple[Channel, ...]) -> None:
         await self.mesh.set_channels(channels)
 
-    @hookimpl
+    @hookimpl(optionalhook=True)  # a directory hook: absent without it
     def united_members_changed(self, members: MemberSet) -> None:
         self.mesh.set_members(members)
 
-    @hookimpl
+    @hookimpl(optionalhook=True)  # a directory hook: absent without it
     async def united_presence_changed(self, channel: Channel, online: tuple[Presence, ...]) -> None:
         await self.mesh.dial_online(channel, online)
 

@@ -36,7 +36,13 @@ class _Tools:
 
 
 def _run_plugin_command(command: CliCommand, args: argparse.Namespace) -> int:
-    return command.run(args, _Tools())
+    """A plugin's command; its unexpected failure is one line naming it, not a traceback."""
+    try:
+        return command.run(args, _Tools())
+    except (CLIError, ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise CLIError(f"`united {command.name}` failed: {type(exc).__name__}: {exc}") from exc
 
 
 def plugin_cli_commands() -> list[CliCommand]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_directory import raw_session, registered, replies_until_close, server
+from support import raw_session, registered, replies_until_close, server
 from united_directory import protocol
 from united_directory.client.session import DirectoryClient, DirectoryError
 from united_directory.server.limits import PendingGate, address_key, prefixes

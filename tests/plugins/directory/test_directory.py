@@ -5,78 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from conftest import TOY_PLUGINS, make_node_dir, run_cli, running_node
+from conftest import TOY_PLUGINS, run_cli, running_node
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import (
+    raw_session,
+    registered,
+    replies_until_close,
+    server,
+    server_config,
+)
 from united_directory import protocol
 from united_directory.client.session import DirectoryClient, DirectoryError
 
 from united_core import node as node_module
 from united_core.api import hookimpl
 from united_core.identity import Identity
-from united_core.node import Node
 from united_core.wire import frames_pb2 as pb
 
 E = pb.ErrorCode
-SERVER_EXTRA = '[directory]\nlisten_host = "127.0.0.1"\nlisten_port = 0\n'
-
-
-def server_config(tmp_path: Path, extra: str = "", plugins: tuple[str, ...] = ()) -> Path:
-    existing = tmp_path / "server" / "united.toml"
-    if existing.exists():
-        return existing
-    return make_node_dir(
-        tmp_path,
-        "server",
-        role="server",
-        plugins=("ping", "membership", "directory", *plugins),
-        extra=SERVER_EXTRA + extra,
-    )
-
-
-@contextlib.asynccontextmanager
-async def server(tmp_path: Path, extra: str = "") -> AsyncIterator[tuple[Node, Any, str]]:
-    async with running_node(server_config(tmp_path, extra)) as node:
-        service = node.service("directory")
-        yield node, service, f"ws://127.0.0.1:{service.port}/ws"
-
-
-class Recorder:
-    """A client whose pushes are kept, for assertions."""
-
-    def __init__(self) -> None:
-        self.pushes: list[pb.ServerFrame] = []
-        self.changed = asyncio.Event()
-
-    def __call__(self, frame: pb.ServerFrame) -> None:
-        self.pushes.append(frame)
-        self.changed.set()
-
-    async def wait_for(self, predicate: Any, timeout: float = 5) -> pb.ServerFrame:
-        async with asyncio.timeout(timeout):
-            while True:
-                for frame in self.pushes:
-                    if predicate(frame):
-                        return frame
-                self.changed.clear()
-                await self.changed.wait()
-
-
-async def registered(
-    url: str, service: Any, name: str
-) -> tuple[DirectoryClient, Identity, pb.Welcome, Recorder]:
-    identity = Identity.generate()
-    pushes = Recorder()
-    client = await DirectoryClient.connect(url, on_push=pushes)
-    invite = await service.create_invite()
-    welcome = await client.register(identity, name, invite["code"])
-    return client, identity, welcome, pushes
 
 
 def test_register_with_invite_once_and_log_in(tmp_path: Path) -> None:
@@ -280,24 +231,6 @@ def test_member_list_is_pushed_after_registration_and_rotation(tmp_path: Path) -
             await bob.close()
 
     asyncio.run(scenario())
-
-
-async def raw_session(
-    url: str,
-) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse, pb.ServerFrame]:
-    http = aiohttp.ClientSession()
-    ws = await http.ws_connect(url, max_msg_size=0)
-    msg = await ws.receive(timeout=5)
-    return http, ws, protocol.decode_server_frame(msg.data)
-
-
-async def replies_until_close(ws: aiohttp.ClientWebSocketResponse) -> list[pb.ServerFrame]:
-    out = []
-    async with asyncio.timeout(5):
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                out.append(protocol.decode_server_frame(msg.data))
-    return out
 
 
 def test_bad_frames_get_error_codes_and_the_server_keeps_serving(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from united_core import hookspecs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOOKS = sorted(
     name for name, obj in vars(hookspecs).items() if name.startswith("united_") and callable(obj)
 )

@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from conftest import run_cli, running_node
-from test_directory import server_config
-from test_membership import join, until
+from support import server_config
 from united_directory.model import Channel
 from united_directory.server.registry import Registry
 
 from united_core import envelope
 from united_core.identity import Identity
 from united_core.node import Node
-from united_core.testing import add_to_table, free_port
+from united_core.testing import add_to_table, free_port, join, until
 
 
 def seal(identity: Identity, topic: str, text: str, *, age_s: float = 0.0, hint: int = 0) -> bytes:

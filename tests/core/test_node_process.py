@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -10,19 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_node_dir, run_cli, united_cmd
+from conftest import make_node_dir, run_cli
+from support import free_port, serving_node, wait_until_serving
 
-HELPERS = Path(__file__).parent / "helpers"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+HELPERS = Path(__file__).parents[1] / "helpers"
 
 
 def server_config(
@@ -33,38 +26,6 @@ def server_config(
     text = config.read_text().replace('"/ip4/127.0.0.1/tcp/0"', f'"/ip4/127.0.0.1/tcp/{port}"')
     config.write_text(text)
     return config, port
-
-
-def wait_until_serving(config: Path, proc: subprocess.Popen[str], timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"node exited early: {proc.communicate()}"
-        result = run_cli("ctl", "-c", str(config), "status", "--json", timeout=10)
-        if result.returncode == 0:
-            return json.loads(result.stdout)
-        time.sleep(0.2)
-    raise AssertionError("node did not start serving")
-
-
-@contextlib.contextmanager
-def serving_node(config: Path) -> Iterator[subprocess.Popen[str]]:
-    """``united run`` as a user starts it; SIGTERM (then kill) when the test is done."""
-    proc = subprocess.Popen(
-        united_cmd("run", "-c", str(config)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until_serving(config, proc)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -162,7 +123,7 @@ def test_plugins_lists_available_and_enabled(tmp_path: Path) -> None:
     env = {
         "PYTHONPATH": os.pathsep.join(
             [
-                str(Path(__file__).parent / "fixtures" / "toy_plugins"),
+                str(Path(__file__).parents[1] / "fixtures" / "toy_plugins"),
                 os.environ.get("PYTHONPATH", ""),
             ]
         )

@@ -162,3 +162,42 @@ def test_the_control_api_answers_starting_until_every_plugin_has_started(
             await asyncio.wait_for(task, 10)
 
     asyncio.run(scenario())
+
+
+def test_author_mistakes_are_reported_not_silent(tmp_path: Path, toy_plugins: Path) -> None:
+    """An async validator refuses (instead of its verdict being lost and the message
+    accepted), async stats are reported, and a misspelt hook name stops the start."""
+    from united_core.acceptance import Origin, Reason
+    from united_core.config import ConfigError
+
+    config = make_node_dir(tmp_path, "a", plugins=["sloppy"])
+
+    async def scenario() -> None:
+        async with running_node(config) as node:
+            wire = envelope.seal(node.identity, topic=TOPIC, payload=b"x", sequence_hint=1).wire
+            judgement = node.p2p.acceptor.judge(wire, Origin.PUBLISH)
+            assert judgement.reason is Reason.POLICY and "async" in judgement.detail
+            stats = (await node.stats.snapshot())["plugins"]["sloppy"]
+            assert "plain function" in stats["error"]
+        misspelt = make_node_dir(
+            tmp_path, "b", plugins=["sloppy"], extra='[sloppy]\nmode = "misspelt"\n'
+        )
+        with pytest.raises(ConfigError, match=r"sloppy\.hooks\.united_validate_mesage"):
+            async with running_node(misspelt):
+                pass
+
+    asyncio.run(scenario())
+
+
+def test_merge_toml_text_replaces_keys_in_their_own_table_only() -> None:
+    from united_core.testing import merge_toml_text
+
+    text = '[node]\nname = 1\nplugins = ["a"]\n\n[other]\nname = 2\n'
+    merged = merge_toml_text(text, '[node]\nname = 5\nplugins = ["b"]\n[new]\nx = 1\n')
+    import tomllib
+
+    assert tomllib.loads(merged) == {
+        "node": {"name": 5, "plugins": ["b"]},
+        "other": {"name": 2},
+        "new": {"x": 1},
+    }

@@ -14,12 +14,13 @@ import pytest
 from conftest import make_node_dir, running_node
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
-from test_membership import community, until
+from support import community
 
 from united_core.console import CORE_SECTIONS, Console, panel_sections, render_panel
 from united_core.containers import collect_commands
 from united_core.control import ControlClient
 from united_core.node import Node
+from united_core.testing import until
 
 F2 = "\x1bOQ"
 

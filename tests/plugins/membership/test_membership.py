@@ -3,42 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import make_node_dir, running_node
-from test_directory import server_config
+from support import community, peer_ids, server_config
 from united_directory.model import Member, MemberSet
 
 from united_core import envelope
 from united_core.acceptance import Origin, Reason, Verdict
 from united_core.node import Node
 from united_core.testing import join, until
-
-
-async def peer_ids(node: Node) -> set[str]:
-    return {p["peer_id"] for p in await node.p2p.peers()}
-
-
-@contextlib.asynccontextmanager
-async def community(
-    tmp_path: Path, members: int = 2
-) -> AsyncIterator[tuple[Node, list[Node], list[Path]]]:
-    """A running server and ``members`` clients created by `united join`, unedited."""
-    async with running_node(server_config(tmp_path)) as server:
-        service = server.service("directory")
-        url = f"ws://127.0.0.1:{service.port}/ws"
-        configs = [
-            await join(url, service, tmp_path / f"member{i}", f"member{i}") for i in range(members)
-        ]
-        async with contextlib.AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(running_node(c)) for c in configs]
-            for client in clients:
-                await asyncio.wait_for(client.service("discovery").connected.wait(), 10)
-            yield server, clients, configs
 
 
 def test_members_connect_and_a_non_member_is_refused_in_the_handshake(tmp_path: Path) -> None:

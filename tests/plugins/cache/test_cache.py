@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from conftest import running_node
-from test_directory import server_config
-from test_membership import join, until
+from support import server_config
 from united_cache.store import CacheStore
 
 from united_core import envelope
 from united_core.identity import Identity
 from united_core.node import Node
-from united_core.testing import add_to_table, free_port
+from united_core.testing import add_to_table, free_port, join, until
 
 ALICE = Identity.generate()
 

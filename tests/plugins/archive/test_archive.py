@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import running_node
-from test_directory import registered, server_config
+from support import registered, server_config
 from united_archive.store import ArchiveStore
 from united_directory import protocol
 from united_directory.client.session import DirectoryClient, DirectoryError

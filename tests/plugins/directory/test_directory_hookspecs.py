@@ -20,7 +20,7 @@ from united_directory import hookspecs
 
 from united_core.plugins import get_plugin_manager
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 HOOKS = sorted(
     name for name, obj in vars(hookspecs).items() if name.startswith("united_") and callable(obj)
 )

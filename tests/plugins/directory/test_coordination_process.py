@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import run_cli, united_cmd
-from test_node_process import free_port, serving_node
+from support import free_port, serving_node
 
 from united_core.testing import poll
 

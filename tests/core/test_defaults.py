@@ -25,7 +25,7 @@ from united_core.p2p.options import (
 )
 from united_core.plugins import available_plugins, get_plugin_manager
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUILT_IN = ("ping", "membership", "directory", "discovery", "mesh", "archive", "cache")
 
 
