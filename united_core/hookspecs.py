@@ -16,10 +16,16 @@ Rules that hold for every hook (docs/hooks.md has an example for each):
   must win, the hook is ``firstresult`` and the core default is ``trylast``.
 - Hooks marked *may be async* may be ``async def``; the node awaits them. The
   others are synchronous and return declarations; work that starts and stops
-  belongs in a container ``Resource``.
-- State-change hooks (``united_members_changed`` and the like) fire only once
-  every plugin has started: a plugin learns state in ``united_node_started``
-  at the earliest.
+  belongs in a container ``Resource``. ``united_peer_allowed``,
+  ``united_validate_message`` and ``united_collect_stats`` must be plain
+  functions: an async one is reported as an error (and refuses, for the first
+  two), never silently ignored.
+- A ``hooks`` object's methods must name known hooks: a misspelt one stops the
+  node at start-up, naming it (mark ``@hookimpl(optionalhook=True)`` a hook that
+  another plugin may or may not add, such as the directory's).
+- State-change hooks (the directory's ``united_members_changed`` and the like)
+  fire only once every plugin has started: a plugin learns state in
+  ``united_node_started`` at the earliest.
 - Hooks marked *trio side* run on the P2P runtime's trio thread. They receive
   plain data only, never the node; they must not block, and must only read
   state prepared by asyncio-side hooks (an asyncio-side API called from there
@@ -80,8 +86,8 @@ def united_addhooks(pluginmanager: pluggy.PluginManager) -> None:
 def united_register_config_sections() -> list[ConfigSection]:
     """Declare the ``united.toml`` sections this plugin owns.
 
-    Each :class:`~united_core.config.ConfigSection` names a section and a frozen
-    dataclass whose fields (made with :func:`~united_core.config.setting`) are
+    Each :class:`~united_core.api.ConfigSection` names a section and a frozen
+    dataclass whose fields (made with :func:`~united_core.api.setting`) are
     the keys, their types, defaults, help and bounds. An optional ``validate()``
     method does cross-field checks and raises ``ConfigValueError(key, message)``.
     Unknown keys, wrong types and out-of-range values are rejected by the core.
@@ -101,9 +107,11 @@ def united_register_containers() -> list[PluginContainer]:
 
     The container class may declare ``config = providers.Dependency()`` (its
     section, already validated), ``core = providers.DependenciesContainer()``
-    (``node``, ``identity``, ``settings``, ``data_dir``, ``p2p``, ``stats``,
-    ``acceptor``), ``<other plugin> = providers.DependenciesContainer()`` to use
-    another plugin's services (a missing one is reported at start-up with both
+    (for plugins: ``node``, ``identity``, ``settings``, ``data_dir``, ``p2p``,
+    ``stats``, ``acceptor``; it also holds the core's own ``plugin_manager``,
+    ``host_options`` and ``control``, not for plugins),
+    ``<other plugin> = providers.DependenciesContainer()`` to use another
+    plugin's services (a missing one is reported at start-up with both
     names), ``providers.Resource`` for what starts and stops (an async context
     manager: start before ``yield``, stop after), and ``hooks``: a provider of
     an object whose ``@hookimpl`` methods are the plugin's runtime hooks,
