@@ -28,7 +28,7 @@ from typing import Any
 
 from united_core.cli import main as cli_main
 from united_core.node import Node, load_settings
-from united_core.testing import add_to_table, free_port
+from united_core.testing import add_to_table, free_port, on_loopback
 
 
 @contextlib.asynccontextmanager
@@ -62,8 +62,7 @@ async def join(url: str, server: Node, base: Path, name: str) -> Path:
     args = ["join", url, code, "--dir", str(directory), "--name", name]
     assert await asyncio.to_thread(cli_main, args) == 0
     config = directory / "united.toml"
-    text = config.read_text().replace('"/ip4/0.0.0.0/tcp/0"]', '"/ip4/127.0.0.1/tcp/0"]')
-    config.write_text(text)
+    on_loopback(config)
     add_to_table(config, "cache", "sync_interval = 1.0\n")
     return config
 

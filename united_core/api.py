@@ -30,11 +30,12 @@ import pluggy
 from .acceptance import Judgement, MessageRefused, Origin, Reason, Refusal, Rules, Verdict
 from .envelope import SignedMessage
 from .identity import Identity
+from .netaddrs import describe_error, dialable_addrs, expand_wildcards, is_wildcard
 
 if TYPE_CHECKING:
     from dependency_injector import containers
 
-API_VERSION = (1, 0)
+API_VERSION = (1, 1)
 """The plugin API's version: (major, minor). See :func:`check_api_requirement`."""
 
 hookimpl = pluggy.HookimplMarker("united")
@@ -53,6 +54,7 @@ __all__ = [
     "ConfigSection",
     "ConfigValueError",
     "ControlCommand",
+    "DialerAPI",
     "Judgement",
     "MessageRefused",
     "NodeAPI",
@@ -70,7 +72,11 @@ __all__ = [
     "Verdict",
     "call_async",
     "check_api_requirement",
+    "describe_error",
+    "dialable_addrs",
+    "expand_wildcards",
     "hookimpl",
+    "is_wildcard",
     "setting",
     "validate_multiaddrs",
 ]
@@ -151,7 +157,8 @@ def setting(
 def validate_multiaddrs(key: str, addrs: Iterable[str], *, dialable: bool = False) -> None:
     """Raise :class:`ConfigValueError` for ``key`` unless every entry is a TCP multiaddr.
 
-    ``dialable`` also refuses TCP port 0 (fine to listen on, impossible to dial).
+    ``dialable`` also refuses TCP port 0 and ``0.0.0.0``/``::`` (fine to listen on,
+    impossible to dial from another host).
     """
     import multiaddr
 
@@ -164,6 +171,8 @@ def validate_multiaddrs(key: str, addrs: Iterable[str], *, dialable: bool = Fals
             raise ConfigValueError(key, f"{addr!r}: only TCP addresses are supported")
         if dialable and ma.value_for_protocol("tcp") == "0":
             raise ConfigValueError(key, f"{addr!r}: port 0 cannot be dialed")
+        if dialable and is_wildcard(addr):
+            raise ConfigValueError(key, f"{addr!r}: a wildcard address cannot be dialed")
 
 
 @dataclass(frozen=True)
@@ -196,8 +205,8 @@ class PluginContainer(NamedTuple):
 
     - ``config = providers.Dependency(instance_of=YourConfig)``: the section;
     - ``core = providers.DependenciesContainer()``: the core's services
-      (``node``, ``identity``, ``settings``, ``data_dir``, ``p2p``, ``stats``,
-      ``acceptor``);
+      (``node``, ``identity``, ``settings``, ``data_dir``, ``p2p``, ``dialer``,
+      ``stats``, ``acceptor``);
     - ``<plugin> = providers.DependenciesContainer()``: another plugin's
       container, by its name (the node reports a missing one at start-up);
     - ``providers.Resource(...)`` for what starts and stops (an async context
@@ -249,6 +258,10 @@ class P2PAPI(Protocol):
 
     async def connect(self, addr: str) -> str: ...
 
+    async def dial(self, peer_id: str, addrs: list[str] | tuple[str, ...] = ()) -> str:
+        """Dial ``peer_id`` through the node's dialer (see :class:`DialerAPI`)."""
+        ...
+
     async def disconnect(self, peer_id: str) -> None: ...
 
     async def peers(self) -> list[dict[str, Any]]: ...
@@ -264,6 +277,30 @@ class P2PAPI(Protocol):
     async def publish_unchecked(self, topic: str, data: bytes) -> None:
         """A test action: publish without the acceptance path (plays a hostile host)."""
         ...
+
+
+@runtime_checkable
+class DialerAPI(Protocol):
+    """The node's one dialer (``core.dialer``; API 1.1): plugins ask it, never dial.
+
+    ``dial(peer_id, addrs)`` refuses wildcard addresses and port 0 (raising a
+    ``ValueError``), shares a dial already under way to the same peer, clears
+    py-libp2p's 60 s dial backoff for the peer first, and records per peer the
+    last error (``Type: message <- cause``, never empty) and when. With no
+    ``addrs`` it dials where the peer was last reached. ``plan(peer_id, at,
+    note)`` records a policy's next retry time (epoch seconds, or ``None``),
+    shown by ``ctl peers``; ``rows(connected)`` is that table.
+    """
+
+    async def dial(self, peer_id: str, addrs: Iterable[str] = ()) -> str: ...
+
+    def remember_addrs(self, peer_id: str, addrs: Iterable[str]) -> None: ...
+
+    def plan(self, peer_id: str, at: float | None, note: str = "") -> None: ...
+
+    def is_connected(self, peer_id: str) -> bool: ...
+
+    def rows(self, connected: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
 
 
 @runtime_checkable

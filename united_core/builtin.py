@@ -1,5 +1,6 @@
 """The core's own plugin: the ``[node]``, ``[p2p]`` and ``[control]`` sections and the
-core control commands (``status``, ``stop``, ``peers``, ``connect``).
+core control commands (``status``, ``stop``, ``peers``, ``connect``, ``reconnect``) and
+the core default of ``united_reconnect_delay``.
 
 Registered first and always (like pytest's essential plugins), through the same
 hooks every other plugin uses.
@@ -23,6 +24,7 @@ from .api import (
     hookimpl,
     setting,
 )
+from .p2p.dialer import Dialer
 from .p2p.options import KNOWN_GOSSIPSUB_PROTOCOLS, HostOptions
 
 if TYPE_CHECKING:
@@ -132,8 +134,55 @@ async def _stop(node: NodeAPI, args: list[str]) -> str:
     return "stopping"
 
 
+def reconnect_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff: ``base``, 2 ``base``, 4 ``base``, ... at most ``cap``."""
+    return float(min(cap, base * 2 ** min(max(attempt, 0), 62)))
+
+
+@hookimpl(trylast=True)
+def united_reconnect_delay(peer_id: str, attempt: int) -> float | None:
+    """The core's default policy: 1 s, 2 s, 4 s, ... at most 30 s (defaults.py)."""
+    return reconnect_delay(attempt, defaults.RECONNECT_BASE, defaults.RECONNECT_MAX)
+
+
+def _dialer(node: NodeAPI) -> Dialer:
+    return node.require(Dialer)
+
+
 async def _peers(node: NodeAPI, args: list[str]) -> list[dict[str, Any]]:
-    return await node.p2p.peers()
+    """Connected peers (with ``connected_since``), then remembered ones that are not:
+    their last dial error and the next retry the policy planned."""
+    return _dialer(node).rows(await node.p2p.peers())
+
+
+async def _reconnect(node: NodeAPI, args: list[str]) -> dict[str, Any]:
+    """Redial now every remembered peer that is not connected (or the one named)."""
+    dialer = _dialer(node)
+    rows = dialer.rows(await node.p2p.peers())
+    wanted = [r for r in rows if not r["connected"] and (not args or r["peer_id"] in args)]
+    redialed: list[str] = []
+    failed: dict[str, str] = {}
+    for row in wanted:
+        try:
+            await dialer.dial(row["peer_id"])
+            redialed.append(row["peer_id"])
+        except Exception as exc:
+            known = next((r for r in dialer.rows([]) if r["peer_id"] == row["peer_id"]), None)
+            failed[row["peer_id"]] = (known or {}).get("last_error") or f"{type(exc).__name__}"
+    connected = sorted(p["peer_id"] for p in await node.p2p.peers())
+    return {
+        "connected": connected,
+        "redialed": sorted(redialed),
+        "failed": failed,
+        "tried": len(wanted),
+    }
+
+
+def _render_reconnect(result: Any) -> str:
+    lines = [f"tried: {result['tried']} / redialed: {' '.join(result['redialed']) or '-'}"]
+    lines += [f"failed: {peer}: {why}" for peer, why in sorted(result["failed"].items())]
+    lines.append(f"connected now: {len(result['connected'])}")
+    return "\n".join(lines)
 
 
 async def _connect(node: NodeAPI, args: list[str]) -> dict[str, str]:
@@ -169,10 +218,35 @@ async def _subscribe(node: NodeAPI, args: list[str]) -> AsyncIterator[dict[str, 
         yield snapshot
 
 
+def _when(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
 def _render_peers(result: Any) -> str:
     if not result:
         return "no peers connected"
-    return "\n".join(f"{p['peer_id']}  {p['direction']:<8} {' '.join(p['addrs'])}" for p in result)
+    lines = []
+    now = time.time()
+    for p in result:
+        if p.get("connected", True):
+            since = p.get("connected_since")
+            lines.append(
+                f"{p['peer_id']}  {p['direction']:<8} {' '.join(p['addrs'])}"
+                + (f"  connected since {_when(since)}" if since else "")
+            )
+            continue
+        retry = p.get("next_retry_at")
+        if retry:
+            next_retry = f"next retry {_when(retry)} (in {max(0.0, retry - now):.0f} s)"
+        else:
+            next_retry = f"next retry: {p.get('retry_note') or 'none planned'}"
+        error = p.get("last_error")
+        lines.append(
+            f"{p['peer_id']}  not connected  "
+            + (f"last error at {_when(p.get('last_error_at'))}: {error}; " if error else "")
+            + next_retry
+        )
+    return "\n".join(lines)
 
 
 @hookimpl
@@ -180,7 +254,19 @@ def united_register_commands() -> list[ControlCommand]:
     return [
         ControlCommand("status", _status, "Plugin set, PeerId, listen addresses, plugins, uptime."),
         ControlCommand("stop", _stop, "Stop the node (exit status 0)."),
-        ControlCommand("peers", _peers, "Connected peers.", render=_render_peers),
+        ControlCommand(
+            "peers",
+            _peers,
+            "Connected peers (since when); remembered ones: last dial error, next retry.",
+            render=_render_peers,
+        ),
+        ControlCommand(
+            "reconnect",
+            _reconnect,
+            "Redial now every remembered peer that is not connected.",
+            usage="[PEER_ID...]",
+            render=_render_reconnect,
+        ),
         ControlCommand("connect", _connect, "Dial a peer.", usage="MULTIADDR"),
         ControlCommand("help", _help, "List the commands.", render=_render_help),
         ControlCommand("snapshot", _snapshot, "One stats snapshot (peers, topics, plugins)."),

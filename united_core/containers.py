@@ -144,6 +144,11 @@ async def control_server(
         await server.close()
 
 
+def runtime_dialer(runtime: P2PRuntime) -> Any:
+    """The runtime's dialer (``core.dialer``): every plugin dials through it."""
+    return runtime.dialer
+
+
 class CoreContainer(containers.DeclarativeContainer):
     """Services every node has. Plugins reach them as ``core.<name>``."""
 
@@ -156,6 +161,7 @@ class CoreContainer(containers.DeclarativeContainer):
     host_options = providers.Singleton(host_options, settings, plugin_manager)
     acceptor = providers.Singleton(acceptor, host_options, plugin_manager, node)
     p2p = providers.Resource(p2p_runtime, identity, host_options, plugin_manager, node, acceptor)
+    dialer = providers.Singleton(runtime_dialer, p2p)
     stats = providers.Singleton(StatsBus, node)
     control = providers.Resource(control_server, settings, node, plugin_manager, p2p)
 

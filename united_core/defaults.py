@@ -31,6 +31,11 @@ from __future__ import annotations
 # and discovery replace 0.0.0.0 with an address peers can dial).
 LISTEN_ADDRS: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
 DIAL_TIMEOUT = 10.0  # seconds
+# Redialing a dropped peer ([reconnect]; the core's united_reconnect_delay default):
+# 1 s, 2 s, 4 s, ... at most 30 s; after 2 minutes of failures, a replacement is dialed.
+RECONNECT_BASE = 1.0  # seconds
+RECONNECT_MAX = 30.0  # seconds
+RECONNECT_REPLACEMENT_AFTER = 120.0  # seconds
 # No pruning below this many connections (there is no hard global cap by design).
 MAX_CONNECTIONS = 100_000
 # Bounded waits and queues (backpressure instead of silent drops).

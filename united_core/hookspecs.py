@@ -293,6 +293,28 @@ def united_message_received(
 
 
 # -------------------------------------------------------------------------------------
+# Reconnection policy
+# -------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def united_reconnect_delay(peer_id: str, attempt: int) -> float | None:
+    """How long to wait before redialing a peer whose connection dropped.
+
+    *firstresult*: the first answer that is not ``None`` wins. The core's default
+    (``trylast``) is exponential backoff, 1 s, 2 s, 4 s, ... at most 30 s; the
+    ``reconnect`` plugin puts its ``[reconnect]`` numbers in the default's place;
+    any other implementation replaces both. Asked by the
+    ``reconnect`` plugin, on the asyncio side, before each attempt. Must not block.
+
+    :param peer_id: the peer to redial.
+    :param attempt: 0 for the first redial after the drop, then 1, 2, ...
+    :returns: seconds to wait (``0`` for now), or ``None`` for no opinion.
+        A negative answer means: stop redialing this peer (until it is seen again).
+    """
+
+
+# -------------------------------------------------------------------------------------
 # Stats
 # -------------------------------------------------------------------------------------
 

@@ -159,6 +159,7 @@ class Community:
         if result.returncode != 0:
             raise RuntimeError(f"join {name}: {result.stderr}")
         config = directory / "united.toml"
+        on_loopback(config)
         if self.mesh_settings:
             add_to_table(config, "mesh", self.mesh_settings)
         for table, lines in self.member_settings.items():
@@ -313,7 +314,8 @@ async def until(
 
 
 async def join(url: str, invite: str | Any, directory: Path, name: str) -> Path:
-    """``united join`` as a member runs it; return the new node's config path.
+    """``united join`` as a member runs it; return the new node's config path (the
+    node listens on loopback, like every test node).
 
     ``invite`` is an invite code, or an object with an async ``create_invite()``
     (the directory service). Runs in a thread: the command runs its own event loop.
@@ -325,7 +327,15 @@ async def join(url: str, invite: str | Any, directory: Path, name: str) -> Path:
     status = await asyncio.to_thread(cli_main, argv)
     if status != 0:
         raise RuntimeError(f"united join ... --name {name} exited {status}")
-    return directory / "united.toml"
+    config = directory / "united.toml"
+    on_loopback(config)
+    return config
+
+
+def on_loopback(config: Path) -> None:
+    """Make a node listen on loopback only (tests talk to nothing else; a wildcard
+    listener would announce this machine's other addresses)."""
+    config.write_text(_on_loopback(config.read_text()))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ class ArchiveHooks:
         self.archive = archive
 
     @hookimpl
+    def united_node_started(self, node: NodeAPI) -> None:
+        """From now on, tell the directory when a channel's history grows
+        (``united_history_advanced``: it pushes the new head to the members)."""
+        self.archive.node = node
+
+    @hookimpl
     async def united_message_received(self, message: SignedMessage) -> None:
         await self.archive.ingest(message)
 

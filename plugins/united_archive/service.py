@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from united_core.acceptance import Acceptor, Judgement, Origin, Reason
-from united_core.api import NodeAPI
+from united_core.api import NodeAPI, call_async
 from united_core.envelope import SignedMessage, message_id_from_wire
 from united_core.wire import envelope_pb2
 from united_core.wire import frames_pb2 as pb
@@ -86,8 +86,16 @@ class ArchiveService:
         # Late gossip (sent while this server was away), waiting to be ordered.
         self._late: dict[bytes, SignedMessage] = {}
         self._late_flush: asyncio.Task[None] | None = None
+        self._started_ms = 0.0
+        self._settle_until = 0.0
+        # Set once every plugin has started: heads are announced through it.
+        self.node: NodeAPI | None = None
 
     async def start(self) -> None:
+        self._started_ms = time.time() * 1000
+        # Right after a (re)start, members come back and reconcile: live gossip
+        # waits with their uploads, so the outage is numbered in one Lamport order.
+        self._settle_until = time.time() + self.config.reorder_window
         self.store = await ArchiveStore.open(self.path)
         self._writer = asyncio.create_task(self._write_loop(), name="united-archive-writer")
 
@@ -108,12 +116,19 @@ class ArchiveService:
             await self.store.close()
 
     async def ingest(self, message: SignedMessage) -> None:
-        """A message accepted from gossip. A late one (sent while this server was away,
-        replayed by a peer when it came back) waits briefly to be numbered in Lamport
+        """A message accepted from gossip. A late one (stamped before this server
+        started, or long ago: sent while it was away and replayed or gossiped to it
+        when it came back) waits briefly to be numbered in Lamport
         order with the other late ones and with the reconciling members' uploads."""
         if message.id in self._submitted_ids:  # a member's upload got here before gossip
             return
-        if time.time() * 1000 - message.timestamp > self.config.late_after * 1000:
+        now_ms = time.time() * 1000
+        if (
+            self._late  # while late ones wait, everything waits: one Lamport order
+            or now_ms < self._settle_until * 1000  # just (re)started: members reconcile
+            or message.timestamp < self._started_ms  # sent before this server (re)started
+            or now_ms - message.timestamp > self.config.late_after * 1000
+        ):
             self._late[message.id] = message
             if self._late_flush is None or self._late_flush.done():
                 self._late_flush = asyncio.create_task(
@@ -123,10 +138,24 @@ class ArchiveService:
         await self._queue.put(_Write([message]))
 
     async def _flush_late(self) -> None:
-        await asyncio.sleep(self.config.reorder_window)
+        """Write the waiting messages once the window has been quiet for
+        ``reorder_window`` (a reconciliation upload keeps it open, up to a cap)."""
+        while True:
+            self._settle_until = max(self._settle_until, time.time() + self.config.reorder_window)
+            await asyncio.sleep(max(0.0, self._settle_until - time.time()))
+            if time.time() >= self._settle_until:
+                break
         async with self._submit_lock:
             if self._late:
                 await self.write(self._take_late([]))
+
+    def _extend_settling(self) -> None:
+        """A reconciliation arrived: keep ordering together for a while more, within
+        ``3 x reorder_window`` of this server's start."""
+        cap = self._started_ms / 1000 + 3 * self.config.reorder_window
+        self._settle_until = min(
+            cap, max(self._settle_until, time.time() + self.config.reorder_window)
+        )
 
     def _take_late(self, others: list[SignedMessage]) -> list[SignedMessage]:
         """``others`` with every waiting late message, in (Lamport hint, sender) order."""
@@ -185,6 +214,7 @@ class ArchiveService:
                 log.exception("archive write of %d messages failed; writing one by one", size)
                 stored = [await self._append_one(m) for m in messages]
             self._account(stored, time.perf_counter() - started)
+            await self._announce_heads(stored)
             offset = 0
             for w in batch:
                 part = stored[offset : offset + len(w.messages)]
@@ -192,6 +222,24 @@ class ArchiveService:
                 if w.done is not None and not w.done.done():
                     w.done.set_result(part)
                 self._queue.task_done()
+
+    async def _announce_heads(self, stored: list[Stored]) -> None:
+        """Fire ``united_history_advanced`` once per topic that got new numbers (a
+        directory hook: absent without the directory, then nothing is fired)."""
+        if self.node is None:
+            return
+        heads: dict[str, int] = {}
+        for item in stored:
+            if item.new and item.error is None and item.seq > heads.get(item.topic, 0):
+                heads[item.topic] = item.seq
+        caller = getattr(self.node.hook, "united_history_advanced", None)
+        if not heads or caller is None:
+            return
+        for topic, seq in heads.items():
+            try:
+                await call_async(caller(node=self.node, topic=topic, last_seq=seq))
+            except Exception:
+                log.exception("announcing the head of %s failed", topic)
 
     async def _append_one(self, message: SignedMessage) -> Stored:
         assert self.store is not None
@@ -327,6 +375,8 @@ class ArchiveService:
         # Messages sent while the server was away get numbers in (Lamport, sender) order,
         # together with the late gossip copies of them waiting to be written.
         submitted_ids = {m.id for m in accepted}
+        if accepted and time.time() < self._started_ms / 1000 + 3 * self.config.reorder_window:
+            self._extend_settling()
         batch = self._take_late(accepted) if accepted else []
         for stored in await self.write(batch) if batch else []:
             if stored.id not in submitted_ids:

@@ -17,6 +17,10 @@
   one submission, numbered in Lamport order; then fill the gaps of each joined
   channel page by page. Sequence numbers the server no longer has are recorded
   as holes and not asked again.
+- While connected, the server pushes each channel's head (its highest sequence
+  number, coalesced); when fewer numbers are settled here, the cache first looks
+  up its unconfirmed messages (gossip usually brought them), then, if still
+  behind, fills that channel's gaps at once: history heals without a login.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class DirectorySession(Protocol):
 
     def add_login_listener(self, listener: Callable[[], Awaitable[None]]) -> None: ...
 
+    def add_head_listener(self, listener: Callable[[str, int], Awaitable[None]]) -> None: ...
+
     def resolve(self, channel: str) -> str | None: ...
 
 
@@ -87,15 +93,25 @@ class CacheService:
         self.refused = 0
         self.deferred = 0
         self.syncs = 0
+        self.head_fills = 0  # gap-fills started by a channel head push
+        self._heads: dict[str, int] = {}  # channel id -> the latest head pushed
+        self._head_tasks: dict[str, asyncio.Task[None]] = {}
         # Our own messages the server has not numbered yet (shown in stats).
         self.own_unconfirmed: set[bytes] = set()
 
     async def start(self) -> None:
         self.store = await CacheStore.open(self.path)
         self.discovery.add_login_listener(self.sync_after_login)
+        add_head_listener = getattr(self.discovery, "add_head_listener", None)
+        if add_head_listener is not None:  # an older discovery: gap-fill at login only
+            add_head_listener(self.head_moved)
         self._task = asyncio.create_task(self._periodic(), name="united-cache-sync")
 
     async def stop(self) -> None:
+        for task in list(self._head_tasks.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -138,14 +154,60 @@ class CacheService:
             await self.fill_gaps()
             self.syncs += 1
 
+    # ---- channel heads --------------------------------------------------------------
+
+    async def head_moved(self, channel_id: str, last_seq: int) -> None:
+        """The server's head of ``channel_id`` is ``last_seq``: catch up if behind.
+
+        One catch-up per channel at a time; a head that arrives meanwhile is
+        picked up by the running one before it ends."""
+        if last_seq <= self._heads.get(channel_id, 0):
+            return
+        self._heads[channel_id] = last_seq
+        if channel_id in self._head_tasks:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._catch_up(channel_id), name="united-cache-head"
+        )
+        self._head_tasks[channel_id] = task
+
+    async def _catch_up(self, channel_id: str) -> None:
+        assert self.store is not None
+        try:
+            done = 0
+            while done < self._heads[channel_id]:
+                head = self._heads[channel_id]
+                channel = next(
+                    (c for c in self.discovery.cache.joined if c.channel_id == channel_id), None
+                )
+                if channel is None:
+                    return
+                async with self._sync_lock:
+                    if await self.store.numbered(channel.topic) < head:
+                        # Gossip usually brought them: learn their numbers first
+                        # (no uploads here: those follow the periodic and login rules).
+                        await self.submit_unconfirmed(upload=False)
+                    if await self.store.numbered(channel.topic) < head:
+                        self.head_fills += 1
+                        added = await self._fill(channel_id, channel.topic)
+                        self.filled += added
+                        if added:
+                            log.info("caught up %d messages of %s", added, channel.name)
+                done = head
+        except Exception as exc:  # the session ended: the next login fills the gaps
+            log.info("catching up with the head of %s deferred: %s", channel_id, exc)
+        finally:
+            self._head_tasks.pop(channel_id, None)
+
     # ---- submissions -------------------------------------------------------------------
 
-    async def submit_unconfirmed(self, *, reconcile: bool = False) -> int:
+    async def submit_unconfirmed(self, *, reconcile: bool = False, upload: bool = True) -> int:
         """One round over the backlog; returns how many messages got their number.
 
         Every unconfirmed message is looked up by id; of those the server lacks,
         this node's own are uploaded after ``own_upload_delay`` and others' once
         they have been here ``upload_grace`` seconds (at once when ``reconcile``).
+        ``upload=False`` only learns the numbers of those the server holds.
         """
         assert self.store is not None
         confirmed = 0
@@ -163,7 +225,8 @@ class CacheService:
             missing = [
                 m
                 for m in batch
-                if m.id not in found
+                if upload
+                and m.id not in found
                 and m.received_at <= (own_due if m.sender == own_key else others_due)
                 and self._retry.get(m.id, (0, 0.0))[1] <= now
             ]
@@ -316,6 +379,7 @@ class CacheService:
             "deferred_by_server": self.deferred,
             "filled": self.filled,
             "syncs": self.syncs,
+            "head_fills": self.head_fills,
         }
 
 

@@ -186,6 +186,17 @@ class CacheStore:
         ) as cur:
             return {int(r[0]) for r in await cur.fetchall()}
 
+    async def numbered(self, topic: str) -> int:
+        """How many sequence numbers of ``topic`` are settled here (messages and holes):
+        the cache is complete up to a head ``h`` exactly when this is ``h``."""
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM (SELECT seq FROM messages WHERE topic=? AND seq IS NOT NULL "
+            "UNION SELECT seq FROM holes WHERE topic=?)",
+            (topic, topic),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def add_holes(self, topic: str, seqs: list[int]) -> None:
         async with self._lock:
             await self._db.executemany(

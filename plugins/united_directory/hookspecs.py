@@ -22,7 +22,8 @@ Rules (as for the core's hooks, ``docs/directory.md`` has an example for each):
 
 Fired by: ``united_directory/server/service.py`` (members, channels; frame
 handlers collected at start) and ``united_directory/client/service.py``
-(members, channels, presence).
+(members, channels, presence); ``united_history_advanced`` is fired by the
+archive (server) and implemented by the directory.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ HOOKS = (
     "united_members_changed",
     "united_channels_changed",
     "united_presence_changed",
+    "united_history_advanced",
 )
 """Every hook this module specifies."""
 
@@ -142,4 +144,27 @@ def united_presence_changed(
     :param channel: the channel (one this node joined).
     :param online: the members online in it
         (:class:`~united_directory.model.Presence`), with their announced addresses.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# History (asyncio side, server)
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def united_history_advanced(node: NodeAPI, topic: str, last_seq: int) -> Awaitable[None] | None:
+    """A channel's history grew: ``last_seq`` is now its highest sequence number.
+
+    *May be async*, and must return at once (it is awaited by the archive's
+    writer). Fired on the server by the plugin that numbers messages (the
+    ``archive``) after each committed batch that assigned new numbers, once per
+    topic; implemented by the ``directory``, which pushes a ``ChannelHead`` to
+    the channel's members online, coalesced (at most one per channel every
+    0.5 s, always the latest head). A member whose cache is behind gap-fills at
+    once, so history heals while connected, not only at login.
+
+    :param node: the running node.
+    :param topic: the channel's gossipsub topic (``united/<server-id>/<channel-id>``).
+    :param last_seq: the highest sequence number assigned in it.
     """

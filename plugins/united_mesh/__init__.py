@@ -58,10 +58,6 @@ class MeshHooks:
         return self.mesh.judge(message, origin)
 
     @hookimpl
-    def united_peer_connected(self, peer_id: str, addrs: tuple[str, ...], direction: str) -> None:
-        self.mesh.remember(peer_id, addrs, direction)
-
-    @hookimpl
     def united_collect_stats(self) -> dict[str, Any]:
         return self.mesh.stats()
 

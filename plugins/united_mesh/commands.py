@@ -31,7 +31,25 @@ async def _send(node: NodeAPI, args: list[str]) -> dict[str, Any]:
         raise CommandError(f"refused by this node: {exc}") from None
     except EnvelopeError as exc:
         raise CommandError(str(exc)) from None
-    return {"id": sealed.id.hex(), "topic": sealed.topic, "sequence_hint": sealed.sequence_hint}
+    result: dict[str, Any] = {
+        "id": sealed.id.hex(),
+        "topic": sealed.topic,
+        "sequence_hint": sealed.sequence_hint,
+    }
+    if not await node.p2p.peers():
+        result["warning"] = (
+            f"no connected peer at all: nobody receives this message now "
+            f"(it reaches #{args[0]} when a peer connects, through the server's history)"
+        )
+    return result
+
+
+def render_send(result: dict[str, Any]) -> str:
+    lines = [f"id: {result['id']}", f"topic: {result['topic']}"]
+    lines.append(f"sequence_hint: {result['sequence_hint']}")
+    if result.get("warning"):
+        lines.append(f"warning: {result['warning']}")
+    return "\n".join(lines)
 
 
 async def _tail(node: NodeAPI, args: list[str]) -> AsyncIterator[dict[str, Any]]:
@@ -65,10 +83,6 @@ async def _send_test(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     except MessageRefused as exc:
         raise CommandError(f"refused by this node: {exc}") from None
     return {"id": sealed.id.hex(), "topic": sealed.topic, "text": sealed.text}
-
-
-async def _reconnect(node: NodeAPI, args: list[str]) -> dict[str, Any]:
-    return await _mesh(node).reconnect()
 
 
 async def _topics(node: NodeAPI, args: list[str]) -> dict[str, Any]:
@@ -106,7 +120,13 @@ async def _send_invalid(node: NodeAPI, args: list[str]) -> dict[str, str]:
 
 def control_commands() -> list[ControlCommand]:
     return [
-        ControlCommand("send", _send, "Publish a text message to a channel.", usage="CHANNEL TEXT"),
+        ControlCommand(
+            "send",
+            _send,
+            "Publish a text message to a channel (warns when no peer is connected).",
+            usage="CHANNEL TEXT",
+            render=render_send,
+        ),
         ControlCommand(
             "tail",
             _tail,
@@ -119,7 +139,6 @@ def control_commands() -> list[ControlCommand]:
         ControlCommand(
             "send-test", _send_test, "Publish a test message to a channel.", usage="CHANNEL"
         ),
-        ControlCommand("reconnect", _reconnect, "Drop every connection and dial the mesh again."),
         ControlCommand("scores", _scores, "Gossipsub score of each connected peer."),
         ControlCommand(
             "send-invalid",

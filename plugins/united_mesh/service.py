@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from united_core import envelope
 from united_core.acceptance import Origin, Reason, Refusal, Verdict
-from united_core.api import P2PAPI, NodeAPI
+from united_core.api import P2PAPI, NodeAPI, describe_error
 from united_core.envelope import SignedMessage
 
 from .config import Config
@@ -78,7 +78,6 @@ class MeshService:
         self.clock = 0
         self.topic_stats: dict[str, TopicStats] = {}
         self.tails: set[TailSubscriber] = set()
-        self.dialed: dict[str, str] = {}  # peer id -> address we dialed it at
         self.presence: dict[str, tuple[Channel, tuple[Presence, ...]]] = {}  # last known, by topic
         self.limiter = VolumeLimiter(config.rate_limit, config.rate_burst)
         self._lock = asyncio.Lock()
@@ -117,8 +116,9 @@ class MeshService:
     async def dial_online(
         self, channel: Channel, online: tuple[Presence, ...], *, force: bool = False
     ) -> None:
-        """Dial members online in ``channel``; ``force`` drops the smaller-PeerId rule
-        (after ``reconnect`` nobody else will dial us back)."""
+        """Dial members online in ``channel`` through the node's dialer; ``force`` drops
+        the smaller-PeerId rule. (Redialing a dropped peer is the ``reconnect``
+        plugin's job: both sides retry, the larger PeerId after a delay.)"""
         self.presence[channel.topic] = (channel, online)
         if not self.node.running or channel.topic not in {c.topic for c in self.wanted}:
             return
@@ -133,13 +133,11 @@ class MeshService:
             # one with the smaller PeerId (two simultaneous dials make two connections).
             if presence.peer_id < self.identity.peer_id and not force:
                 continue
-            for addr in presence.addrs:
-                try:
-                    await self.p2p.connect(f"{addr}/p2p/{presence.peer_id}")
-                    budget -= 1
-                    break
-                except Exception as exc:
-                    log.info("could not dial %s at %s: %s", presence.peer_id, addr, exc)
+            try:  # the node's dialer: wildcards refused, the reason recorded (ctl peers)
+                await self.p2p.dial(presence.peer_id, presence.addrs)
+                budget -= 1
+            except Exception as exc:
+                log.info("could not dial %s: %s", presence.peer_id, describe_error(exc))
 
     # ---- messages ----------------------------------------------------------------------
 
@@ -292,29 +290,3 @@ class MeshService:
             "tails": len(self.tails),
             "volume": self.limiter.stats(),
         }
-
-    # ---- reconnection ------------------------------------------------------------------
-
-    def remember(self, peer_id: str, addrs: tuple[str, ...], direction: str) -> None:
-        """Outbound connections are the ones this node re-dials on `reconnect`."""
-        if direction == "outbound" and addrs:
-            self.dialed[peer_id] = addrs[0]
-
-    async def reconnect(self) -> dict[str, Any]:
-        """Drop every connection, then dial again the peers this node had dialed."""
-        peers = [p["peer_id"] for p in await self.p2p.peers()]
-        for peer in peers:
-            with contextlib.suppress(Exception):
-                await self.p2p.disconnect(peer)
-        await asyncio.sleep(0.2)
-        redialed = []
-        for peer, addr in list(self.dialed.items()):
-            try:
-                await self.p2p.connect(f"{addr}/p2p/{peer}")
-                redialed.append(peer)
-            except Exception as exc:
-                log.info("reconnect: could not dial %s: %s", peer, exc)
-        for channel, online in list(self.presence.values()):
-            await self.dial_online(channel, online, force=True)
-        connected = [p["peer_id"] for p in await self.p2p.peers()]
-        return {"dropped": len(peers), "redialed": sorted(set(redialed) | set(connected))}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import secrets
 import time
@@ -20,13 +21,15 @@ import multiaddr
 import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.custom_types import TProtocol
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 from ..threads import asyncio_only
 from .bridge import TrioBridge, run_sync_soon_quietly
 from .events import P2PEvent, PeerConnected, PeerDisconnected
 from .host import HostContext
+from .pubsub import SUPPORTED_LIBP2P
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,20 @@ AsyncStreamHandler = Callable[[StreamHandle], Coroutine[Any, Any, None]]
 
 
 class PeerEvents(INotifee):
-    """Network notifee: connection events become P2P events (trio side)."""
+    """Network notifee: connection events become P2P events (trio side).
 
-    def __init__(self, post_event: Callable[[P2PEvent], None]) -> None:
+    Two peers that dial each other at once end up with two connections (py-libp2p
+    caps only its own dials at ``max_connections_per_peer``): both sides then keep
+    the one dialed by the smaller PeerId and close the other, so the pair ends
+    with exactly one. ``PeerDisconnected`` is posted only when the last
+    connection to a peer closes.
+    """
+
+    DUPLICATE_SETTLE_S = 0.2
+
+    def __init__(self, post_event: Callable[[P2PEvent], None], own_peer_id: str = "") -> None:
         self._post_event = post_event
+        self._own = own_peer_id
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         return None
@@ -84,9 +97,32 @@ class PeerEvents(INotifee):
             addrs = ()
         relayed = "relay" in str(getattr(conn, "get_connection_type", lambda: "")()).lower()
         self._post_event(PeerConnected(peer, addrs, direction_of(conn), relayed))
+        if self._own and len(network.connections.get(conn.muxed_conn.peer_id, ())) > 1:
+            trio.lowlevel.spawn_system_task(self._drop_duplicates, network, conn.muxed_conn.peer_id)
+
+    async def _drop_duplicates(self, network: INetwork, peer: ID) -> None:
+        try:
+            await trio.sleep(self.DUPLICATE_SETTLE_S)  # the other side sees both by now
+            conns = [c for c in list(network.connections.get(peer, ())) if not c.is_closed]
+            if len(conns) < 2:
+                return
+            kept = "outbound" if self._own < peer.to_base58() else "inbound"
+            keep = next((c for c in conns if direction_of(c) == kept), conns[0])
+            for extra in conns:
+                if extra is not keep:
+                    log.info("closing a duplicate connection to %s", peer.to_base58())
+                    await extra.close()
+        except Exception as exc:  # a system task must never raise
+            log.debug("could not close a duplicate connection to %s: %r", peer, exc)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        self._post_event(PeerDisconnected(conn.muxed_conn.peer_id.to_base58()))
+        remaining = [
+            c
+            for c in list(network.connections.get(conn.muxed_conn.peer_id, ()))
+            if c is not conn and not c.is_closed
+        ]
+        if not remaining:
+            self._post_event(PeerDisconnected(conn.muxed_conn.peer_id.to_base58()))
 
     async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         return None
@@ -115,6 +151,39 @@ class Peers:
             with trio.fail_after(self._dial_timeout):
                 await self._context().host.connect(info)
             return str(info.peer_id.to_base58())
+
+        return await self._bridge.call(dial)
+
+    async def dial(self, peer_id: str, addrs: list[str]) -> str:
+        """Dial ``peer_id`` at exactly ``addrs`` (bare multiaddrs), now.
+
+        Before dialing: py-libp2p's dial backoff for the peer is cleared (the
+        caller decided to retry) and the peerstore's addresses for it are
+        replaced by ``addrs`` (the swarm dials at most one TCP address per peer,
+        the first it knows: a stale one from before a restart would win).
+        """
+        try:
+            peer = ID.from_base58(peer_id)
+            mas = [multiaddr.Multiaddr(a) for a in addrs]
+        except Exception as exc:
+            raise ValueError(f"cannot dial {peer_id!r} at {addrs!r}: {exc}") from None
+
+        async def dial() -> str:
+            host = self._context().host
+            network = host.get_network()
+            if not network.connections.get(peer):
+                clear_dial_backoff(network, peer)
+                with contextlib.suppress(Exception):
+                    host.get_peerstore().clear_addrs(peer)
+            info = PeerInfo(peer, mas)
+            try:
+                with trio.fail_after(self._dial_timeout):
+                    await host.connect(info)
+            except trio.TooSlowError:
+                raise TimeoutError(
+                    f"no connection within {self._dial_timeout:g} s (dial timeout)"
+                ) from None
+            return peer_id
 
         return await self._bridge.call(dial)
 
@@ -208,6 +277,40 @@ class Peers:
         except Exception:
             raise ValueError(f"not a PeerId: {peer_id!r}") from None
         return await self._bridge.call(pings)
+
+
+class DialBackoffMismatch(RuntimeError):
+    """The installed py-libp2p keeps its dial backoff where this core does not look."""
+
+
+def check_dial_backoff() -> None:
+    """The adjustment ``clear_dial_backoff`` relies on, checked at start-up.
+
+    py-libp2p 0.8.x: ``Swarm.dial_peer`` refuses a peer for 60 s after all its
+    addresses failed (``Swarm._negative_peer_cache``, a ``_NegativePeerCache``);
+    ``Swarm.unblock_peer(peer_id)`` lifts that for one peer.
+    """
+    import libp2p
+
+    version = libp2p.__version__
+    if not version.startswith(SUPPORTED_LIBP2P) or not callable(
+        getattr(Swarm, "unblock_peer", None)
+    ):
+        raise DialBackoffMismatch(
+            f"py-libp2p {version}: the dial-backoff adjustment was checked against "
+            f"{', '.join(v + 'x' for v in SUPPORTED_LIBP2P)} (Swarm.unblock_peer)"
+        )
+
+
+def clear_dial_backoff(network: Any, peer: ID) -> None:
+    """Adjustment ``dial-backoff`` (issue 11): forget py-libp2p's 60 s refusal of ``peer``.
+
+    Called only for a dial the dialer decided to make: the policy (the
+    ``reconnect`` plugin's backoff) is ours, not the library's fixed minute.
+    """
+    unblock = getattr(network, "unblock_peer", None)
+    if unblock is not None:
+        unblock(peer)
 
 
 def direction_of(conn: INetConn) -> str:

@@ -34,7 +34,8 @@ from ..envelope import SignedMessage
 from ..identity import Identity
 from ..threads import asyncio_only
 from .bridge import RuntimeStopped, TrioBridge
-from .events import P2PEvent
+from .dialer import Dialer, DialRefused
+from .events import P2PEvent, PeerConnected, PeerDisconnected
 from .gate import PeerGate
 from .host import HostContext, build_host, check_ports_free, disable_auto_connector
 from .messages import MessagePath
@@ -47,6 +48,7 @@ from .peers import (
     PeerEvents,
     Peers,
     StreamHandle,
+    check_dial_backoff,
 )
 from .pubsub import PubsubCounters, bind_counters, check_adjustments, install_queue_patch
 from .snapshot import AppScores, read_scores, read_snapshot
@@ -56,6 +58,8 @@ __all__ = [
     "PING_SIZE",
     "PING_TIMEOUT_S",
     "AsyncStreamHandler",
+    "DialRefused",
+    "Dialer",
     "HostContext",
     "P2PRuntime",
     "RuntimeStopped",
@@ -90,6 +94,7 @@ class P2PRuntime:
         self._gate = gate
         self._on_host_started = on_host_started
         check_adjustments()
+        check_dial_backoff()
         self._queue_patch = install_queue_patch()
         self._bridge = TrioBridge(self.counters, options.inbound_queue_size)
         self._ctx: HostContext | None = None
@@ -108,6 +113,8 @@ class P2PRuntime:
             context=lambda: self.host_context,
             dial_timeout=options.dial_timeout,
         )
+        # The node's one dialer (every plugin's dials go through it: issue 11).
+        self.dialer = Dialer(self._peers.dial, self.peer_id)
         self.listen_addrs: list[str] = []
         self.started_at: float | None = None
 
@@ -169,7 +176,9 @@ class P2PRuntime:
                     async with background_trio_service(pubsub), background_trio_service(gossipsub):
                         await pubsub.wait_until_ready()
                         async with trio.open_nursery() as nursery:
-                            host.get_network().register_notifee(PeerEvents(self._bridge.post_event))
+                            host.get_network().register_notifee(
+                                PeerEvents(self._bridge.post_event, self.peer_id)
+                            )
                             self._ctx = HostContext(host, pubsub, gossipsub, nursery, self.options)
                             if self._on_host_started is not None:
                                 self._on_host_started(self._ctx)
@@ -197,14 +206,30 @@ class P2PRuntime:
     @asyncio_only
     async def events(self) -> P2PEvent:
         """Return the next event. One consumer (the node's event pump) should call this."""
-        return await self._bridge.next_event()
+        event = await self._bridge.next_event()
+        if isinstance(event, PeerConnected):
+            self.dialer.connected(event.peer_id, event.addrs, event.direction)
+        elif isinstance(event, PeerDisconnected):
+            self.dialer.disconnected(event.peer_id)
+        return event
 
     # ---- peers and streams ----------------------------------------------------------------
 
     @asyncio_only
     async def connect(self, addr: str) -> str:
-        """Dial a full multiaddr (with ``/p2p/<id>``); return the remote PeerId."""
-        return await self._peers.connect(addr)
+        """Dial a full multiaddr (with ``/p2p/<id>``) through the dialer; the PeerId."""
+        bare, sep, _ = addr.partition("/p2p/")
+        peer = addr.rsplit("/p2p/", 1)[-1]
+        if not sep or not peer or "/" in peer:
+            raise ValueError(f"not a dialable multiaddr with /p2p/: {addr!r}")
+        return await self.dialer.dial(peer, [bare])
+
+    @asyncio_only
+    async def dial(self, peer_id: str, addrs: list[str] | tuple[str, ...] = ()) -> str:
+        """Dial ``peer_id`` at ``addrs`` (else where it was last reached) through the
+        node's dialer (wildcards refused, concurrent dials shared, the library's
+        dial backoff cleared, the error recorded); return the PeerId."""
+        return await self.dialer.dial(peer_id, addrs)
 
     @asyncio_only
     async def disconnect(self, peer_id: str) -> None:

@@ -336,6 +336,14 @@ class LookupResult(_message.Message):
     found: _containers.RepeatedCompositeFieldContainer[SequenceAssigned]
     def __init__(self, found: _Optional[_Iterable[_Union[SequenceAssigned, _Mapping]]] = ...) -> None: ...
 
+class ChannelHead(_message.Message):
+    __slots__ = ("channel_id", "last_seq")
+    CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    channel_id: str
+    last_seq: int
+    def __init__(self, channel_id: _Optional[str] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
 class Ok(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -349,7 +357,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("request_id", "challenge", "welcome", "member_list", "channel_list", "presence", "directory_answer", "history_page", "submit_result", "ok", "error", "lookup_result")
+    __slots__ = ("request_id", "challenge", "welcome", "member_list", "channel_list", "presence", "directory_answer", "history_page", "submit_result", "ok", "error", "lookup_result", "channel_head")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
@@ -362,6 +370,7 @@ class ServerFrame(_message.Message):
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_RESULT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_HEAD_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     challenge: Challenge
     welcome: Welcome
@@ -374,4 +383,5 @@ class ServerFrame(_message.Message):
     ok: Ok
     error: Error
     lookup_result: LookupResult
-    def __init__(self, request_id: _Optional[int] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., member_list: _Optional[_Union[MemberList, _Mapping]] = ..., channel_list: _Optional[_Union[ChannelList, _Mapping]] = ..., presence: _Optional[_Union[Presence, _Mapping]] = ..., directory_answer: _Optional[_Union[DirectoryAnswer, _Mapping]] = ..., history_page: _Optional[_Union[HistoryPage, _Mapping]] = ..., submit_result: _Optional[_Union[SubmitResult, _Mapping]] = ..., ok: _Optional[_Union[Ok, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., lookup_result: _Optional[_Union[LookupResult, _Mapping]] = ...) -> None: ...
+    channel_head: ChannelHead
+    def __init__(self, request_id: _Optional[int] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., member_list: _Optional[_Union[MemberList, _Mapping]] = ..., channel_list: _Optional[_Union[ChannelList, _Mapping]] = ..., presence: _Optional[_Union[Presence, _Mapping]] = ..., directory_answer: _Optional[_Union[DirectoryAnswer, _Mapping]] = ..., history_page: _Optional[_Union[HistoryPage, _Mapping]] = ..., submit_result: _Optional[_Union[SubmitResult, _Mapping]] = ..., ok: _Optional[_Union[Ok, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., lookup_result: _Optional[_Union[LookupResult, _Mapping]] = ..., channel_head: _Optional[_Union[ChannelHead, _Mapping]] = ...) -> None: ...

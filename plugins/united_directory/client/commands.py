@@ -13,6 +13,7 @@ from united_core.api import CliCommand, CLIError, CliTools, CommandError, Contro
 from united_core.identity import Identity, load_key_file
 
 from ..protocol import FrameError, clean_display_name
+from .rotation import add_rotate_args, render_rotation, rotate_key, run_rotate
 from .service import DirectoryCache, DiscoveryService, NotConnected
 from .session import DirectoryClient, DirectoryError
 
@@ -78,6 +79,13 @@ def control_commands() -> list[ControlCommand]:
         ControlCommand("channels", _channels, "Joined channels.", render=_rows),
         ControlCommand("members", _members, "Members (from the cached list).", render=_rows),
         ControlCommand("who", _who, "Who is online in a channel.", usage="CHANNEL", render=_rows),
+        ControlCommand(
+            "rotate-key",
+            rotate_key,
+            "Replace this member's key with the server, keep the old one, restart.",
+            usage="[--no-restart]",
+            render=render_rotation,
+        ),
     ]
 
 
@@ -145,5 +153,11 @@ def cli_commands() -> list[CliCommand]:
             "register with a server using an invite; write a client node",
             _add_join_args,
             _run_join,
-        )
+        ),
+        CliCommand(
+            "rotate-key",
+            "make a new key, rotate it with the server, swap the key file, restart the node",
+            add_rotate_args,
+            run_rotate,
+        ),
     ]

@@ -6,7 +6,8 @@
 - A background task keeps a session: connect, log in, apply the welcome, announce
   our libp2p addresses, dial the server's host; when the session ends, reconnect
   with exponential backoff (jittered, reset after a successful login).
-- Pushes (member list, presence) update the cache and fire the hooks.
+- Pushes (member list, presence) update the cache and fire the hooks; channel
+  heads go to the head listeners (the cache gap-fills when behind).
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from united_core.api import P2PAPI, NodeAPI, call_async
+from united_core.api import (
+    P2PAPI,
+    NodeAPI,
+    call_async,
+    describe_error,
+    dialable_addrs,
+    expand_wildcards,
+)
 from united_core.identity import Identity
 from united_core.wire import frames_pb2 as pb
 
@@ -44,13 +52,19 @@ def member_from_pb(m: pb.Member) -> Member:
 
 
 def concrete_addrs(addrs: list[str], server_url: str) -> list[str]:
-    """Replace wildcard listen addresses with the server host's address."""
+    """The server's addresses to dial, in order: never a wildcard (issue 11).
+
+    A server announces concrete addresses; those on the host of its URL (the one
+    this member already reaches) come first. Only an older server's wildcard is
+    rewritten to that host, as a fallback.
+    """
     host = urlparse(server_url).hostname or "127.0.0.1"
     try:
-        ip = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+        ip = str(socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0])
     except OSError:
         ip = host
-    return [a.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/") for a in addrs]
+    rewritten = [a.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/") for a in addrs]
+    return dialable_addrs(rewritten, prefer_host=ip)
 
 
 class DirectoryCache:
@@ -146,11 +160,17 @@ class DiscoveryService:
         self._task: asyncio.Task[None] | None = None
         self._pushes: set[asyncio.Task[None]] = set()
         self._login_listeners: list[Callable[[], Awaitable[None]]] = []
+        self._head_listeners: list[Callable[[str, int], Awaitable[None]]] = []
         self._cached = False
 
     def add_login_listener(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener()`` after every successful login (other plugins' sync)."""
         self._login_listeners.append(listener)
+
+    def add_head_listener(self, listener: Callable[[str, int], Awaitable[None]]) -> None:
+        """Call ``listener(channel_id, last_seq)`` on every ``ChannelHead`` push (the
+        server's archive numbered messages up to ``last_seq``): the cache gap-fills."""
+        self._head_listeners.append(listener)
 
     async def start(self) -> None:
         self._cached = self.cache.load()
@@ -231,7 +251,8 @@ class DiscoveryService:
             self.connected.set()
             log.info("logged in to %s as %s", self.config.server_url, welcome.you.display_name)
             await self._announce_to_plugins()
-            own = [a.split("/p2p/")[0] for a in self.p2p.listen_addrs]
+            # What others can dial: concrete listen addresses, wildcards expanded.
+            own = expand_wildcards(a.split("/p2p/")[0] for a in self.p2p.listen_addrs)
             await client.request(pb.ClientFrame(announce=pb.AnnounceAddrs(addrs=own)))
             await self._dial_server()
             for listener in self._login_listeners:
@@ -256,7 +277,7 @@ class DiscoveryService:
                 await self.p2p.connect(addr)
                 return
             except Exception as exc:
-                log.info("could not dial the server at %s: %s", addr, exc)
+                log.info("could not dial the server at %s: %s", addr, describe_error(exc))
 
     def _on_push(self, frame: pb.ServerFrame) -> None:
         kind = frame.WhichOneof("body")
@@ -266,6 +287,10 @@ class DiscoveryService:
             self._spawn(self._announce_members())
         elif kind == "presence":
             self._spawn(self._announce_presence(frame.presence))
+        elif kind == "channel_head":
+            head = frame.channel_head
+            for head_listener in self._head_listeners:
+                self._spawn(head_listener(head.channel_id, int(head.last_seq)))
         elif kind == "error":
             log.warning("the server says: %s", frame.error.message)
 

@@ -34,6 +34,11 @@ class DirectoryHooks:
         await self.directory.announce_state()
 
     @hookimpl
+    def united_history_advanced(self, topic: str, last_seq: int) -> None:
+        """Push the channel's new head to its members (coalesced)."""
+        self.directory.history_advanced(topic, last_seq)
+
+    @hookimpl
     def united_collect_stats(self) -> dict[str, Any]:
         return self.directory.stats()
 

@@ -85,7 +85,9 @@ class Config:
     )
     members_create_channels: bool = setting(False, "Whether members may create channels.")
     announce_addrs: tuple[str, ...] = setting(
-        (), "libp2p addresses given to members (default: the host's, 0.0.0.0 made concrete)."
+        (),
+        "libp2p addresses given to members, never 0.0.0.0 (default: the listen addresses, "
+        "0.0.0.0 expanded to each interface's address).",
     )
     database: str = setting("directory.sqlite3", "Registry database, inside [node] data_dir.")
 

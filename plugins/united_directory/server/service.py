@@ -16,6 +16,7 @@ sessions are handled by :mod:`.session`; floods are bounded by :mod:`.limits`.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -26,7 +27,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from united_core.api import P2PAPI, NodeAPI, call_async
+from united_core.api import P2PAPI, NodeAPI, call_async, expand_wildcards, is_wildcard
 from united_core.wire import frames_pb2 as pb
 
 from .. import protocol
@@ -38,6 +39,7 @@ from .session import Endpoint, Session, SessionClosed
 
 log = logging.getLogger(__name__)
 E = pb.ErrorCode
+HEAD_PUSH_INTERVAL = 0.5  # seconds between two ChannelHead pushes of one channel, at least
 
 
 class DirectoryService:
@@ -60,6 +62,13 @@ class DirectoryService:
         self._plugin_handlers: dict[str, protocol.FrameHandlerFn] = {}
         self.frames_handled = 0
         self.errors_sent = 0
+        # Channel heads (united_history_advanced): the latest per channel, pushed
+        # to its members at most every head_push_interval seconds.
+        self.head_push_interval = HEAD_PUSH_INTERVAL
+        self._heads: dict[str, int] = {}
+        self._head_pushed_at: dict[str, float] = {}
+        self._head_tasks: dict[str, asyncio.Task[None]] = {}
+        self.heads_pushed = 0
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -99,6 +108,9 @@ class DirectoryService:
         await self._channels_changed()
 
     async def stop(self) -> None:
+        for task in list(self._head_tasks.values()):
+            task.cancel()
+        self._head_tasks.clear()
         await self.endpoint.stop()
         if self.registry is not None:
             await self.registry.close()
@@ -123,9 +135,21 @@ class DirectoryService:
             for c in self._channels.values()
         ]
 
-    def server_addrs(self) -> list[str]:
-        addrs = self.config.announce_addrs or tuple(self.p2p.listen_addrs)
+    def server_addrs(self, observed: str | None = None) -> list[str]:
+        """What members dial: never a wildcard (issue 11).
+
+        ``[directory] announce_addrs`` if set; else the listen addresses with
+        ``0.0.0.0`` expanded to this host's interface addresses; else (no
+        interface up) the address the member reached us at (``observed``).
+        """
         suffix = f"/p2p/{self.p2p.peer_id}"
+        addrs = list(self.config.announce_addrs)
+        if not addrs:
+            listen = [a.split("/p2p/")[0] for a in self.p2p.listen_addrs]
+            addrs = expand_wildcards(listen)
+            if not addrs and observed:
+                addrs = [a.replace("/ip4/0.0.0.0/", f"/ip4/{observed}/", 1) for a in listen]
+            addrs = [a for a in addrs if not is_wildcard(a)]
         return [a if a.endswith(suffix) else a + suffix for a in addrs]
 
     def online(self, channel_id: str) -> list[pb.PeerPresence]:
@@ -153,6 +177,7 @@ class DirectoryService:
             "channels": len(self._channels),
             "frames_handled": self.frames_handled,
             "errors_sent": self.errors_sent,
+            "heads_pushed": self.heads_pushed,
         }
 
     # ---- admin operations (control API) --------------------------------------------
@@ -401,7 +426,7 @@ class DirectoryService:
             self._set_member(member)
             log.info("registered member %s (%s)", member.display_name, member.peer_id)
         self._logged_in(session, member)
-        await session.send(await self._welcome(rid, member))
+        await session.send(await self._welcome(rid, member, observed=local_ip(session)))
         if kind == "register":
             await self._member_list_changed()
 
@@ -416,7 +441,9 @@ class DirectoryService:
         for old in sessions[: -self.config.max_sessions_per_member]:
             self.endpoint.close_later(old, 4009, b"replaced by a newer session")
 
-    async def _welcome(self, rid: int, member: Member) -> pb.ServerFrame:
+    async def _welcome(
+        self, rid: int, member: Member, observed: str | None = None
+    ) -> pb.ServerFrame:
         assert self.registry is not None
         joined = [
             self._channel_pb(c) for c in await self.registry.joined_channels(member.member_id)
@@ -428,7 +455,7 @@ class DirectoryService:
                 you=self._member_pb(member, await self.registry.previous_keys(member.member_id)),
                 members=[self._member_pb(m) for m in self._members.values()],
                 joined=joined,
-                server_addrs=self.server_addrs(),
+                server_addrs=self.server_addrs(observed),
                 server_peer_id=self.p2p.peer_id,
             ),
         )
@@ -521,8 +548,10 @@ class DirectoryService:
     async def _on_announce(self, session: Session, frame: pb.ClientFrame) -> None:
         assert session.member is not None
         addrs = protocol.clean_addrs(list(frame.announce.addrs))
-        # A wildcard listen address is reachable at the address the session came from.
-        session.addrs = [a.replace("/ip4/0.0.0.0/", f"/ip4/{session.remote}/") for a in addrs]
+        # Members announce concrete addresses; an older one's wildcard is reachable at
+        # the address the session came from. A wildcard is never passed on.
+        addrs = [a.replace("/ip4/0.0.0.0/", f"/ip4/{session.remote}/") for a in addrs]
+        session.addrs = [a for a in addrs if not is_wildcard(a)]
         await session.send(pb.ServerFrame(request_id=frame.request_id, ok=pb.Ok()))
         for channel_id, members in self._channel_members.items():
             if session.member.member_id in members:
@@ -580,6 +609,42 @@ class DirectoryService:
             for session in list(self._online.get(member_id, [])):
                 await session.send(frame)
 
+    def history_advanced(self, topic: str, last_seq: int) -> None:
+        """The archive numbered messages up to ``last_seq`` in ``topic``: push the head
+        to the channel's members, at once if none was pushed in the last interval,
+        else once it ends (only the latest head goes out)."""
+        prefix = f"united/{self.server_id}/"
+        channel_id = topic.removeprefix(prefix)
+        if not topic.startswith(prefix) or channel_id not in self._channels:
+            return
+        if last_seq <= self._heads.get(channel_id, 0):
+            return
+        self._heads[channel_id] = last_seq
+        if channel_id in self._head_tasks:
+            return  # a push is due: it sends the latest head
+        wait = self._head_pushed_at.get(channel_id, 0.0) + self.head_push_interval
+        task = asyncio.get_running_loop().create_task(
+            self._push_head(channel_id, max(0.0, wait - time.monotonic())),
+            name="united-directory-head",
+        )
+        self._head_tasks[channel_id] = task
+
+    async def _push_head(self, channel_id: str, delay: float) -> None:
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            self._head_tasks.pop(channel_id, None)
+        self._head_pushed_at[channel_id] = time.monotonic()
+        frame = pb.ServerFrame(
+            channel_head=pb.ChannelHead(channel_id=channel_id, last_seq=self._heads[channel_id])
+        )
+        self.heads_pushed += 1
+        for member_id in list(self._channel_members.get(channel_id, ())):
+            for session in list(self._online.get(member_id, [])):
+                with contextlib.suppress(Exception):
+                    await session.send(frame)
+
     async def _member_list_changed(self) -> None:
         frame = pb.ServerFrame(
             member_list=pb.MemberList(members=[self._member_pb(m) for m in self._members.values()])
@@ -629,3 +694,10 @@ async def directory_service(
         yield service
     finally:
         await service.stop()
+
+
+def local_ip(session: Session) -> str | None:
+    """The address of ours the member's WebSocket reached (what it can dial)."""
+    transport = session.request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return str(sockname[0]) if sockname else None

@@ -12,7 +12,7 @@ from typing import Any
 from conftest import run_cli, united_cmd
 from support import free_port, serving_node
 
-from united_core.testing import poll
+from united_core.testing import on_loopback, poll
 
 
 def server_dir(tmp_path: Path) -> Path:
@@ -48,6 +48,7 @@ def test_members_join_by_invite_and_sessions_survive_a_server_restart(tmp_path: 
             joined = run_cli("join", url, code, "--dir", str(tmp_path / name), "--name", name)
             assert joined.returncode == 0, joined.stderr
             members.append(tmp_path / name / "united.toml")
+            on_loopback(members[-1])  # the only edit: tests talk to loopback only
         # A used invite is refused, with one line and exit 1.
         again = run_cli("join", url, code, "--dir", str(tmp_path / "eve"), "--name", "eve")
         assert again.returncode == 1 and "INVITE_INVALID" in again.stderr

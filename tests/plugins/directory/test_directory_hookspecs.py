@@ -31,9 +31,9 @@ def signature_heading(name: str) -> str:
     return f"{name}({', '.join(params)})"
 
 
-def test_the_hooks_are_the_directorys_four() -> None:
+def test_the_hooks_are_the_directorys_five() -> None:
     assert HOOKS == sorted(hookspecs.HOOKS)
-    assert len(HOOKS) == 4
+    assert len(HOOKS) == 5
 
 
 @pytest.mark.parametrize("name", HOOKS)

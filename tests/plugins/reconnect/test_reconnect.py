@@ -1,0 +1,185 @@
+"""Issue 11, deliverables 1 and 5 (member side): the dialer, the reconnect policy,
+and what `ctl peers` / `ctl reconnect` / `ctl send` show. Real nodes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from united_mesh.commands import render_send
+from united_reconnect.config import Config
+from united_reconnect.service import Reconnector, backoff
+
+from united_core.api import hookimpl
+from united_core.builtin import _render_peers, _render_reconnect
+from united_core.p2p.dialer import Dialer, DialRefused
+from united_core.plugins import get_plugin_manager
+from united_core.testing import _on_loopback, call, join, running_community, running_node, until
+
+# ---- the policy -----------------------------------------------------------------------
+
+
+def test_the_backoff_doubles_from_one_second_up_to_thirty() -> None:
+    assert [backoff(a, 1.0, 30.0) for a in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert backoff(10_000, 1.0, 30.0) == 30.0  # no overflow on a peer gone for days
+
+
+def _reconnector(pm: Any, config: Config | None = None) -> Reconnector:
+    node = SimpleNamespace(identity=SimpleNamespace(peer_id="12D3KooWself"), hook=pm.hook)
+    return Reconnector(config or Config(), node, Dialer(_never_dials, "12D3KooWself"))
+
+
+async def _never_dials(peer_id: str, addrs: list[str]) -> str:
+    raise AssertionError("no dial expected")
+
+
+def test_hook_united_reconnect_delay() -> None:
+    # The core default alone (trylast): 1 s, 2 s, 4 s ... 30 s.
+    pm = get_plugin_manager([])
+    assert [pm.hook.united_reconnect_delay(peer_id="p", attempt=a) for a in (0, 1, 2, 9)] == [
+        1.0,
+        2.0,
+        4.0,
+        30.0,
+    ]
+    # With the reconnect plugin: its [reconnect] numbers replace the core's default.
+    pm = get_plugin_manager(["reconnect"])
+    service = _reconnector(pm, Config(base=0.5, max=3.0))
+    assert [service.delay("p", a) for a in (0, 1, 2, 3)] == [0.5, 1.0, 2.0, 3.0]
+
+    # A third party's ordinary implementation replaces both (firstresult).
+    class EveryFiveSeconds:
+        @hookimpl
+        def united_reconnect_delay(self, peer_id: str, attempt: int) -> float | None:
+            return None if peer_id == "no-opinion" else 5.0
+
+    pm.register(EveryFiveSeconds(), name="third-party")
+    assert service.delay("p", 0) == 5.0
+    assert service.delay("no-opinion", 2) == 2.0  # None falls through to [reconnect]
+
+
+# ---- the dialer -----------------------------------------------------------------------
+
+
+def test_the_dialer_refuses_wildcards_records_reasons_and_shares_concurrent_dials() -> None:
+    calls: list[tuple[str, list[str]]] = []
+
+    async def dial_fn(peer_id: str, addrs: list[str]) -> str:
+        calls.append((peer_id, addrs))
+        await asyncio.sleep(0.05)
+        if peer_id == "bad":
+            raise TimeoutError()  # py-libp2p style: no message at all
+        return peer_id
+
+    async def scenario() -> None:
+        dialer = Dialer(dial_fn, "me")
+        with pytest.raises(DialRefused, match="no dialable address"):
+            await dialer.dial("p1", ["/ip4/0.0.0.0/tcp/7420", "/ip6/::/tcp/7420"])
+        assert "0.0.0.0" in (dialer.known("p1").last_error or "")  # type: ignore[union-attr]
+        assert calls == []  # nothing was sent
+        a = "/ip4/127.0.0.1/tcp/4001"
+        results = await asyncio.gather(*(dialer.dial("p2", [a + "/p2p/p2"]) for _ in range(5)))
+        assert results == ["p2"] * 5 and calls == [("p2", [a])]  # one dial, shared
+        assert dialer.is_connected("p2")
+        with pytest.raises(TimeoutError):
+            await dialer.dial("bad", [a])
+        rec = dialer.known("bad")
+        assert rec is not None and rec.last_error == "TimeoutError" and rec.last_error_at
+        dialer.plan("bad", time.time() + 4)
+        rows = dialer.rows([{"peer_id": "p2", "addrs": [a], "direction": "outbound"}])
+        assert [(r["peer_id"], r["connected"]) for r in rows] == [
+            ("p2", True),
+            ("bad", False),
+            ("p1", False),
+        ]
+        text = _render_peers(rows)
+        assert "connected since" in text and "last error" in text and "next retry" in text
+
+    asyncio.run(scenario())
+
+
+def test_send_and_reconnect_render_their_warnings() -> None:
+    sent = {"id": "ab", "topic": "t", "sequence_hint": 1, "warning": "no connected peer at all"}
+    assert "warning: no connected peer at all" in render_send(sent)
+    done = {"tried": 1, "redialed": [], "failed": {"p": "OSError: refused"}, "connected": []}
+    assert "failed: p: OSError: refused" in _render_reconnect(done)
+
+
+# ---- real nodes ------------------------------------------------------------------------
+
+
+async def _connected(node: Any, peer_id: str) -> bool:
+    return peer_id in {p["peer_id"] for p in await node.p2p.peers()}
+
+
+def test_a_restarted_member_is_redialed_and_a_failing_peer_shows_why(tmp_path: Path) -> None:
+    """carol stops: alice's `ctl peers` shows the reason and the next retry; carol
+    restarts on a new port: alice and bob are connected to her again within 10 s."""
+
+    async def scenario() -> None:
+        async with running_community(tmp_path, ("alice", "bob")) as c:
+            invite = await call(c.server, "invite")
+            carol_config = await join(invite["url"], invite["code"], tmp_path / "carol", "carol")
+            carol_config.write_text(_on_loopback(carol_config.read_text()))
+            async with running_node(carol_config) as carol:
+                await until(lambda: _joined(carol), 20, "carol to join general")
+                carol_id = carol.identity.peer_id
+                for name in ("alice", "bob"):
+                    await until(
+                        functools.partial(_connected, c.node(name), carol_id), 20, f"{name}-carol"
+                    )
+
+            # carol is down: alice redials with backoff and shows why it fails.
+            async def failing() -> Any:
+                rows = await c.call("alice", "peers")
+                row = next((r for r in rows if r["peer_id"] == carol_id), None)
+                return row if row and not row["connected"] and row["last_error"] else None
+
+            row = await until(failing, 20, "alice to record a failed redial of carol")
+            assert row["next_retry_at"] and row["next_retry_at"] > row["last_error_at"]
+            text = (await c.ctl("alice", "peers")).stdout
+            assert carol_id in text and "last error" in text and "next retry" in text
+            stats = await c.stats("alice")
+            assert carol_id in stats["reconnect"]["redialing"]
+            # ctl reconnect redials now and says what happened.
+            result = await c.call("alice", "reconnect")
+            assert result["tried"] >= 1 and carol_id in result["failed"]
+            assert result["failed"][carol_id]
+            # carol restarts (same key, a new port): found again through presence.
+            async with running_node(carol_config) as carol:
+                started = time.monotonic()
+                await until(lambda: _joined(carol), 20, "carol to log in again")
+                for name in ("alice", "bob"):
+                    await until(
+                        functools.partial(_connected, c.node(name), carol_id),
+                        10,
+                        f"{name} redials carol",
+                    )
+                healed = time.monotonic() - started
+                print(f"restarted member redialed by both others in {healed:.1f} s")
+                assert healed < 10
+                # One connection per pair (both may have dialed: the duplicate is closed).
+                for name in ("alice", "bob"):
+
+                    async def one(n: str = name) -> bool:
+                        peers = await c.node(n).p2p.peers()
+                        return [p["peer_id"] for p in peers].count(carol_id) == 1
+
+                    await until(one, 3, f"{name} to keep one connection to carol")
+                    await asyncio.sleep(1.0)
+                    assert await one(), f"{name} lost or doubled its connection to carol"
+
+    asyncio.run(scenario())
+
+
+async def _joined(node: Any) -> bool:
+    try:
+        await call(node, "join", "general")
+    except Exception:
+        return False
+    return True
