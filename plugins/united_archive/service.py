@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 E = pb.ErrorCode
 MAX_SUBMIT = 1000
+# After a restart, messages stamped while the server was down wait at least this many
+# reorder windows (members log in after their reconnect backoff), and uploads keep
+# the window open up to SETTLE_CAP windows after the start.
+SETTLE_AFTER_RESTART = 2
+SETTLE_CAP = 10
 MAX_LOOKUP = 5000
 REASON_CODES = {reason: getattr(pb, f"REFUSAL_REASON_{reason.name}") for reason in Reason}
 # A history page stays well inside one WebSocket frame.
@@ -130,6 +135,13 @@ class ArchiveService:
             or now_ms - message.timestamp > self.config.late_after * 1000
         ):
             self._late[message.id] = message
+            if message.timestamp < self._started_ms:
+                # Sent while this server was down: the senders' own uploads come when
+                # they log in again (after their reconnect backoff); wait for them.
+                start = self._started_ms / 1000
+                self._settle_until = max(
+                    self._settle_until, start + SETTLE_AFTER_RESTART * self.config.reorder_window
+                )
             if self._late_flush is None or self._late_flush.done():
                 self._late_flush = asyncio.create_task(
                     self._flush_late(), name="united-archive-late"
@@ -151,8 +163,8 @@ class ArchiveService:
 
     def _extend_settling(self) -> None:
         """A reconciliation arrived: keep ordering together for a while more, within
-        ``3 x reorder_window`` of this server's start."""
-        cap = self._started_ms / 1000 + 3 * self.config.reorder_window
+        ``SETTLE_CAP x reorder_window`` of this server's start."""
+        cap = self._started_ms / 1000 + SETTLE_CAP * self.config.reorder_window
         self._settle_until = min(
             cap, max(self._settle_until, time.time() + self.config.reorder_window)
         )
@@ -375,7 +387,9 @@ class ArchiveService:
         # Messages sent while the server was away get numbers in (Lamport, sender) order,
         # together with the late gossip copies of them waiting to be written.
         submitted_ids = {m.id for m in accepted}
-        if accepted and time.time() < self._started_ms / 1000 + 3 * self.config.reorder_window:
+        if accepted and time.time() < self._started_ms / 1000 + SETTLE_CAP * (
+            self.config.reorder_window
+        ):
             self._extend_settling()
         batch = self._take_late(accepted) if accepted else []
         for stored in await self.write(batch) if batch else []:

@@ -33,6 +33,9 @@ class MemberSet:
 
     members: tuple[Member, ...] = ()
     trusted_peer_ids: frozenset[str] = frozenset()
+    # Keys current members rotated away from: their old messages stay valid in
+    # history and in uploads (reconciliation), never for new gossip.
+    former_keys: frozenset[bytes] = frozenset()
     by_peer_id: dict[str, Member] = field(init=False, repr=False, compare=False)
     by_key: dict[bytes, Member] = field(init=False, repr=False, compare=False)
 
@@ -41,8 +44,14 @@ class MemberSet:
         object.__setattr__(self, "by_key", {m.public_key: m for m in self.members})
 
     @classmethod
-    def of(cls, members: Iterable[Member], trusted: Iterable[str] = ()) -> MemberSet:
-        return cls(tuple(members), frozenset(trusted))
+    def of(
+        cls, members: Iterable[Member], trusted: Iterable[str] = (), former: Iterable[bytes] = ()
+    ) -> MemberSet:
+        return cls(tuple(members), frozenset(trusted), frozenset(former))
+
+    def was_member_key(self, public_key: bytes) -> bool:
+        """A key a current member used before rotating (see ``former_keys``)."""
+        return public_key in self.former_keys
 
     def allows_peer(self, peer_id: str) -> bool:
         return peer_id in self.by_peer_id or peer_id in self.trusted_peer_ids

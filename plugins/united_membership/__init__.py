@@ -47,6 +47,8 @@ class MembershipHooks:
         keeps what members wrote before they were removed."""
         if origin is Origin.HISTORY:
             return None
+        if origin is Origin.SUBMISSION and self.state.was_member_key(message.sender_pubkey):
+            return None  # written before its author rotated keys: still theirs
         if not self.state.allows_key(message.sender_pubkey):
             self.state.rejected_messages += 1
             return Refusal(Verdict.REJECT, "the sender is not a member", Reason.NOT_A_MEMBER)

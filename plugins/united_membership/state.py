@@ -34,6 +34,14 @@ class MembershipState:
             self.refused_peers += 1
         return allowed
 
+    def was_member_key(self, public_key: bytes) -> bool:
+        members = self._members
+        return (
+            members is not None
+            and bool(getattr(members, "was_member_key", None))
+            and (members.was_member_key(public_key))
+        )
+
     def allows_key(self, public_key: bytes) -> bool:
         members = self._members
         return members is not None and members.allows_key(public_key)

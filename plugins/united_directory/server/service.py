@@ -58,6 +58,7 @@ class DirectoryService:
         self._channels: dict[str, ChannelRecord] = {}
         self._channel_members: dict[str, set[str]] = collections.defaultdict(set)
         self._members: dict[str, Member] = {}
+        self._former_keys: set[bytes] = set()  # keys current members rotated away from
         self._member_keys: dict[bytes, str] = {}
         self._plugin_handlers: dict[str, protocol.FrameHandlerFn] = {}
         self.frames_handled = 0
@@ -79,6 +80,7 @@ class DirectoryService:
             self._channels[channel.channel_id] = channel
         for member in await self.registry.members():
             self._set_member(member)
+            self._former_keys.update(await self.registry.previous_keys(member.member_id))
             for channel in await self.registry.joined_channels(member.member_id):
                 self._channel_members[channel.channel_id].add(member.member_id)
         self._plugin_handlers = self._collect_frame_handlers()
@@ -127,7 +129,9 @@ class DirectoryService:
     # ---- views ---------------------------------------------------------------------
 
     def member_set(self) -> MemberSet:
-        return MemberSet.of(self._members.values(), trusted=[self.p2p.peer_id])
+        return MemberSet.of(
+            self._members.values(), trusted=[self.p2p.peer_id], former=self._former_keys
+        )
 
     def channels(self) -> list[Channel]:
         return [
@@ -481,6 +485,7 @@ class DirectoryService:
             )
             return
         rotated = await self.registry.rotate_key(member, new_key)
+        self._former_keys.add(member.public_key)
         self._set_member(rotated)
         for s in self._online.get(member.member_id, []):
             s.member = rotated

@@ -117,6 +117,18 @@ def test_messages_from_non_members_are_rejected(tmp_path: Path) -> None:
     # History is the server's record: a removed member's old messages stay readable.
     assert hooks.united_validate_message(bad, Origin.HISTORY) is None
     assert state.rejected_messages == 4
+    # A member who rotated keys: messages signed before may still be uploaded
+    # (reconciliation), never gossiped anew under the old key.
+    rotated = Identity.generate()
+    state.replace(
+        MemberSet.of(
+            [Member("m", "member", rotated.public_key, rotated.peer_id)],
+            former=[member.public_key],
+        )
+    )
+    assert hooks.united_validate_message(ok, Origin.SUBMISSION) is None
+    refusal = hooks.united_validate_message(ok, Origin.GOSSIP)
+    assert refusal is not None and refusal.code is Reason.NOT_A_MEMBER
 
 
 def test_hook_united_presence_changed(tmp_path: Path) -> None:
