@@ -44,7 +44,9 @@ E = pb.ErrorCode
 MAX_SUBMIT = 1000
 # After a restart, messages stamped while the server was down wait at least this many
 # reorder windows (members log in after their reconnect backoff), and uploads keep
-# the window open up to SETTLE_CAP windows after the start.
+# the window open up to SETTLE_CAP windows after the start. Within that cap, a
+# sender's gossip also waits until the sender itself has reconciled (its
+# ``SubmitMessages.reconciled``): only then can none of its older messages still come.
 SETTLE_AFTER_RESTART = 2
 SETTLE_CAP = 10
 MAX_LOOKUP = 5000
@@ -93,6 +95,8 @@ class ArchiveService:
         self._late_flush: asyncio.Task[None] | None = None
         self._started_ms = 0.0
         self._settle_until = 0.0
+        # Senders (keys) whose reconciliation after this start is done.
+        self._reconciled: set[bytes] = set()
         # Set once every plugin has started: heads are announced through it.
         self.node: NodeAPI | None = None
 
@@ -111,7 +115,7 @@ class ArchiveService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._late_flush
         if self._late and self._writer is not None:
-            await self.write(self._take_late([]))
+            await self.write(self._take_late([], everything=True))
         if self._writer is not None:
             await self._queue.join()
             self._writer.cancel()
@@ -131,6 +135,7 @@ class ArchiveService:
         if (
             self._late  # while late ones wait, everything waits: one Lamport order
             or now_ms < self._settle_until * 1000  # just (re)started: members reconcile
+            or self._unreconciled(message.sender_pubkey)  # its older ones may still come
             or message.timestamp < self._started_ms  # sent before this server (re)started
             or now_ms - message.timestamp > self.config.late_after * 1000
         ):
@@ -151,30 +156,51 @@ class ArchiveService:
 
     async def _flush_late(self) -> None:
         """Write the waiting messages once the window has been quiet for
-        ``reorder_window`` (a reconciliation upload keeps it open, up to a cap)."""
-        while True:
+        ``reorder_window`` (a reconciliation upload keeps it open, up to a cap);
+        those of senders still to reconcile wait for them, up to the cap."""
+        while self._late:
             self._settle_until = max(self._settle_until, time.time() + self.config.reorder_window)
             await asyncio.sleep(max(0.0, self._settle_until - time.time()))
-            if time.time() >= self._settle_until:
-                break
-        async with self._submit_lock:
-            if self._late:
-                await self.write(self._take_late([]))
+            if time.time() < self._settle_until:
+                continue
+            async with self._submit_lock:
+                batch = self._take_late([])
+                if batch:
+                    await self.write(batch)
+            if self._late:  # their senders' reconciliation (or the cap) releases them
+                left = self._settle_cap() - time.time()
+                await asyncio.sleep(min(self.config.reorder_window, max(0.05, left)))
+
+    def _settle_cap(self) -> float:
+        """When settling after this server's start ends, whatever is still missing."""
+        return self._started_ms / 1000 + SETTLE_CAP * self.config.reorder_window
+
+    def _unreconciled(self, sender: bytes) -> bool:
+        """Whether ``sender`` may still upload older messages of its own: it has not
+        reconciled since this server started, and the settling cap is not reached."""
+        return sender not in self._reconciled and time.time() < self._settle_cap()
 
     def _extend_settling(self) -> None:
         """A reconciliation arrived: keep ordering together for a while more, within
         ``SETTLE_CAP x reorder_window`` of this server's start."""
-        cap = self._started_ms / 1000 + SETTLE_CAP * self.config.reorder_window
+        cap = self._settle_cap()
         self._settle_until = min(
             cap, max(self._settle_until, time.time() + self.config.reorder_window)
         )
 
-    def _take_late(self, others: list[SignedMessage]) -> list[SignedMessage]:
-        """``others`` with every waiting late message, in (Lamport hint, sender) order."""
+    def _take_late(
+        self, others: list[SignedMessage], *, everything: bool = False
+    ) -> list[SignedMessage]:
+        """``others`` with the waiting late messages of reconciled senders (all of
+        them when ``everything``), in (Lamport hint, sender) order; the others'
+        keep waiting."""
         merged = {m.id: m for m in others}
-        for mid, message in self._late.items():
-            merged.setdefault(mid, message)
-        self._late.clear()
+        for mid in [m.id for m in others if m.id in self._late]:
+            del self._late[mid]  # uploaded: the gossip copy is the same message
+        for mid, message in list(self._late.items()):
+            if everything or not self._unreconciled(message.sender_pubkey):
+                merged.setdefault(mid, message)
+                del self._late[mid]
         return sorted(merged.values(), key=lambda m: (m.sequence_hint, m.sender_pubkey))
 
     def _budget(self, member_id: str, count: int) -> bool:
@@ -343,9 +369,11 @@ class ArchiveService:
         # One submission at a time: members reconciling at once after an outage
         # upload the same messages, and the second must find the first's stored.
         async with self._submit_lock:
-            return await self._submit(ctx, envelopes)
+            return await self._submit(ctx, envelopes, reconciled=frame.submit.reconciled)
 
-    async def _submit(self, ctx: FrameContext, envelopes: Any) -> pb.ServerFrame:
+    async def _submit(
+        self, ctx: FrameContext, envelopes: Any, *, reconciled: bool = False
+    ) -> pb.ServerFrame:
         assert self.store is not None
         wires = [env.SerializeToString() for env in envelopes]
         ids = [message_id_from_wire(w) for w in wires]
@@ -391,7 +419,9 @@ class ArchiveService:
             self.config.reorder_window
         ):
             self._extend_settling()
-        batch = self._take_late(accepted) if accepted else []
+        if reconciled:  # the sender's own older messages are all here now
+            self._reconciled.add(ctx.member.public_key)
+        batch = self._take_late(accepted) if accepted or reconciled else []
         for stored in await self.write(batch) if batch else []:
             if stored.id not in submitted_ids:
                 continue  # a late gossip message written with this submission

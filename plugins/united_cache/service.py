@@ -209,6 +209,20 @@ class CacheService:
         they have been here ``upload_grace`` seconds (at once when ``reconcile``).
         ``upload=False`` only learns the numbers of those the server holds.
         """
+        confirmed = await self._submit_round(reconcile=reconcile, upload=upload)
+        if reconcile and upload:
+            await self._end_reconciliation()
+        return confirmed
+
+    async def _end_reconciliation(self) -> None:
+        """Tell the server everything it lacked of ours is uploaded: it numbers our
+        gossip that reached it meanwhile after this, so our messages keep their order."""
+        try:
+            await self.discovery.request(pb.ClientFrame(submit=pb.SubmitMessages(reconciled=True)))
+        except RemoteRefusal as exc:  # a server without an archive
+            log.debug("end of reconciliation refused (%s)", exc)
+
+    async def _submit_round(self, *, reconcile: bool, upload: bool) -> int:
         assert self.store is not None
         confirmed = 0
         cursor: Cursor | None = None

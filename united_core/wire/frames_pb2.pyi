@@ -183,10 +183,12 @@ class HistoryRequest(_message.Message):
     def __init__(self, channel_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class SubmitMessages(_message.Message):
-    __slots__ = ("envelopes",)
+    __slots__ = ("envelopes", "reconciled")
     ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    RECONCILED_FIELD_NUMBER: _ClassVar[int]
     envelopes: _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Envelope]
-    def __init__(self, envelopes: _Optional[_Iterable[_Union[_envelope_pb2.Envelope, _Mapping]]] = ...) -> None: ...
+    reconciled: bool
+    def __init__(self, envelopes: _Optional[_Iterable[_Union[_envelope_pb2.Envelope, _Mapping]]] = ..., reconciled: _Optional[bool] = ...) -> None: ...
 
 class LookupMessages(_message.Message):
     __slots__ = ("message_ids",)

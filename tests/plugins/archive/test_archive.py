@@ -134,6 +134,56 @@ def test_gossip_and_submissions_are_archived_once_in_lamport_order(tmp_path: Pat
     asyncio.run(scenario())
 
 
+def test_a_senders_gossip_waits_for_its_reconciliation_after_a_restart(tmp_path: Path) -> None:
+    """After a (re)start the archive cannot know whether a sender still holds older
+    messages of its own: its gossip is numbered only after its reconciliation says
+    so (``SubmitMessages.reconciled``), or once settling ends for a silent sender."""
+
+    async def scenario() -> None:
+        window = 0.2  # settling ends 10 windows after the start
+        config = server_config(
+            tmp_path, extra=f"[archive]\nreorder_window = {window}\n", plugins=("archive",)
+        )
+        async with running_node(config) as server:
+            directory, archive = server.service("directory"), server.service("archive")
+            url = f"ws://127.0.0.1:{directory.port}/ws"
+            channel = await directory.create_channel("general")
+            client, alice, _, _ = await registered(url, directory, "alice")
+
+            async def seqs(*messages: envelope.SignedMessage) -> list[int]:
+                reply = await client.request(
+                    pb.ClientFrame(lookup=pb.LookupMessages(message_ids=[m.id for m in messages]))
+                )
+                found = {f.message_id: f.seq for f in reply.lookup_result.found}
+                return [found.get(m.id, 0) for m in messages]
+
+            newest = seal(alice, channel.topic, "newest", 30)
+            await archive.ingest(newest)  # by gossip, before alice reconciled
+            await asyncio.sleep(4 * window)  # the plain reorder window has passed
+            assert await seqs(newest) == [0]
+            older = [seal(alice, channel.topic, f"older-{h}", h) for h in (10, 20)]
+            reply = await client.request(
+                pb.ClientFrame(submit=pb.SubmitMessages(envelopes=[pb_envelope(m) for m in older]))
+            )
+            assert len(reply.submit_result.assigned) == 2
+            assert await seqs(*older, newest) == [1, 2, 0]  # still waiting for the end
+            await client.request(pb.ClientFrame(submit=pb.SubmitMessages(reconciled=True)))
+            assert await seqs(*older, newest) == [1, 2, 3]
+
+            # A sender that never reconciles waits only until settling ends.
+            bob_client, bob, _, _ = await registered(url, directory, "bob")
+            silent = seal(bob, channel.topic, "silent", 40)
+            await archive.ingest(silent)
+            deadline = time.monotonic() + 20 * window + 5
+            while await seqs(silent) == [0] and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert await seqs(silent) == [4]
+            await client.close()
+            await bob_client.close()
+
+    asyncio.run(scenario())
+
+
 def pb_envelope(message: envelope.SignedMessage) -> object:
     from united_core.wire import envelope_pb2
 
