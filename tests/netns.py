@@ -23,6 +23,11 @@ Usage::
             server = lab.node(1, "server", config)   # `united run -c config` in host 1
             server.start(); server.ctl("status")
             lab.cut(2); ...; lab.restore(2)          # pull / plug host 2's cable
+            lab.block_tcp_except(2, 7421); ...; lab.unblock(2)  # only port 7421's TCP
+
+:func:`community` builds the usual cast on a lab (a server on host 1, members on
+hosts 2, 3, ... joined to one channel); :func:`connected_ids`, :func:`fully_meshed`
+and :func:`texts` read what the nodes' `ctl` shows.
 
 Setup and teardown take about 0.2 s.
 """
@@ -44,7 +49,11 @@ from typing import Any
 
 import pytest
 
+from united_core.testing import add_to_table
+
 SUBNET = "198.51.100"
+WS_PORT = 7421  # the server preset's WebSocket port (the directory)
+CHANNEL = "general"
 _counter = itertools.count(1)
 
 
@@ -192,6 +201,56 @@ class Lab:
     def restore(self, index: int) -> None:
         ip("-n", self.bridge, "link", "set", self.host(index).bridge_port, "up")
 
+    def block_tcp_except(self, index: int, port: int) -> None:
+        """Drop every TCP segment host ``index`` sends or is sent, except those of its
+        connections to ``port`` on other hosts (to it: destination port ``port``;
+        from it: source port ``port``). Its other connections stall as behind a
+        firewall that drops (nothing is refused or reset), ARP and the rest go on.
+
+        E.g. ``block_tcp_except(3, WS_PORT)``: the member on host 3 keeps its
+        WebSocket session with the server while its libp2p connections go silent.
+
+        Done with egress qdiscs only (no tc actions, no ``prio`` qdisc: a kernel may
+        lack ``act_gact`` and ``sch_prio``; this one needs ``sch_htb`` and
+        ``cls_u32``): an ``htb`` whose class 1:2 ends in a ``pfifo limit 0`` (it
+        drops everything put in it), and u32 filters passing TCP of ``port`` to
+        class 1:1 and putting the rest of TCP in 1:2. What the host sends is
+        filtered on its ``eth0``, in its namespace; what it is sent, on its bridge
+        port's egress, in the bridge namespace (the host's ingress, which could
+        only drop with an action). :meth:`unblock` removes both."""
+        host = self.host(index)
+        _drop_tcp_except(host.netns, "eth0", "dport", port)
+        _drop_tcp_except(self.bridge, host.bridge_port, "sport", port)
+
+    def unblock(self, index: int) -> None:
+        """Undo :meth:`block_tcp_except`: the host's TCP flows again."""
+        host = self.host(index)
+        _tc(host.netns, "qdisc del dev eth0 root")
+        _tc(self.bridge, f"qdisc del dev {host.bridge_port} root")
+
+
+def _tc(netns: str, command: str) -> None:
+    """``tc -netns NETNS COMMAND...`` (``command`` split on spaces); raises on failure."""
+    tc = shutil.which("tc") or "/usr/sbin/tc"
+    if not Path(tc).exists():
+        pytest.skip("blocking traffic needs `tc` (iproute2)")
+    argv = [tc, "-netns", netns, *command.split()]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
+
+
+def _drop_tcp_except(netns: str, dev: str, field: str, port: int) -> None:
+    """On ``dev``'s egress: TCP whose ``field`` (``sport``/``dport``) is ``port`` passes,
+    other TCP is dropped, everything else passes (see :meth:`Lab.block_tcp_except`)."""
+    _tc(netns, f"qdisc add dev {dev} root handle 1: htb default 1")
+    for klass in ("1:1", "1:2"):  # 10 Gbit/s: unshaped in practice
+        _tc(netns, f"class add dev {dev} parent 1: classid {klass} htb rate 10gbit quantum 60000")
+    _tc(netns, f"qdisc add dev {dev} parent 1:2 handle 2: pfifo limit 0")  # drops all
+    add, tcp = f"filter add dev {dev} parent 1: protocol ip", "u32 match ip protocol 6 0xff"
+    _tc(netns, f"{add} prio 1 {tcp} match ip {field} {port} 0xffff classid 1:1")
+    _tc(netns, f"{add} prio 2 {tcp} classid 1:2")
+
 
 @dataclass
 class NsNode:
@@ -262,3 +321,92 @@ def wait_for(fn: Any, timeout: float, what: str = "condition", interval: float =
             return last
         time.sleep(interval)
     raise TimeoutError(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+# ---- the usual cast: a server and members, and what their `ctl` shows --------------------
+
+
+def community(
+    lab: Lab, base: Path, names: tuple[str, ...] = ("alice", "bob"), *, channel: str = CHANNEL
+) -> tuple[NsNode, list[NsNode]]:
+    """A server on host 1 and members ``names`` on hosts 2, 3, ..., all in ``channel``.
+
+    The server runs its preset unchanged (libp2p on ``0.0.0.0`` port 7420, the
+    WebSocket on port :data:`WS_PORT`, as a self-hoster runs it) with its
+    ``public_url`` on host 1's address; each member is made with ``united invite``
+    / ``united join`` in its own host, as a user would. Node directories are
+    ``base/server`` and ``base/<name>``. Returns once every node answers and each
+    member has joined ``channel`` (the mesh may still be forming: see
+    :func:`fully_meshed`)."""
+    if len(names) + 1 > len(lab.hosts):
+        raise ValueError(f"{len(names)} members and a server need {len(names) + 1} hosts")
+    result = lab.united(1, "init", "--role", "server", "--dir", str(base / "server"))
+    assert result.returncode == 0, result.stderr
+    config = base / "server" / "united.toml"
+    assert '"/ip4/0.0.0.0/tcp/7420"' in config.read_text()  # unchanged: the wildcard
+    add_to_table(config, "directory", f'public_url = "ws://{lab.host(1).address}:{WS_PORT}/ws"')
+    server = lab.node(1, "server", config)
+    server.start()
+    server.ctl("channel-create", channel)
+    members = []
+    for index, name in enumerate(names, start=2):
+        invite = server.ctl("invite")
+        assert lab.host(1).address in invite["url"]
+        joined = lab.united(
+            index, "join", invite["url"], invite["code"], "--dir", str(base / name), "--name", name
+        )
+        assert joined.returncode == 0, joined.stderr
+        member = lab.node(index, name, base / name / "united.toml")
+        member.start()
+        member.ctl("join", channel)
+        members.append(member)
+    return server, members
+
+
+def connected_ids(peers: Any) -> set[str]:
+    """Peer ids `ctl peers` shows as connected (remembered, unconnected rows skipped)."""
+    out = set()
+    for row in peers or []:
+        if not isinstance(row, dict) or not row.get("peer_id"):
+            continue
+        if row.get("connected") is False or row.get("state") not in (None, "connected"):
+            continue
+        out.add(row["peer_id"])
+    return out
+
+
+def peer_id(node: NsNode) -> str:
+    return str(node.ctl("status")["peer_id"])
+
+
+def fully_meshed(nodes: list[NsNode], timeout: float = 15) -> dict[str, str]:
+    """Wait until every node shows every other as connected; return name -> PeerId."""
+    ids = {node.name: peer_id(node) for node in nodes}
+    for node in nodes:
+        others = {ids[n.name] for n in nodes if n is not node}
+        wait_for(
+            lambda n=node, o=others: o <= connected_ids(n.try_ctl("peers")),
+            timeout,
+            f"{node.name} connected to every other node",
+        )
+    return ids
+
+
+def history(node: NsNode, channel: str = CHANNEL) -> list[dict[str, Any]]:
+    """A member's `ctl history` rows (``[]`` while it does not answer)."""
+    rows = node.try_ctl("history", channel, "--limit", "1000") or []
+    return [row for row in rows if isinstance(row, dict)]
+
+
+def texts(node: NsNode, channel: str = CHANNEL, *, confirmed: bool = True) -> set[str]:
+    """The texts in a member's history: the confirmed ones (numbered by the server's
+    archive), or all (``confirmed=False``: unconfirmed ones too)."""
+    return {
+        str(r.get("text")) for r in history(node, channel) if r.get("confirmed") or not confirmed
+    }
+
+
+def plugin_stats(node: NsNode, plugin: str) -> dict[str, Any]:
+    """What ``plugin`` reports in the node's `ctl snapshot` (``{}`` if nothing)."""
+    snapshot = node.try_ctl("snapshot") or {}
+    return dict((snapshot.get("plugins") or {}).get(plugin) or {})

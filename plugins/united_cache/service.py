@@ -366,7 +366,11 @@ class CacheService:
         joined = {c.channel_id: c for c in self.discovery.cache.joined}
         if channel_id is None or channel_id not in joined:
             raise KeyError(channel)
-        names = {m.public_key: m.display_name for m in self.discovery.cache.members}
+        names = {
+            key: m.display_name
+            for m in self.discovery.cache.members
+            for key in (m.public_key, *m.previous_keys)
+        }
         rows = await self.store.history(joined[channel_id].topic, from_seq, limit)
         out = []
         for row in rows:

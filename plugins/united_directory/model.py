@@ -25,6 +25,9 @@ class Member:
     display_name: str
     public_key: bytes
     peer_id: str
+    # Keys this member rotated away from, oldest first: its messages signed with
+    # them stay its own in history and in reconciliation uploads.
+    previous_keys: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,17 @@ class MemberSet:
     def of(
         cls, members: Iterable[Member], trusted: Iterable[str] = (), former: Iterable[bytes] = ()
     ) -> MemberSet:
-        return cls(tuple(members), frozenset(trusted), frozenset(former))
+        """The set of ``members``; ``former_keys`` are their previous keys (and ``former``)."""
+        members = tuple(members)
+        keys = {key for m in members for key in m.previous_keys}
+        return cls(members, frozenset(trusted), frozenset(keys.union(former)))
+
+    def owner_of_key(self, public_key: bytes) -> Member | None:
+        """The current member who signs, or signed before rotating, with ``public_key``."""
+        member = self.by_key.get(public_key)
+        if member is None and public_key in self.former_keys:
+            member = next((m for m in self.members if public_key in m.previous_keys), None)
+        return member
 
     def was_member_key(self, public_key: bytes) -> bool:
         """A key a current member used before rotating (see ``former_keys``)."""

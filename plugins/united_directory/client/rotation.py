@@ -10,6 +10,9 @@ What it does, in an order that never leaves the member without a usable key:
 3. it swaps the files: the current key is kept as ``identity.key.old-<UTC time>``
    (a hard link: same owner-only file), then the new one replaces
    ``identity.key`` atomically (``rename``);
+   A node that crashes between 2 and 3 completes the swap at its next login
+   (the server refuses the old key, welcomes the pending one), or deletes the
+   pending key if the rotation never reached the server (``keyfiles``).
 4. it stops, so that it comes back under its new PeerId. A node has one libp2p
    identity per process (the host is built with it), so the honest way to move
    the running node is a restart: a service manager (systemd ``Restart=always``,
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,28 +37,10 @@ from typing import Any
 from united_core.api import CliTools, CommandError, NodeAPI
 from united_core.identity import Identity, write_key_file
 
+from .keyfiles import fsync_path, pending_key_path, swap_key_files
 from .service import DiscoveryService
 
 STOP_DELAY = 0.5  # seconds: the reply reaches the caller before the node stops
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def swap_key_files(key_path: Path, pending: Path, stamp: str) -> Path:
-    """Keep the current key as ``<key>.old-<stamp>`` and move ``pending`` into place
-    atomically; return the backup's path."""
-    backup = key_path.with_name(f"{key_path.name}.old-{stamp}")
-    os.link(key_path, backup)  # the same inode: owner-only, as the key was
-    os.chmod(backup, 0o600)
-    os.replace(pending, key_path)
-    _fsync(key_path.parent)
-    return backup
 
 
 async def rotate_key(node: NodeAPI, args: list[str]) -> dict[str, Any]:
@@ -70,17 +54,21 @@ async def rotate_key(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     key_path = settings.resolve(settings["node"].identity_key)
     old = node.identity
     new = Identity.generate()
-    pending = key_path.with_name(key_path.name + ".new")
-    pending.unlink(missing_ok=True)
-    write_key_file(pending, new)
-    _fsync(pending)
+    pending = pending_key_path(key_path)
+    discovery.rotating = True  # a login meanwhile leaves the pending key alone
     try:
-        await client.rotate_key(old, new, discovery.cache.you)
-    except Exception as exc:
         pending.unlink(missing_ok=True)
-        raise CommandError(f"the server refused the rotation: {exc}") from None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    backup = swap_key_files(key_path, pending, stamp)
+        write_key_file(pending, new)
+        fsync_path(pending)
+        try:
+            await client.rotate_key(old, new, discovery.cache.you)
+        except Exception as exc:
+            pending.unlink(missing_ok=True)
+            raise CommandError(f"the server refused the rotation: {exc}") from None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        backup = swap_key_files(key_path, pending, stamp)
+    finally:
+        discovery.rotating = False
     if restart:
         asyncio.get_running_loop().call_later(STOP_DELAY, node.request_stop)
     return {

@@ -33,10 +33,11 @@ from united_core.api import (
     dialable_addrs,
     expand_wildcards,
 )
-from united_core.identity import Identity
+from united_core.identity import Identity, load_key_file
 from united_core.wire import frames_pb2 as pb
 
 from ..model import Channel, Member, MemberSet, Presence
+from . import keyfiles
 from .config import Config
 from .session import DirectoryClient, DirectoryError
 
@@ -48,7 +49,8 @@ class NotConnected(Exception):
 
 
 def member_from_pb(m: pb.Member) -> Member:
-    return Member(m.member_id, m.display_name, bytes(m.public_key), m.peer_id)
+    previous = tuple(bytes(k) for k in m.previous_keys if len(k) == 32)
+    return Member(m.member_id, m.display_name, bytes(m.public_key), m.peer_id, previous)
 
 
 def concrete_addrs(addrs: list[str], server_url: str) -> list[str]:
@@ -88,7 +90,11 @@ class DirectoryCache:
             self.you = data.get("you", "")
             self.members = [
                 Member(
-                    m["member_id"], m["display_name"], bytes.fromhex(m["public_key"]), m["peer_id"]
+                    m["member_id"],
+                    m["display_name"],
+                    bytes.fromhex(m["public_key"]),
+                    m["peer_id"],
+                    tuple(bytes.fromhex(k) for k in m.get("previous_keys", ())),
                 )
                 for m in data["members"]
             ]
@@ -112,6 +118,7 @@ class DirectoryCache:
                     "display_name": m.display_name,
                     "public_key": m.public_key.hex(),
                     "peer_id": m.peer_id,
+                    "previous_keys": [k.hex() for k in m.previous_keys],
                 }
                 for m in self.members
             ],
@@ -156,6 +163,7 @@ class DiscoveryService:
         self.client: DirectoryClient | None = None
         self.connected = asyncio.Event()
         self.sessions = 0
+        self.rotating = False  # a `rotate-key` is under way (its pending key is live)
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
         self._pushes: set[asyncio.Task[None]] = set()
@@ -242,7 +250,13 @@ class DiscoveryService:
             request_timeout=self.config.request_timeout,
         )
         try:
-            welcome = await client.login(self.identity)
+            try:
+                welcome = await client.login(self.identity)
+            except DirectoryError as exc:
+                if exc.code == pb.ERROR_CODE_NOT_A_MEMBER and await self._finish_rotation():
+                    return
+                raise
+            self._drop_stale_rotation()
             self.cache.apply_welcome(welcome, self.config.server_url)
             self.cache.save()
             self.client = client
@@ -270,6 +284,49 @@ class DiscoveryService:
             self.connected.clear()
             self.client = None
             await client.close()
+
+    def _key_path(self) -> Path:
+        settings = self.node.settings
+        return settings.resolve(settings["node"].identity_key)
+
+    async def _finish_rotation(self) -> bool:
+        """The server refused our key: if a rotation was interrupted after the
+        server moved us to the new key, swap the key files and stop (to come back
+        under the new PeerId). True when it did."""
+        key_path = self._key_path()
+        pending = keyfiles.pending_key_path(key_path)
+        if not pending.exists():
+            return False
+        try:
+            new = load_key_file(pending)
+        except Exception as exc:
+            log.warning("ignoring unreadable pending key %s: %s", pending, exc)
+            return False
+        probe = await DirectoryClient.connect(
+            self.config.server_url, request_timeout=self.config.request_timeout
+        )
+        try:
+            await probe.login(new)  # refused (DirectoryError) if not ours either
+        finally:
+            await probe.close()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        backup = keyfiles.swap_key_files(key_path, pending, stamp)
+        log.warning(
+            "completed an interrupted key rotation: now %s (old key kept in %s); "
+            "stopping to come back under the new peer id",
+            new.peer_id,
+            backup,
+        )
+        self.node.request_stop()
+        return True
+
+    def _drop_stale_rotation(self) -> None:
+        """Our key was welcomed: a pending key is from a rotation that never
+        reached the server."""
+        pending = keyfiles.pending_key_path(self._key_path())
+        if not self.rotating and pending.exists():
+            log.info("removing %s: its rotation never reached the server", pending)
+            pending.unlink(missing_ok=True)
 
     async def _dial_server(self) -> None:
         for addr in self.cache.server_addrs:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -127,7 +127,13 @@ class Registry:
             "SELECT member_id, display_name, public_key, peer_id FROM members "
             "WHERE removed_at IS NULL ORDER BY created_at"
         ) as cur:
-            return [Member(r[0], r[1], bytes(r[2]), r[3]) for r in await cur.fetchall()]
+            rows = list(await cur.fetchall())
+        return [await self._member(r) for r in rows]
+
+    async def _member(self, row: Any) -> Member:
+        """A member from its ``members`` row, with the keys it rotated away from."""
+        previous = tuple(await self.previous_keys(row[0]))
+        return Member(row[0], row[1], bytes(row[2]), row[3], previous)
 
     async def previous_keys(self, member_id: str) -> list[bytes]:
         async with self._db.execute(
@@ -143,7 +149,7 @@ class Registry:
             (public_key,),
         ) as cur:
             row = await cur.fetchone()
-        return Member(row[0], row[1], bytes(row[2]), row[3]) if row else None
+        return await self._member(row) if row else None
 
     async def find_member(self, ref: str) -> Member | None:
         """By member id, PeerId or display name."""
@@ -155,7 +161,7 @@ class Registry:
             rows = list(await cur.fetchall())
         if len(rows) > 1:
             raise RegistryError("ambiguous", f"{ref!r} names several members; use the member id")
-        return Member(rows[0][0], rows[0][1], bytes(rows[0][2]), rows[0][3]) if rows else None
+        return await self._member(rows[0]) if rows else None
 
     @_serialized
     async def register(
@@ -200,7 +206,11 @@ class Registry:
         if await self._key_known(new_key):
             raise RegistryError("exists", "the new key is already in use")
         rotated = Member(
-            member.member_id, member.display_name, new_key, peer_id_from_public_key(new_key)
+            member.member_id,
+            member.display_name,
+            new_key,
+            peer_id_from_public_key(new_key),
+            (*member.previous_keys, member.public_key),
         )
         try:
             await self._db.execute(

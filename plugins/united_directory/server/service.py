@@ -23,7 +23,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class DirectoryService:
         self._channels: dict[str, ChannelRecord] = {}
         self._channel_members: dict[str, set[str]] = collections.defaultdict(set)
         self._members: dict[str, Member] = {}
-        self._former_keys: set[bytes] = set()  # keys current members rotated away from
         self._member_keys: dict[bytes, str] = {}
         self._plugin_handlers: dict[str, protocol.FrameHandlerFn] = {}
         self.frames_handled = 0
@@ -80,7 +79,6 @@ class DirectoryService:
             self._channels[channel.channel_id] = channel
         for member in await self.registry.members():
             self._set_member(member)
-            self._former_keys.update(await self.registry.previous_keys(member.member_id))
             for channel in await self.registry.joined_channels(member.member_id):
                 self._channel_members[channel.channel_id].add(member.member_id)
         self._plugin_handlers = self._collect_frame_handlers()
@@ -129,9 +127,7 @@ class DirectoryService:
     # ---- views ---------------------------------------------------------------------
 
     def member_set(self) -> MemberSet:
-        return MemberSet.of(
-            self._members.values(), trusted=[self.p2p.peer_id], former=self._former_keys
-        )
+        return MemberSet.of(self._members.values(), trusted=[self.p2p.peer_id])
 
     def channels(self) -> list[Channel]:
         return [
@@ -456,7 +452,7 @@ class DirectoryService:
             request_id=rid,
             welcome=pb.Welcome(
                 server_id=self.server_id,
-                you=self._member_pb(member, await self.registry.previous_keys(member.member_id)),
+                you=self._member_pb(self._members.get(member.member_id, member)),
                 members=[self._member_pb(m) for m in self._members.values()],
                 joined=joined,
                 server_addrs=self.server_addrs(observed),
@@ -484,8 +480,9 @@ class DirectoryService:
                 "rotation signatures do not verify",
             )
             return
-        rotated = await self.registry.rotate_key(member, new_key)
-        self._former_keys.add(member.public_key)
+        rotated = await self.registry.rotate_key(
+            self._members.get(member.member_id, member), new_key
+        )
         self._set_member(rotated)
         for s in self._online.get(member.member_id, []):
             s.member = rotated
@@ -679,13 +676,13 @@ class DirectoryService:
         )
 
     @staticmethod
-    def _member_pb(member: Member, previous: Iterable[bytes] = ()) -> pb.Member:
+    def _member_pb(member: Member) -> pb.Member:
         return pb.Member(
             member_id=member.member_id,
             display_name=member.display_name,
             public_key=member.public_key,
             peer_id=member.peer_id,
-            previous_keys=list(previous),
+            previous_keys=list(member.previous_keys),
         )
 
 

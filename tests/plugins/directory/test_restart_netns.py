@@ -10,58 +10,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from netns import Lab, NsNode, wait_for
-
-from united_core.testing import add_to_table
+from netns import Lab, community, connected_ids, texts, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(150)]
-
-WS_PORT = 7421
-
-
-def connected_ids(peers: Any) -> set[str]:
-    """Peer ids `ctl peers` shows as connected (tolerates remembered, unconnected rows)."""
-    out = set()
-    for row in peers or []:
-        if not isinstance(row, dict) or not row.get("peer_id"):
-            continue
-        if row.get("connected") is False or row.get("state") not in (None, "connected"):
-            continue
-        out.add(row["peer_id"])
-    return out
-
-
-def community(lab: Lab, base: Path) -> tuple[NsNode, list[NsNode]]:
-    """A server on host 1 (0.0.0.0, the preset's ports) and members on hosts 2 and 3."""
-    result = lab.united(1, "init", "--role", "server", "--dir", str(base / "server"))
-    assert result.returncode == 0, result.stderr
-    config = base / "server" / "united.toml"
-    assert '"/ip4/0.0.0.0/tcp/7420"' in config.read_text()  # unchanged: the wildcard
-    add_to_table(config, "directory", f'public_url = "ws://{lab.host(1).address}:{WS_PORT}/ws"')
-    server = lab.node(1, "server", config)
-    server.start()
-    server.ctl("channel-create", "general")
-    members = []
-    for index, name in ((2, "alice"), (3, "bob")):
-        invite = server.ctl("invite")
-        assert lab.host(1).address in invite["url"]
-        joined = lab.united(
-            index, "join", invite["url"], invite["code"], "--dir", str(base / name), "--name", name
-        )
-        assert joined.returncode == 0, joined.stderr
-        member = lab.node(index, name, base / name / "united.toml")
-        member.start()
-        member.ctl("join", "general")
-        members.append(member)
-    return server, members
-
-
-def history_texts(member: NsNode) -> list[str]:
-    rows = member.try_ctl("history", "general") or []
-    return [json.dumps(row) for row in rows]
 
 
 def test_no_wildcard_is_announced_or_dialled(tmp_path: Path) -> None:
@@ -113,7 +66,7 @@ def test_server_restart_every_member_back_within_10_s(
 
         text = f"after the restart {time.time_ns()}"
         members[0].ctl("send", "general", text)
-        wait_for(lambda: any(text in row for row in history_texts(members[1])), 10, "delivery")
+        wait_for(lambda: text in texts(members[1], confirmed=False), 10, "delivery")
         delivered = time.monotonic() - listening
         with capsys.disabled():
             print(

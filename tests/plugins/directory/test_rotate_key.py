@@ -8,7 +8,8 @@ import stat
 import time
 from pathlib import Path
 
-from united_core.identity import load_key_file
+from united_core.api import NodeState
+from united_core.identity import Identity, load_key_file, write_key_file
 from united_core.node import Node
 from united_core.testing import call, running_community, running_node, until
 
@@ -16,6 +17,10 @@ from united_core.testing import call, running_community, running_node, until
 async def texts(node: Node) -> list[str]:
     rows = await node.service("cache").history("general", 1, 1000)
     return [r["text"] for r in rows]
+
+
+async def bob_rows(node: Node) -> list[dict[str, object]]:
+    return await node.service("cache").history("general", 1, 1000)  # type: ignore[no-any-return]
 
 
 def test_rotate_key_moves_the_member_to_a_new_peer_id(tmp_path: Path) -> None:
@@ -57,6 +62,9 @@ def test_rotate_key_moves_the_member_to_a_new_peer_id(tmp_path: Path) -> None:
                 # Old-key messages stay valid in every history (alice's refilled too).
                 await until(lambda: _has(alice2, "before rotation"), what="alice's history")
                 assert "before rotation" in await texts(bob)
+                # ...and stay hers: bob learnt her previous key with the member list.
+                senders = {r["text"]: r["sender"] for r in await bob_rows(bob)}
+                assert senders["before rotation"] == senders["after rotation"] == "alice"
                 store = c.server.service("archive").store
 
                 async def both_archived() -> bool:  # the archive may hold late ones briefly
@@ -81,3 +89,47 @@ def _check_key_files(key_path: Path, backup: Path, new_peer: str, old_peer: str)
     assert load_key_file(backup).peer_id == old_peer
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     assert not key_path.with_name("identity.key.new").exists()
+
+
+def test_a_rotation_interrupted_after_the_server_moved_the_member_completes_at_login(
+    tmp_path: Path,
+) -> None:
+    """The node died between the server's "ok" and the key-file swap: at its next
+    start the server refuses the old key, the pending one is welcomed, the files
+    are swapped and the node stops to come back under the new PeerId. A pending
+    key whose rotation never reached the server is deleted instead."""
+
+    async def scenario() -> None:
+        async with running_community(tmp_path, ("alice",)) as c:
+            alice = c.node("alice")
+            key_path = c.configs["alice"].parent / "identity.key"
+            pending = key_path.with_name("identity.key.new")
+            old_peer = alice.identity.peer_id
+            # Steps 1 and 2 of a rotation, then the "crash" (the node stops).
+            new = Identity.generate()
+            write_key_file(pending, new)
+            discovery = alice.service("discovery")
+            await discovery.client.rotate_key(alice.identity, new, discovery.cache.you)
+            alice.request_stop()
+            await until(lambda: alice.state is NodeState.STOPPED, what="alice to stop")
+            async with running_node(c.configs["alice"]) as restarted:
+                assert restarted.identity.peer_id == old_peer
+                await until(
+                    lambda: restarted.state is NodeState.STOPPED, what="it stops after the swap"
+                )
+            assert load_key_file(key_path).peer_id == new.peer_id
+            assert not pending.exists()
+            backups = list(key_path.parent.glob("identity.key.old-*"))
+            assert [load_key_file(b).peer_id for b in backups] == [old_peer]
+            async with running_node(c.configs["alice"]) as moved:
+                assert moved.identity.peer_id == new.peer_id
+                await until(
+                    lambda: moved.service("discovery").connected.is_set(), what="login, new key"
+                )
+                # A stale pending key (its rotation never reached the server) goes away.
+                write_key_file(pending, Identity.generate())
+                await moved.service("discovery").client.close()  # the next login sees it
+                await until(lambda: not pending.exists(), timeout=15, what="stale key removed")
+                assert moved.running
+
+    asyncio.run(scenario())

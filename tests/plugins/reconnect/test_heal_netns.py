@@ -14,76 +14,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from netns import Lab, NsNode, wait_for
+from netns import CHANNEL, Lab, community, connected_ids, fully_meshed, texts, wait_for
 
-from united_core.testing import add_to_table
+# bench/heal.py imports these from here.
+from netns import peer_id as peer_id
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(55)]
 
-WS_PORT = 7421
-CHANNEL = "general"
 RECONNECT_BOUND = 10.0  # s, the issue's bound for a restart
 HEAL_BOUND = 20.0  # s after the cable is back (keeps the test under 55 s)
-
-
-def connected_ids(peers: Any) -> set[str]:
-    """Peer ids `ctl peers` shows as connected (remembered, unconnected rows skipped)."""
-    out = set()
-    for row in peers or []:
-        if not isinstance(row, dict) or not row.get("peer_id"):
-            continue
-        if row.get("connected") is False or row.get("state") not in (None, "connected"):
-            continue
-        out.add(row["peer_id"])
-    return out
-
-
-def community(lab: Lab, base: Path) -> tuple[NsNode, list[NsNode]]:
-    """A server on host 1 and members alice (host 2) and bob (host 3), all in CHANNEL."""
-    result = lab.united(1, "init", "--role", "server", "--dir", str(base / "server"))
-    assert result.returncode == 0, result.stderr
-    config = base / "server" / "united.toml"
-    add_to_table(config, "directory", f'public_url = "ws://{lab.host(1).address}:{WS_PORT}/ws"')
-    server = lab.node(1, "server", config)
-    server.start()
-    server.ctl("channel-create", CHANNEL)
-    members = []
-    for index, name in ((2, "alice"), (3, "bob")):
-        invite = server.ctl("invite")
-        joined = lab.united(
-            index, "join", invite["url"], invite["code"], "--dir", str(base / name), "--name", name
-        )
-        assert joined.returncode == 0, joined.stderr
-        member = lab.node(index, name, base / name / "united.toml")
-        member.start()
-        member.ctl("join", CHANNEL)
-        members.append(member)
-    return server, members
-
-
-def peer_id(node: NsNode) -> str:
-    return str(node.ctl("status")["peer_id"])
-
-
-def fully_meshed(nodes: list[NsNode], timeout: float = 15) -> dict[str, str]:
-    """Wait until every node shows every other as connected; return name -> PeerId."""
-    ids = {node.name: peer_id(node) for node in nodes}
-    for node in nodes:
-        others = {ids[n.name] for n in nodes if n is not node}
-        wait_for(
-            lambda n=node, o=others: o <= connected_ids(n.try_ctl("peers")),
-            timeout,
-            f"{node.name} connected to every other node",
-        )
-    return ids
-
-
-def confirmed_texts(node: NsNode) -> set[str]:
-    rows = node.try_ctl("history", CHANNEL, "--limit", "1000") or []
-    return {str(r.get("text")) for r in rows if isinstance(r, dict) and r.get("confirmed")}
 
 
 def member_restart(lab: Lab, base: Path) -> dict[str, float]:
@@ -140,14 +81,14 @@ def link_cut(lab: Lab, base: Path, cut_for: float = 20.0) -> dict[str, float]:
         if "connected" not in healed:
             if {ids["server"], ids["alice"]} <= connected_ids(bob.try_ctl("peers")):
                 healed["connected"] = time.monotonic() - restored
-        if "history" not in healed and wanted <= confirmed_texts(bob):
+        if "history" not in healed and wanted <= texts(bob):
             healed["history"] = time.monotonic() - restored
         return len(healed) == 2
 
     try:
         wait_for(healed_all, HEAL_BOUND, "bob reconnected with every message", interval=0.25)
     except TimeoutError as e:
-        missing = len(wanted - confirmed_texts(bob))
+        missing = len(wanted - texts(bob))
         raise AssertionError(f"{e}; {missing} of {len(sent)} messages missing") from None
     healed["sent"] = len(sent)
     healed["saw_retry"] = float(saw_retry)
