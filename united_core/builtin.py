@@ -24,6 +24,7 @@ from .api import (
     hookimpl,
     setting,
 )
+from .netaddrs import expand_wildcards
 from .p2p.dialer import Dialer
 from .p2p.options import KNOWN_GOSSIPSUB_PROTOCOLS, HostOptions
 
@@ -123,6 +124,8 @@ async def _status(node: NodeAPI, args: list[str]) -> dict[str, Any]:
         "plugin_set": node.settings["node"].plugin_set,
         "peer_id": node.identity.peer_id,
         "listen_addrs": list(node.p2p.listen_addrs),
+        # What peers can dial: wildcards expanded to this host's interfaces.
+        "dialable_addrs": expand_wildcards(node.p2p.listen_addrs),
         "plugins": list(node.plugin_names),
         "uptime_s": round(time.time() - node.started_at, 1),
         "config": str(node.settings.path),

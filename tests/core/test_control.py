@@ -57,6 +57,7 @@ def test_bad_requests_get_error_replies_and_the_node_keeps_serving(tmp_path: Pat
             try:
                 status = await client.call("status")
                 assert status["peer_id"] == node.identity.peer_id
+                assert status["dialable_addrs"] == status["listen_addrs"]  # concrete already
                 # Several requests on one connection, answered in order.
                 assert (await client.call("peers")) == []
                 try:

@@ -248,9 +248,13 @@ class UnitedPubsub(Pubsub):
         # Refusals are remembered under the envelope id only for authentic
         # envelopes; unauthenticated bytes under the hash of the bytes (see
         # Judgement.authentic): a forged copy never condemns the real message.
-        raw_key = _raw_key(msg.data)
-        if not own and (
-            self.refused.get(mid, topic) is not None or self.refused.get(raw_key, topic) is not None
+        if (
+            not own
+            and len(self.refused)
+            and (  # (hash only while anything is refused)
+                self.refused.get(mid, topic) is not None
+                or self.refused.get(_raw_key(msg.data), topic) is not None
+            )
         ):
             self._counters.repeats_dropped += 1  # refused once already: no second penalty
             return
@@ -268,7 +272,8 @@ class UnitedPubsub(Pubsub):
             judgement = self._judge(msg_forwarder, msg) if topic else None
             if judgement is None or not judgement.accepted:
                 verdict = judgement.verdict if judgement is not None else Verdict.REJECT
-                key = mid if judgement is not None and judgement.authentic else raw_key
+                authentic = judgement is not None and judgement.authentic
+                key = mid if authentic else _raw_key(msg.data)
                 self.refused.put(key, topic, verdict)
                 if verdict is Verdict.REJECT:
                     self._counters.rejected += 1
