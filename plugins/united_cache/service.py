@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # A submission stays well inside one WebSocket frame (the server's default bound is 256 KiB).
 SUBMIT_BYTES = 192 * 1024
 RETRIES = 10  # transient refusals of one upload before the cache stops trying
+MAX_PAGE_SPAN = 100_000  # sequence numbers one history page may settle (holes included)
 RETRY_MAX = 600.0  # seconds between retries, at most
 
 
@@ -95,6 +96,7 @@ class CacheService:
         self.syncs = 0
         self.head_fills = 0  # gap-fills started by a channel head push
         self._heads: dict[str, int] = {}  # channel id -> the latest head pushed
+        self._server_heads: dict[str, int] = {}  # channel id -> last_seq of its history
         self._head_tasks: dict[str, asyncio.Task[None]] = {}
         # Our own messages the server has not numbered yet (shown in stats).
         self.own_unconfirmed: set[bytes] = set()
@@ -194,6 +196,11 @@ class CacheService:
                         if added:
                             log.info("caught up %d messages of %s", added, channel.name)
                 done = head
+            # A head the server's history does not reach (it claimed more than it
+            # has) must not hide the next real one.
+            reached = self._server_heads.get(channel_id)
+            if reached is not None and reached < self._heads.get(channel_id, 0):
+                self._heads[channel_id] = reached
         except Exception as exc:  # the session ended: the next login fills the gaps
             log.info("catching up with the head of %s deferred: %s", channel_id, exc)
         finally:
@@ -349,7 +356,11 @@ class CacheService:
             added += await self.store.add(messages, seqs)
             self.own_unconfirmed.difference_update(m.id for m in messages)
             returned = set(seqs)
+            self._server_heads[channel_id] = int(page.last_seq)
             end = page.next_seq - 1 if page.next_seq else page.last_seq
+            # A page never settles more than MAX_PAGE_SPAN numbers (a server that
+            # claims a billion holes is asked again later, not believed at once).
+            end = min(end, start + MAX_PAGE_SPAN - 1)
             holes = [s for s in range(start, end + 1) if s not in returned and s not in have]
             if holes:
                 await self.store.add_holes(topic, holes)

@@ -278,6 +278,22 @@ def test_each_submitted_envelope_gets_its_own_verdict(tmp_path: Path, toy_plugin
                 pb.ClientFrame(lookup=pb.LookupMessages(message_ids=[good[0].id, b"\0" * 32]))
             )
             assert [bytes(f.message_id) for f in found.lookup_result.found] == [good[0].id]
+            # Ids that are not 32 bytes are skipped; over 5,000 ids is refused whole;
+            # neither ends the session.
+            odd = [b"", b"\x01", good[0].id + b"x", good[0].id[:31], b"\xff" * 4096]
+            found = await client.request(
+                pb.ClientFrame(lookup=pb.LookupMessages(message_ids=[*odd, good[0].id]))
+            )
+            assert [bytes(f.message_id) for f in found.lookup_result.found] == [good[0].id]
+            with pytest.raises(DirectoryError) as info:
+                await client.request(
+                    pb.ClientFrame(lookup=pb.LookupMessages(message_ids=[good[0].id] * 5001))
+                )
+            assert info.value.code == E.ERROR_CODE_TOO_LARGE
+            found = await client.request(
+                pb.ClientFrame(lookup=pb.LookupMessages(message_ids=[good[0].id] * 5000))
+            )
+            assert {bytes(f.message_id) for f in found.lookup_result.found} == {good[0].id}
             await client.close()
 
     asyncio.run(scenario())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from united_core.node import Node
 from united_core.testing import running_community, until
+from united_core.wire import frames_pb2 as pb
 
 
 async def texts(node: Node) -> list[str]:
@@ -48,3 +49,37 @@ def test_a_member_that_missed_messages_while_connected_catches_up(tmp_path: Path
 
 async def _has(node: Node, wanted: list[str]) -> bool:
     return set(wanted) <= set(await texts(node))
+
+
+def test_odd_channel_heads_do_not_stop_catching_up(tmp_path: Path) -> None:
+    """Heads for unknown channels, zero, and one far beyond the server's history are
+    harmless: nothing crashes, no hole is invented, and the next real head still
+    brings the missed messages."""
+
+    async def scenario() -> None:
+        async with running_community(tmp_path, ("alice", "carol")) as c:
+            alice, carol = c.node("alice"), c.node("carol")
+            discovery, cache = carol.service("discovery"), carol.service("cache")
+            general = discovery.resolve("general")
+            await alice.service("mesh").send("general", "first")
+            await until(lambda: _has(carol, ["first"]), what="the first message")
+            for channel_id, last_seq in [
+                ("nope", 5),
+                ("", 0),
+                ("x" * 10_000, 2**64 - 1),
+                (general, 0),
+                (general, 2**64 - 1),  # more than the server holds
+            ]:
+                discovery._on_push(
+                    pb.ServerFrame(
+                        channel_head=pb.ChannelHead(channel_id=channel_id, last_seq=last_seq)
+                    )
+                )
+            await until(lambda: not cache._head_tasks, what="the catch-ups to end")
+            assert await cache.store.numbered(c.topic("general")) == 1  # no invented holes
+            await carol.p2p.unsubscribe(c.topic("general"))  # she misses the next one
+            await alice.service("mesh").send("general", "second")
+            await until(lambda: _has(carol, ["first", "second"]), timeout=5, what="caught up")
+            assert carol.running
+
+    asyncio.run(scenario())

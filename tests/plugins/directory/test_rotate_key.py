@@ -8,7 +8,10 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 from united_core.api import NodeState
+from united_core.control import ControlClientError
 from united_core.identity import Identity, load_key_file, write_key_file
 from united_core.node import Node
 from united_core.testing import call, running_community, running_node, until
@@ -131,5 +134,27 @@ def test_a_rotation_interrupted_after_the_server_moved_the_member_completes_at_l
                 await moved.service("discovery").client.close()  # the next login sees it
                 await until(lambda: not pending.exists(), timeout=15, what="stale key removed")
                 assert moved.running
+
+    asyncio.run(scenario())
+
+
+def test_rotate_key_without_the_server_changes_nothing(tmp_path: Path) -> None:
+    """The rotation needs the server: unreachable, the command is refused with a
+    clear reason and the key files are left exactly as they were."""
+
+    async def scenario() -> None:
+        async with running_community(tmp_path, ("alice",)) as c:
+            alice = c.node("alice")
+            key_path = c.configs["alice"].parent / "identity.key"
+            before = key_path.read_bytes()
+            c.server.request_stop()
+            discovery = alice.service("discovery")
+            await until(lambda: not discovery.connected.is_set(), what="alice to lose it")
+            with pytest.raises(ControlClientError) as info:
+                await call(alice, "rotate-key")
+            assert "not connected to the server" in str(info.value)
+            assert key_path.read_bytes() == before
+            assert sorted(p.name for p in key_path.parent.glob("identity.key*")) == ["identity.key"]
+            assert alice.running and alice.identity.public_key == load_key_file(key_path).public_key
 
     asyncio.run(scenario())
