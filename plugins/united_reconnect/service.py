@@ -10,8 +10,8 @@
 - Both ends of a broken pair retry; the one with the larger PeerId waits
   ``tie_break_delay`` longer and skips its dial if the other's arrived first, so
   the pair ends with one connection, never two or none.
-- After ``replacement_after`` seconds of failures, one other online member of a
-  channel the lost peer was in is dialed (once per loss), while the lost peer is
+- After ``replacement_after`` seconds of failures, one other member online now in
+  a channel the lost peer was in is dialed (once per loss), while the lost peer is
   still retried at the longest delay.
 
 Every dial goes through the node's dialer (``core.dialer``), which records the
@@ -66,6 +66,7 @@ class Reconnector:
         self.own = node.identity.peer_id
         self.important: set[str] = set()  # the server and the members
         self.presence: dict[str, set[str]] = {}  # channel topic -> online peer ids
+        self.seen_in: dict[str, set[str]] = {}  # peer id -> topics it was ever online in
         self.lost: dict[str, Lost] = {}
         self.stopping = False
         self.redials = 0
@@ -84,6 +85,7 @@ class Reconnector:
             if presence.peer_id == self.own:
                 continue
             self.important.add(presence.peer_id)
+            self.seen_in.setdefault(presence.peer_id, set()).add(topic)
             self.dialer.remember_addrs(presence.peer_id, presence.addrs)
             lost = self.lost.get(presence.peer_id)
             if lost is not None:  # back online (maybe on a new port): redial now
@@ -176,11 +178,11 @@ class Reconnector:
             self.lost.pop(peer_id, None)
 
     async def _replace(self, peer_id: str) -> None:
-        """Dial one online member of a channel ``peer_id`` was in, not connected yet."""
+        """Dial one member online now in a channel ``peer_id`` was in (it may have
+        left the directory's list since), not connected yet."""
         connected = {p["peer_id"] for p in await self.node.p2p.peers()}
-        for online in self.presence.values():
-            if peer_id not in online:
-                continue
+        for topic in sorted(self.seen_in.get(peer_id, ())):
+            online = self.presence.get(topic, set())
             for candidate in sorted(online - connected - {self.own, peer_id}):
                 try:
                     await self.dialer.dial(candidate)

@@ -183,3 +183,39 @@ async def _joined(node: Any) -> bool:
     except Exception:
         return False
     return True
+
+
+def test_a_peer_lost_for_replacement_after_is_replaced_by_another_online_member(
+    tmp_path: Path,
+) -> None:
+    """alice's one member peer, bob, goes away for good: after `replacement_after` of
+    failed redials she dials carol, who is online in the channel bob was in, and
+    keeps redialing bob at the longest delay. (Members dial nobody on their own
+    here, `dial_per_channel = 0`, so the replacement is the only way to carol.)"""
+    settings = (
+        "[mesh]\ndial_per_channel = 0\n"
+        "[reconnect]\nbase = 0.1\nmax = 0.5\nreplacement_after = 1.5\n"
+    )
+
+    async def scenario() -> None:
+        async with running_community(
+            tmp_path, ("alice", "bob", "carol"), member_extra=settings
+        ) as c:
+            alice, bob, carol = c.node("alice"), c.node("bob"), c.node("carol")
+            carol_id, bob_id = carol.identity.peer_id, bob.identity.peer_id
+            assert not await _connected(alice, carol_id)
+            await alice.p2p.dial(bob_id, bob.p2p.listen_addrs)
+            await until(functools.partial(_connected, alice, bob_id), 10, "alice-bob")
+            bob.request_stop()
+            lost_at = time.monotonic()
+            await until(
+                functools.partial(_connected, alice, carol_id), 15, "alice dials a replacement"
+            )
+            took = time.monotonic() - lost_at
+            print(f"replacement dialed {took:.1f} s after the loss (replacement_after 1.5 s)")
+            assert took >= 1.5
+            stats = (await c.stats("alice"))["reconnect"]
+            assert stats["replacements"] == [carol_id]
+            assert bob_id in stats["redialing"]  # bob is still being redialed
+
+    asyncio.run(scenario())
