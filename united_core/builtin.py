@@ -53,6 +53,11 @@ class P2PConfig:
     dial_timeout: float = setting(
         defaults.DIAL_TIMEOUT, "Seconds before a dial gives up.", min=0.1, max=300
     )
+    keep_port: bool = setting(
+        True,
+        "A port-0 listen address reuses last run's port when free (peers redial the "
+        "address they knew, even while the server is down).",
+    )
     gossipsub_protocols: tuple[str, ...] = setting(
         defaults.GOSSIPSUB_PROTOCOLS,
         "Gossipsub versions offered, preferred first (v1.2 doubles CPU; see docs).",

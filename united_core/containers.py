@@ -48,8 +48,10 @@ def data_dir(settings: Settings) -> Path:
     return path
 
 
-def host_options(settings: Settings, pm: pluggy.PluginManager) -> HostOptions:
+def host_options(settings: Settings, pm: pluggy.PluginManager, data_dir: Path) -> HostOptions:
     options = HostOptions()
+    if settings["p2p"].keep_port:
+        options.port_file = data_dir / "p2p-ports.json"
     pm.hook.united_p2p_configure(options=options, settings=settings.sections)
     return options
 
@@ -158,7 +160,7 @@ class CoreContainer(containers.DeclarativeContainer):
 
     identity = providers.Singleton(load_identity, settings)
     data_dir = providers.Singleton(data_dir, settings)
-    host_options = providers.Singleton(host_options, settings, plugin_manager)
+    host_options = providers.Singleton(host_options, settings, plugin_manager, data_dir)
     acceptor = providers.Singleton(acceptor, host_options, plugin_manager, node)
     p2p = providers.Resource(p2p_runtime, identity, host_options, plugin_manager, node, acceptor)
     dialer = providers.Singleton(runtime_dialer, p2p)

@@ -9,6 +9,7 @@ with an empty ``united.toml`` runs with.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import defaults
 from ..acceptance import Rules, Verdict
@@ -66,6 +67,8 @@ class HostOptions:
     """Everything the runtime needs to build and run the host."""
 
     listen_addrs: tuple[str, ...] = defaults.LISTEN_ADDRS
+    # Where port-0 listen addresses keep last run's port (None: a new port each run).
+    port_file: Path | None = None
     dial_timeout: float = defaults.DIAL_TIMEOUT
     max_connections: int = defaults.MAX_CONNECTIONS
     publish_timeout: float = defaults.PUBLISH_TIMEOUT

@@ -50,6 +50,7 @@ from .peers import (
     StreamHandle,
     check_dial_backoff,
 )
+from .ports import remember_ports, sticky_listen
 from .pubsub import PubsubCounters, bind_counters, check_adjustments, install_queue_patch
 from .snapshot import AppScores, read_scores, read_snapshot
 
@@ -143,9 +144,12 @@ class P2PRuntime:
         """Start the trio thread and return once the host listens."""
         if self._bridge.started:
             raise RuntimeError("a P2PRuntime starts once")
+        requested = self.options.listen_addrs
+        self.options.listen_addrs = sticky_listen(requested, self.options.port_file)
         check_ports_free(self.options.listen_addrs)
         await self._bridge.start(self._trio_main, f"united-p2p-{self.peer_id[-6:]}")
         self.started_at = time.time()
+        remember_ports(self.options.port_file, requested, self.listen_addrs)
 
     async def stop(self) -> None:
         """Stop the host and join the trio thread. Safe to call more than once."""

@@ -35,6 +35,12 @@ class DiscoveryHooks:
         await self.discovery.begin()
 
     @hookimpl
+    def united_peer_connected(self, peer_id: str) -> None:
+        """The server's libp2p node is reachable again: log in now, not at the next
+        backoff step."""
+        self.discovery.peer_reachable(peer_id)
+
+    @hookimpl
     def united_collect_stats(self) -> dict[str, Any]:
         return self.discovery.stats()
 

@@ -164,6 +164,7 @@ class DiscoveryService:
         self.connected = asyncio.Event()
         self.sessions = 0
         self.rotating = False  # a `rotate-key` is under way (its pending key is live)
+        self._retry_now = asyncio.Event()  # set when the server is seen again (libp2p)
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
         self._pushes: set[asyncio.Task[None]] = set()
@@ -229,6 +230,7 @@ class DiscoveryService:
     async def _keep_session(self) -> None:
         delay = self.config.reconnect_min
         while True:
+            self._retry_now.clear()
             try:
                 await self._one_session()
                 delay = self.config.reconnect_min  # it logged in: start backing off afresh
@@ -240,8 +242,15 @@ class DiscoveryService:
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.info("directory unreachable (%s); retrying in %.1f s", self.last_error, delay)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_now.wait(), delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.config.reconnect_max)
+
+    def peer_reachable(self, peer_id: str) -> None:
+        """A libp2p connection to ``peer_id`` is up: if it is the server's and we
+        have no session, the next login attempt is now."""
+        if peer_id == self.cache.server_peer_id and not self.connected.is_set():
+            self._retry_now.set()
 
     async def _one_session(self) -> None:
         client = await DirectoryClient.connect(
