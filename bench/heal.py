@@ -9,7 +9,15 @@ a server on 198.51.100.1, members alice (.2) and bob (.3), one channel.
   server and bob show her connected again;
 - link cut 20 s: bob's cable is pulled for 20 s while alice sends a message every
   2 s, then plugged back; time from the restore until bob is connected again, and
-  until every message sent meanwhile is confirmed in his `ctl history`.
+  until every message sent meanwhile is confirmed in his `ctl history`;
+- missed while connected: bob's libp2p traffic is dropped, his WebSocket works;
+  time from the archive holding alice's messages until bob has them confirmed
+  (the channel-head push);
+- restart during an outage: the server is down, bob restarts; time from his
+  start until alice is connected to him again, and from the server listening
+  again until bob has every message confirmed;
+- key rotation: alice rotates her key; time from her listening under the new
+  PeerId until bob is connected to it.
 
 Usage (root, Linux, `ip`): python bench/heal.py [--runs 3]
 """
@@ -27,13 +35,12 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS / "plugins" / "reconnect"))
 
-from netns import Lab, netns_unavailable, wait_for  # noqa: E402
-from test_heal_netns import (  # noqa: E402
-    community,
-    connected_ids,
-    link_cut,
-    member_restart,
-    peer_id,
+from netns import Lab, community, connected_ids, netns_unavailable, peer_id, wait_for  # noqa: E402
+from test_heal_netns import link_cut, member_restart  # noqa: E402
+from test_outage_netns import (  # noqa: E402
+    missed_while_connected,
+    restart_during_outage,
+    rotate_while_meshed,
 )
 
 
@@ -73,6 +80,10 @@ def main() -> int:
         "member restart: server and member reconnected": [],
         "link cut 20 s: reconnected after restore": [],
         "link cut 20 s: every missed message confirmed": [],
+        "missed while connected: confirmed after the head moved": [],
+        "restart during an outage: redialed by alice": [],
+        "restart during an outage: all confirmed once the server is back": [],
+        "key rotation: bob connected to the new PeerId": [],
     }
     keys = list(samples)
     for run in range(1, args.runs + 1):
@@ -85,6 +96,14 @@ def main() -> int:
                 healed = link_cut(lab, Path(tmp) / "c")
                 samples[keys[2]].append(healed["connected"])
                 samples[keys[3]].append(healed["history"])
+            with Lab(hosts=3) as lab:
+                samples[keys[4]].append(missed_while_connected(lab, Path(tmp) / "h")["took"])
+            with Lab(hosts=3) as lab:
+                outage = restart_during_outage(lab, Path(tmp) / "o")
+                samples[keys[5]].append(outage["reconnected"])
+                samples[keys[6]].append(outage["bob"])
+            with Lab(hosts=3) as lab:
+                samples[keys[7]].append(rotate_while_meshed(lab, Path(tmp) / "r")["took"]["bob"])
         print(f"run {run}/{args.runs}: " + ", ".join(f"{v[-1]:.2f} s" for v in samples.values()))
 
     print(f"\nmedian time to heal over {args.runs} runs (seconds):")
