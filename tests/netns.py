@@ -35,7 +35,6 @@ Setup and teardown take about 0.2 s.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -45,11 +44,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
-from united_core.testing import add_to_table
+from united_core.testing import NodeProcess, add_to_table
 
 SUBNET = "198.51.100"
 WS_PORT = 7421  # the server preset's WebSocket port (the directory)
@@ -169,6 +168,9 @@ class Lab:
     def host(self, index: int) -> Host:
         return self.hosts[index - 1]
 
+    def address(self, index: int) -> str:
+        return self.host(index).address
+
     def argv(self, index: int, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.host(index).netns, *argv]
 
@@ -189,7 +191,7 @@ class Lab:
 
     def node(self, index: int, name: str, config: Path) -> NsNode:
         """A ``united run -c config`` process to start in host ``index`` (stopped at close)."""
-        node = NsNode(self, index, name, config)
+        node = NsNode(name, config, lab=self, index=index)
         self.nodes.append(node)
         return node
 
@@ -252,64 +254,30 @@ def _drop_tcp_except(netns: str, dev: str, field: str, port: int) -> None:
     _tc(netns, f"{add} prio 2 {tcp} classid 1:2")
 
 
+class Hosts(Protocol):
+    """What :class:`NsNode` needs of a lab: a host's command prefix and address
+    (:class:`Lab` names hosts by index, tests/natlab.py's ``NatLab`` by name)."""
+
+    def argv(self, host: Any, /, *argv: str) -> list[str]: ...
+
+    def address(self, host: Any, /) -> str: ...
+
+
 @dataclass
-class NsNode:
+class NsNode(NodeProcess):
     """A node process inside a lab host; ``ctl`` runs ``united ctl`` in the same host."""
 
-    lab: Lab
-    index: int
-    name: str
-    config: Path
-    proc: subprocess.Popen[bytes] | None = None
+    lab: Hosts | None = None
+    index: Any = 0  # the host: its index in a Lab, its name in a NatLab
 
     @property
     def address(self) -> str:
-        return self.lab.host(self.index).address
+        assert self.lab is not None
+        return self.lab.address(self.index)
 
-    @property
-    def log(self) -> Path:
-        return self.config.parent / "node.log"
-
-    def ctl(self, *args: str, timeout: float = 30) -> Any:
-        result = self.lab.united(
-            self.index, "ctl", "-c", str(self.config), *args, "--json", timeout=timeout
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{self.name}: ctl {' '.join(args)}: {result.stderr.strip()}")
-        return json.loads(result.stdout) if result.stdout.strip() else None
-
-    def try_ctl(self, *args: str) -> Any:
-        try:
-            return self.ctl(*args, timeout=10)
-        except (RuntimeError, subprocess.TimeoutExpired):
-            return None
-
-    def start(self, *, timeout: float = 30) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.lab.argv(
-                    self.index, sys.executable, "-m", "united_core", "run", "-c", str(self.config)
-                ),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        wait_for(lambda: self._alive() and self.try_ctl("status"), timeout, f"{self.name} up")
-
-    def _alive(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-        return True
-
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=5)
+    def command(self, *args: str) -> list[str]:
+        assert self.lab is not None
+        return self.lab.argv(self.index, *super().command(*args))
 
 
 def wait_for(fn: Any, timeout: float, what: str = "condition", interval: float = 0.1) -> Any:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -156,3 +158,29 @@ def serving_node(config: Path) -> Iterator[subprocess.Popen[str]]:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+# ---- hookspec rules (datasette's): shared by the core's and the directory's specs -------
+
+
+def hook_names(module: Any) -> list[str]:
+    """The hookspecs a hookspec module defines (``united_*`` callables)."""
+    return sorted(n for n, o in vars(module).items() if n.startswith("united_") and callable(o))
+
+
+def check_hook_documented(module: Any, name: str, doc: Path) -> None:
+    """``doc`` has a ``### name(params)`` heading with the hook's exact signature."""
+    heading = f"{name}({', '.join(inspect.signature(getattr(module, name)).parameters)})"
+    headings = set(re.findall(r"^###\s+`?([^`\n]+)`?\s*$", doc.read_text(), flags=re.M))
+    assert heading in headings, f"{doc.name} needs '### {heading}'"
+
+
+def check_hook_has_a_test(name: str) -> None:
+    """Some ``tests/**/test_*.py`` defines ``test_hook_<name>``."""
+    tests = "\n".join(p.read_text() for p in Path(__file__).parent.rglob("test_*.py"))
+    assert f"def test_hook_{name}(" in tests
+
+
+def check_hook_docstring(module: Any, name: str) -> None:
+    doc = inspect.getdoc(getattr(module, name)) or ""
+    assert len(doc.splitlines()) >= 2, f"{name} needs a real docstring"

@@ -77,37 +77,55 @@ def add_to_table(config: Path, table: str, lines: str) -> None:
 
 @dataclass
 class NodeProcess:
+    """A ``united run`` process; ``ctl`` runs ``united ctl`` against it.
+
+    ``command`` builds every command line, so a subclass can run the node
+    elsewhere (tests/netns.py runs it in a network namespace).
+    """
+
     name: str
     config: Path
     proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def log(self) -> Path:
+        return self.config.parent / "node.log"
+
+    def command(self, *args: str) -> list[str]:
+        """The command line of ``united ARGS`` for this node."""
+        return [sys.executable, "-m", "united_core", *args]
+
     def ctl(self, *args: str, timeout: float = 30) -> Any:
-        result = united("ctl", "-c", str(self.config), *args, "--json", timeout=timeout)
+        result = subprocess.run(
+            self.command("ctl", "-c", str(self.config), *args, "--json"),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{self.name}: ctl {' '.join(args)}: {result.stderr.strip()}")
         return json.loads(result.stdout) if result.stdout.strip() else None
 
     def try_ctl(self, *args: str) -> Any:
         try:
-            return self.ctl(*args)
-        except RuntimeError:
+            return self.ctl(*args, timeout=10)
+        except (RuntimeError, subprocess.TimeoutExpired):
             return None
 
-    def start(self) -> None:
-        log = (self.config.parent / "node.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "united_core", "run", "-c", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        poll(lambda: self._alive() and self.try_ctl("status"), timeout=30)
+    def start(self, *, timeout: float = 30) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command("run", "-c", str(self.config)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        poll(lambda: self._alive() and self.try_ctl("status"), timeout=timeout)
 
     def _alive(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(
-                f"{self.name} exited: {(self.config.parent / 'node.log').read_text()[-2000:]}"
-            )
+            raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
         return True
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
@@ -118,7 +136,7 @@ class NodeProcess:
             return self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            return self.proc.wait(timeout=5)
 
 
 @dataclass

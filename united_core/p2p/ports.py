@@ -96,5 +96,7 @@ def remember_ports(
         return
     tmp = port_file.with_suffix(".tmp")
     with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(got))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # data is owner-only
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(got))
         os.replace(tmp, port_file)

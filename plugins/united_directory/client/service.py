@@ -244,7 +244,10 @@ class DiscoveryService:
                 log.info("directory unreachable (%s); retrying in %.1f s", self.last_error, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._retry_now.wait(), delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.config.reconnect_max)
+            if self._retry_now.is_set():  # the server was just seen: it is coming back
+                delay = self.config.reconnect_min  # (its WebSocket may follow its libp2p)
+            else:
+                delay = min(delay * 2, self.config.reconnect_max)
 
     def peer_reachable(self, peer_id: str) -> None:
         """A libp2p connection to ``peer_id`` is up: if it is the server's and we

@@ -1,4 +1,5 @@
-"""The directory's hooks stay documented and tested, like the core's (tests/test_hookspecs.py).
+"""The directory's hooks stay documented and tested, like the core's
+(tests/core/test_hookspecs.py; the shared rules are in tests/support.py).
 
 Every hook in united_directory/hookspecs.py needs a heading with its exact
 signature in docs/directory.md and a ``test_hook_<name>`` test somewhere under
@@ -8,7 +9,6 @@ twice (a node with both halves) is harmless.
 
 from __future__ import annotations
 
-import inspect
 import re
 import subprocess
 import sys
@@ -16,19 +16,14 @@ from pathlib import Path
 
 import pluggy
 import pytest
+from support import check_hook_docstring, check_hook_documented, check_hook_has_a_test, hook_names
 from united_directory import hookspecs
 
 from united_core.plugins import get_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[3]
-HOOKS = sorted(
-    name for name, obj in vars(hookspecs).items() if name.startswith("united_") and callable(obj)
-)
-
-
-def signature_heading(name: str) -> str:
-    params = inspect.signature(getattr(hookspecs, name)).parameters
-    return f"{name}({', '.join(params)})"
+HOOKS = hook_names(hookspecs)
+DOC = ROOT / "docs" / "directory.md"
 
 
 def test_the_hooks_are_the_directorys_five() -> None:
@@ -38,23 +33,17 @@ def test_the_hooks_are_the_directorys_five() -> None:
 
 @pytest.mark.parametrize("name", HOOKS)
 def test_hook_is_documented(name: str) -> None:
-    docs = (ROOT / "docs" / "directory.md").read_text()
-    headings = set(re.findall(r"^###\s+`?([^`\n]+)`?\s*$", docs, flags=re.M))
-    assert signature_heading(name) in headings, (
-        f"docs/directory.md needs '### {signature_heading(name)}'"
-    )
+    check_hook_documented(hookspecs, name, DOC)
 
 
 @pytest.mark.parametrize("name", HOOKS)
 def test_hook_has_a_test(name: str) -> None:
-    tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
-    assert f"def test_hook_{name}(" in tests
+    check_hook_has_a_test(name)
 
 
 @pytest.mark.parametrize("name", HOOKS)
 def test_hookspec_docstring_says_what_it_returns_or_does(name: str) -> None:
-    doc = inspect.getdoc(getattr(hookspecs, name)) or ""
-    assert len(doc.splitlines()) >= 2, f"{name} needs a real docstring"
+    check_hook_docstring(hookspecs, name)
 
 
 @pytest.mark.parametrize("name", HOOKS)
