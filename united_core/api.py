@@ -35,7 +35,7 @@ from .netaddrs import describe_error, dialable_addrs, expand_wildcards, is_wildc
 if TYPE_CHECKING:
     from dependency_injector import containers
 
-API_VERSION = (1, 1)
+API_VERSION = (1, 2)
 """The plugin API's version: (major, minor). See :func:`check_api_requirement`."""
 
 hookimpl = pluggy.HookimplMarker("united")
@@ -263,6 +263,16 @@ class P2PAPI(Protocol):
         ...
 
     async def disconnect(self, peer_id: str) -> None: ...
+
+    @property
+    def announce_addrs(self) -> list[str]:
+        """What peers can dial (API 1.2): listen addresses with wildcards expanded,
+        then the P2P services' (relayed) addresses; see ``united_addrs_changed``."""
+        ...
+
+    async def call_service(self, name: str, method: str, *args: Any) -> Any:
+        """Call a plugin's P2P service on the trio thread (API 1.2; ``HostOptions.services``)."""
+        ...
 
     async def peers(self) -> list[dict[str, Any]]: ...
 

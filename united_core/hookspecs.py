@@ -277,6 +277,19 @@ def united_peer_disconnected(node: NodeAPI, peer_id: str) -> Awaitable[None] | N
 
 
 @hookspec
+def united_addrs_changed(node: NodeAPI, addrs: tuple[str, ...]) -> Awaitable[None] | None:
+    """What this node announces changed (``node.p2p.announce_addrs``).
+
+    *May be async.* A P2P service added or dropped an address it makes the node
+    reachable at (a relayed ``/p2p-circuit`` address after a reservation); the
+    directory client re-announces.
+
+    :param node: the running node.
+    :param addrs: the addresses peers can dial now, in order of preference.
+    """
+
+
+@hookspec
 def united_message_received(
     node: NodeAPI, message: SignedMessage, from_peer: str, received_at: float
 ) -> Awaitable[None] | None:

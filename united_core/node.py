@@ -334,7 +334,7 @@ class Node:
                 value.set_commands(collect_commands(self.pm))
 
     async def _pump_events(self) -> None:
-        from .p2p.events import MessageReceived, PeerConnected, PeerDisconnected
+        from .p2p.events import AddrsChanged, MessageReceived, PeerConnected, PeerDisconnected
 
         hook = self.pm.hook
         while True:
@@ -357,6 +357,8 @@ class Node:
                     )
                 elif isinstance(event, PeerDisconnected):
                     results = hook.united_peer_disconnected(node=self, peer_id=event.peer_id)
+                elif isinstance(event, AddrsChanged):
+                    results = hook.united_addrs_changed(node=self, addrs=event.addrs)
                 else:  # pragma: no cover
                     continue
                 await call_async(results)

@@ -29,4 +29,11 @@ class MessageReceived:
     received_at: float  # time.time() on arrival
 
 
-P2PEvent = PeerConnected | PeerDisconnected | MessageReceived
+@dataclass(frozen=True)
+class AddrsChanged:
+    """What the node announces changed (a service added or dropped a relayed address)."""
+
+    addrs: tuple[str, ...]
+
+
+P2PEvent = PeerConnected | PeerDisconnected | MessageReceived | AddrsChanged

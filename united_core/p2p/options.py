@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import defaults
 from ..acceptance import Rules, Verdict
@@ -69,6 +70,8 @@ class HostOptions:
     listen_addrs: tuple[str, ...] = defaults.LISTEN_ADDRS
     # Where port-0 listen addresses keep last run's port (None: a new port each run).
     port_file: Path | None = None
+    # Plugins' trio-side services (``services.P2PService``), run once the host listens.
+    services: list[Any] = field(default_factory=list)
     dial_timeout: float = defaults.DIAL_TIMEOUT
     max_connections: int = defaults.MAX_CONNECTIONS
     publish_timeout: float = defaults.PUBLISH_TIMEOUT

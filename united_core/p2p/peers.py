@@ -20,6 +20,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.connection_types import ConnectionType
 from libp2p.custom_types import TProtocol
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
@@ -30,12 +31,14 @@ from .bridge import TrioBridge, run_sync_soon_quietly
 from .events import P2PEvent, PeerConnected, PeerDisconnected
 from .host import HostContext
 from .pubsub import SUPPORTED_LIBP2P
+from .services import CircuitDialer, is_circuit
 
 log = logging.getLogger(__name__)
 
 PING_PROTOCOL = "/ipfs/ping/1.0.0"  # every libp2p host answers it (py-libp2p by default)
 PING_SIZE = 32
 PING_TIMEOUT_S = 10.0
+RELAY_AFTER_S = 1.0  # a relayed dial starts this long after the direct one (happy eyeballs)
 
 
 class StreamHandle:
@@ -95,15 +98,27 @@ class PeerEvents(INotifee):
             addrs = tuple(str(a) for a in conn.get_transport_addresses())
         except Exception:
             addrs = ()
-        relayed = "relay" in str(getattr(conn, "get_connection_type", lambda: "")()).lower()
-        self._post_event(PeerConnected(peer, addrs, direction_of(conn), relayed))
-        if self._own and len(network.connections.get(conn.muxed_conn.peer_id, ())) > 1:
-            trio.lowlevel.spawn_system_task(self._drop_duplicates, network, conn.muxed_conn.peer_id)
+        self._post_event(PeerConnected(peer, addrs, direction_of(conn), is_relayed(conn)))
+        same_kind = [
+            c
+            for c in network.connections.get(conn.muxed_conn.peer_id, ())
+            if is_relayed(c) == is_relayed(conn)
+        ]
+        if self._own and len(same_kind) > 1:
+            trio.lowlevel.spawn_system_task(
+                self._drop_duplicates, network, conn.muxed_conn.peer_id, is_relayed(conn)
+            )
 
-    async def _drop_duplicates(self, network: INetwork, peer: ID) -> None:
+    async def _drop_duplicates(self, network: INetwork, peer: ID, relayed: bool) -> None:
+        """Of two connections of one kind to ``peer``, close the one the other side
+        closes too. A relayed and a direct one coexist (one replaces the other)."""
         try:
             await trio.sleep(self.DUPLICATE_SETTLE_S)  # the other side sees both by now
-            conns = [c for c in list(network.connections.get(peer, ())) if not c.is_closed]
+            conns = [
+                c
+                for c in list(network.connections.get(peer, ()))
+                if not c.is_closed and is_relayed(c) == relayed
+            ]
             if len(conns) < 2:
                 return
             kept = "outbound" if self._own < peer.to_base58() else "inbound"
@@ -140,6 +155,11 @@ class Peers:
         self._bridge = bridge
         self._context = context
         self._dial_timeout = dial_timeout
+        self._circuit_dialer: CircuitDialer | None = None
+
+    def set_circuit_dialer(self, dialer: CircuitDialer | None) -> None:
+        """How ``/p2p-circuit`` addresses are dialed (a relay-client service sets it)."""
+        self._circuit_dialer = dialer
 
     async def connect(self, addr: str) -> str:
         try:
@@ -168,21 +188,67 @@ class Peers:
         except Exception as exc:
             raise ValueError(f"cannot dial {peer_id!r} at {addrs!r}: {exc}") from None
 
-        async def dial() -> str:
+        direct = [m for m in mas if not is_circuit(str(m))]
+        relayed = [str(m) for m in mas if is_circuit(str(m))]
+        if relayed and self._circuit_dialer is None and not direct:
+            raise ValueError(f"cannot dial {peer_id}: only relayed addresses, and no relay client")
+
+        async def dial_direct() -> None:
             host = self._context().host
             network = host.get_network()
             if not network.connections.get(peer):
                 clear_dial_backoff(network, peer)
                 with contextlib.suppress(Exception):
                     host.get_peerstore().clear_addrs(peer)
-            info = PeerInfo(peer, mas)
+            await host.connect(PeerInfo(peer, direct))
+
+        async def dial_relayed() -> None:
+            assert self._circuit_dialer is not None
+            errors: list[Exception] = []
+            for addr in relayed:
+                if not addr.rstrip("/").endswith(f"/p2p/{peer_id}"):
+                    addr = f"{addr.rstrip('/')}/p2p/{peer_id}"
+                try:
+                    await self._circuit_dialer(addr)
+                    return
+                except Exception as exc:
+                    errors.append(exc)
+            raise errors[-1] if errors else ConnectionError("no relayed address worked")
+
+        attempts: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        if direct:
+            attempts.append(dial_direct)
+        if relayed and self._circuit_dialer is not None:
+            attempts.append(dial_relayed)
+
+        async def dial() -> str:
+            # Happy eyeballs: direct first; the relay joins after RELAY_AFTER_S.
+            # The first to connect wins; the other is cancelled.
+            errors: list[BaseException] = []
+            done = False
             try:
                 with trio.fail_after(self._dial_timeout):
-                    await host.connect(info)
+                    async with trio.open_nursery() as nursery:
+
+                        async def attempt(fn: Any, delay: float) -> None:
+                            nonlocal done
+                            await trio.sleep(delay)
+                            try:
+                                await fn()
+                            except Exception as exc:
+                                errors.append(exc)
+                                return
+                            done = True
+                            nursery.cancel_scope.cancel()
+
+                        for i, fn in enumerate(attempts):
+                            nursery.start_soon(attempt, fn, RELAY_AFTER_S * i)
             except trio.TooSlowError:
                 raise TimeoutError(
                     f"no connection within {self._dial_timeout:g} s (dial timeout)"
                 ) from None
+            if not done:
+                raise errors[-1] if errors else ConnectionError(f"could not dial {peer_id}")
             return peer_id
 
         return await self._bridge.call(dial)
@@ -204,6 +270,7 @@ class Peers:
                             "peer_id": peer.to_base58(),
                             "addrs": [str(a) for a in conn.get_transport_addresses()],
                             "direction": direction_of(conn),
+                            "relayed": is_relayed(conn),
                         }
                     )
             return out
@@ -311,6 +378,14 @@ def clear_dial_backoff(network: Any, peer: ID) -> None:
     unblock = getattr(network, "unblock_peer", None)
     if unblock is not None:
         unblock(peer)
+
+
+def is_relayed(conn: INetConn) -> bool:
+    """Whether ``conn`` goes through a relay, from the connection itself."""
+    try:
+        return bool(conn.get_connection_type() is ConnectionType.RELAYED)
+    except Exception:
+        return False
 
 
 def direction_of(conn: INetConn) -> str:

@@ -21,6 +21,8 @@ pending, or made afterwards, fail with :class:`RuntimeStopped`.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -32,10 +34,11 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..acceptance import Acceptor
 from ..envelope import SignedMessage
 from ..identity import Identity
+from ..netaddrs import expand_wildcards
 from ..threads import asyncio_only
 from .bridge import RuntimeStopped, TrioBridge
 from .dialer import Dialer, DialRefused
-from .events import P2PEvent, PeerConnected, PeerDisconnected
+from .events import AddrsChanged, P2PEvent, PeerConnected, PeerDisconnected
 from .gate import PeerGate
 from .host import HostContext, build_host, check_ports_free, disable_auto_connector
 from .messages import MessagePath
@@ -52,6 +55,7 @@ from .peers import (
 )
 from .ports import remember_ports, sticky_listen
 from .pubsub import PubsubCounters, bind_counters, check_adjustments, install_queue_patch
+from .services import P2PService, ServiceHost
 from .snapshot import AppScores, read_scores, read_snapshot
 
 __all__ = [
@@ -70,6 +74,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _accept_all(peer_id: str, direction: str) -> bool:
@@ -118,6 +123,13 @@ class P2PRuntime:
         self.dialer = Dialer(self._peers.dial, self.peer_id)
         self.listen_addrs: list[str] = []
         self.started_at: float | None = None
+        # Plugins' trio-side services (services.py), by name, and what they add.
+        self._services: dict[str, P2PService] = {}
+        for service in options.services:
+            if not isinstance(service, P2PService) or service.name in self._services:
+                raise ValueError(f"not a P2P service, or a second one named so: {service!r}")
+            self._services[service.name] = service
+        self._service_addrs: dict[str, tuple[str, ...]] = {}
 
     @property
     def acceptor(self) -> Acceptor:
@@ -187,6 +199,8 @@ class P2PRuntime:
                             if self._on_host_started is not None:
                                 self._on_host_started(self._ctx)
                             self.listen_addrs = [str(a) for a in host.get_addrs()]
+                            for service in self._services.values():
+                                nursery.start_soon(self._run_service, service, host, nursery)
                             await self._bridge.serve(nursery, inbox, started)
                 finally:
                     self._bridge.accepting = False
@@ -195,6 +209,52 @@ class P2PRuntime:
         finally:
             self._ctx = None
             pubsub.seen_messages.stop()  # py-libp2p starts a thread per Pubsub and never stops it
+
+    async def _run_service(self, service: P2PService, host: Any, nursery: trio.Nursery) -> None:
+        """One plugin service, for the host's lifetime; its failure ends only itself."""
+        tools = ServiceHost(
+            host=host,
+            nursery=nursery,
+            allows=self._gate,
+            emit=self._bridge.post_event,
+            _on_addrs=self._set_service_addrs,
+            _on_dialer=self._peers.set_circuit_dialer,
+            service=service.name,
+        )
+        try:
+            await service.run(tools)
+        except trio.Cancelled:
+            raise
+        except Exception:
+            log.exception("the P2P service %r failed", service.name)
+
+    def _set_service_addrs(self, service: str, addrs: tuple[str, ...]) -> None:
+        if self._service_addrs.get(service, ()) == addrs:
+            return
+        self._service_addrs[service] = addrs
+        self._bridge.post_event(AddrsChanged(tuple(self.announce_addrs)))
+
+    @property
+    def announce_addrs(self) -> list[str]:
+        """What peers can dial: listen addresses with wildcards expanded to this host's
+        interfaces (no ``/p2p`` suffix), then the services' (relayed) addresses."""
+        own = expand_wildcards(a.split("/p2p/")[0] for a in self.listen_addrs)
+        extra = [a for addrs in self._service_addrs.values() for a in addrs]
+        return list(dict.fromkeys([*own, *extra]))
+
+    @asyncio_only
+    async def call_service(self, name: str, method: str, *args: Any) -> Any:
+        """``await service.<method>(*args)`` (or a plain call) on the trio thread."""
+        service = self._services.get(name)
+        if service is None:
+            raise LookupError(f"no P2P service {name!r}")
+        fn = getattr(service, method)
+
+        async def run() -> Any:
+            result = fn(*args)
+            return await result if inspect.isawaitable(result) else result
+
+        return await self._bridge.call(run)
 
     # ---- asyncio -> trio ------------------------------------------------------------------
 
@@ -323,12 +383,21 @@ class P2PRuntime:
         """A consistent view of the host, read on the trio thread."""
 
         async def read() -> dict[str, Any]:
-            return read_snapshot(
+            snap = read_snapshot(
                 self.host_context,
                 peer_id=self.peer_id,
                 listen_addrs=self.listen_addrs,
                 counters=self.counters,
                 drop_counting=self._queue_patch,
             )
+            snap["announce_addrs"] = self.announce_addrs
+            services: dict[str, Any] = {}
+            for name, service in self._services.items():
+                try:
+                    services[name] = dict(service.snapshot())
+                except Exception as exc:  # one service's figures never hide the rest
+                    services[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            snap["services"] = services
+            return snap
 
         return await self._bridge.call(read)

@@ -8,6 +8,7 @@ directory's hooks (:mod:`united_directory.hookspecs`) and fires
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
     from united_core.api import CliCommand, ControlCommand
 
+log = logging.getLogger(__name__)
+
 
 class DiscoveryHooks:
     def __init__(self, discovery: DiscoveryService) -> None:
@@ -33,6 +36,14 @@ class DiscoveryHooks:
     async def united_node_started(self) -> None:
         """Announce the cached member list and channels, then keep a session."""
         await self.discovery.begin()
+
+    @hookimpl
+    async def united_addrs_changed(self) -> None:
+        """A relayed address came or went: the server's presence must say so."""
+        try:
+            await self.discovery.announce_addrs()
+        except Exception as exc:  # no session now: the next login announces them
+            log.info("re-announcing addresses deferred: %s", exc)
 
     @hookimpl
     def united_peer_connected(self, peer_id: str) -> None:

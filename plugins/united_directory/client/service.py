@@ -31,7 +31,6 @@ from united_core.api import (
     call_async,
     describe_error,
     dialable_addrs,
-    expand_wildcards,
 )
 from united_core.identity import Identity, load_key_file
 from united_core.wire import frames_pb2 as pb
@@ -277,9 +276,7 @@ class DiscoveryService:
             self.connected.set()
             log.info("logged in to %s as %s", self.config.server_url, welcome.you.display_name)
             await self._announce_to_plugins()
-            # What others can dial: concrete listen addresses, wildcards expanded.
-            own = expand_wildcards(a.split("/p2p/")[0] for a in self.p2p.listen_addrs)
-            await client.request(pb.ClientFrame(announce=pb.AnnounceAddrs(addrs=own)))
+            await self.announce_addrs()
             await self._dial_server()
             for listener in self._login_listeners:
                 self._spawn(listener())
@@ -296,6 +293,15 @@ class DiscoveryService:
             self.connected.clear()
             self.client = None
             await client.close()
+
+    async def announce_addrs(self) -> None:
+        """Tell the server what others can dial: the listen addresses, wildcards
+        expanded, then relayed ones (``p2p.announce_addrs``). Again when they change."""
+        client = self.client
+        if client is None:
+            return
+        own = list(self.p2p.announce_addrs)
+        await client.request(pb.ClientFrame(announce=pb.AnnounceAddrs(addrs=own)))
 
     def _key_path(self) -> Path:
         settings = self.node.settings

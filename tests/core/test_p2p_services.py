@@ -1,0 +1,56 @@
+"""P2P services (API 1.2): plugin code inside the libp2p host, on the trio thread.
+
+Two real nodes on loopback run a toy plugin whose service registers a protocol
+handler, adds an announced address and answers calls from the asyncio side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from conftest import make_node_dir, running_node
+
+from united_core.identity import Identity
+from united_core.p2p.options import HostOptions
+from united_core.p2p.runtime import P2PRuntime
+from united_core.testing import until
+
+
+def test_hook_united_addrs_changed(tmp_path: Path, toy_plugins: Path) -> None:
+    import toy_servicer
+
+    toy_servicer.ADDRS_CHANGED.clear()
+
+    async def scenario() -> None:
+        configs = [make_node_dir(tmp_path, n, plugins=("ping", "servicer")) for n in "ab"]
+        async with running_node(configs[0]) as a, running_node(configs[1]) as b:
+            # The service's address is announced after the listen addresses...
+            assert a.p2p.announce_addrs[-1] == toy_servicer.FAKE_RELAYED
+            assert a.p2p.announce_addrs[0].startswith("/ip4/127.0.0.1/tcp/")
+            # ...and the asyncio side heard of it through the hook.
+            await until(
+                lambda: any(c["node"] == a.identity.peer_id for c in toy_servicer.ADDRS_CHANGED),
+                what="united_addrs_changed",
+            )
+            seen = next(c for c in toy_servicer.ADDRS_CHANGED if c["node"] == a.identity.peer_id)
+            assert toy_servicer.FAKE_RELAYED in seen["addrs"]
+            # Its protocol handler serves on a's host; b's service asks through it.
+            await b.p2p.connect(f"{a.p2p.listen_addrs[0]}")
+            reply = await b.p2p.call_service("servicer", "ask", a.identity.peer_id, b"hi")
+            assert reply == b"hi"
+            snap = await a.p2p.snapshot()
+            assert snap["services"]["servicer"] == {"echoed": 1}
+            assert toy_servicer.FAKE_RELAYED in snap["announce_addrs"]
+            with pytest.raises(LookupError):
+                await a.p2p.call_service("nope", "ask")
+
+    asyncio.run(scenario())
+
+
+def test_a_service_that_is_not_one_is_refused_at_start() -> None:
+    options = HostOptions()
+    options.services.append(object())
+    with pytest.raises(ValueError, match="not a P2P service"):
+        P2PRuntime(Identity.generate(), options)

@@ -1,0 +1,78 @@
+"""Plugin code inside the libp2p host: services the runtime runs on its trio thread.
+
+DESIGN §3: a plugin that must act inside libp2p (a relay hop, a reservation
+loop, hole punching, AutoNAT) does so through code the runtime calls on the
+trio side. The plugin adds a :class:`P2PService` to ``HostOptions.services`` in
+its ``united_p2p_configure``; once the host listens, the runtime runs each
+service's ``run(ServiceHost)`` in the host's nursery (cancelled at shutdown,
+before the host closes) and nowhere else. Such a module is the only plugin code
+that may import trio or libp2p; the plugin's asyncio side talks to it through
+``node.p2p.call_service(name, method, *args)`` and hears from it through events.
+
+What a service gets (:class:`ServiceHost`), and nothing else of the runtime:
+
+- ``host`` (py-libp2p's ``IHost``) and ``nursery``;
+- ``allows(peer_id, direction)``: the node's peer gate (membership), so a relay
+  admits exactly who may connect;
+- ``set_addrs(addrs)``: addresses this service makes the node reachable at (a
+  relayed address), announced with the listen addresses (``P2PAPI.announce_addrs``,
+  hook ``united_addrs_changed``);
+- ``set_circuit_dialer(fn)``: how the node's dialer opens a ``/p2p-circuit``
+  address (py-libp2p's swarm refuses them);
+- ``emit(event)``: an event for the asyncio side (``events.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import trio
+from libp2p.abc import IHost, INetConn
+
+from .events import P2PEvent
+from .gate import PeerGate
+
+CircuitDialer = Callable[[str], Awaitable[INetConn]]
+"""Open a connection to a ``/p2p-circuit`` multiaddr (ending in ``/p2p/<peer>``)."""
+
+
+@runtime_checkable
+class P2PService(Protocol):
+    """A plugin's trio-side service (see the module docstring)."""
+
+    name: str
+
+    async def run(self, host: ServiceHost) -> None:
+        """Serve until cancelled (the node stopping). Raising ends only this service."""
+        ...
+
+    def snapshot(self) -> Mapping[str, Any]:
+        """Figures for stats and the panel, read on the trio thread."""
+        ...
+
+
+@dataclass
+class ServiceHost:
+    """What a :class:`P2PService` may use (trio thread only)."""
+
+    host: IHost
+    nursery: trio.Nursery
+    allows: PeerGate
+    emit: Callable[[P2PEvent], None]
+    _on_addrs: Callable[[str, tuple[str, ...]], None]
+    _on_dialer: Callable[[CircuitDialer | None], None]
+    service: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def set_addrs(self, addrs: Iterable[str]) -> None:
+        """Replace the addresses this service adds to what the node announces."""
+        self._on_addrs(self.service, tuple(addrs))
+
+    def set_circuit_dialer(self, dialer: CircuitDialer | None) -> None:
+        self._on_dialer(dialer)
+
+
+def is_circuit(addr: str) -> bool:
+    return "/p2p-circuit" in addr
