@@ -26,6 +26,10 @@ def test_a_member_that_missed_messages_while_connected_catches_up(tmp_path: Path
             sessions = discovery.sessions
             # Carol's mesh is cut: she leaves the topic's gossip but keeps her session.
             await carol.p2p.unsubscribe(c.topic("general"))
+            await until(  # the others have heard: nothing in flight reaches her
+                lambda: _out_of_meshes(carol, [alice, c.server], c.topic("general")),
+                what="carol out of the others' meshes",
+            )
             sent = [f"missed-{i}" for i in range(5)]
             for text in sent:
                 await alice.service("mesh").send("general", text)
@@ -45,6 +49,14 @@ def test_a_member_that_missed_messages_while_connected_catches_up(tmp_path: Path
             assert c.server.service("directory").stats()["heads_pushed"] >= 1
 
     asyncio.run(scenario())
+
+
+async def _out_of_meshes(node: Node, others: list[Node], topic: str) -> bool:
+    for other in others:
+        mesh = (await other.p2p.snapshot())["mesh"]
+        if node.identity.peer_id in mesh.get(topic, ()):
+            return False
+    return True
 
 
 async def _has(node: Node, wanted: list[str]) -> bool:
