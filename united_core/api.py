@@ -270,6 +270,18 @@ class P2PAPI(Protocol):
         then the P2P services' (relayed) addresses; see ``united_addrs_changed``."""
         ...
 
+    @property
+    def reachability(self) -> str:
+        """``"public"``, ``"private"`` or ``"unknown"`` (API 1.2; see
+        ``united_reachability_changed``)."""
+        ...
+
+    @property
+    def nat(self) -> str:
+        """The NAT kind a probe found (API 1.2): ``"none"``, ``"endpoint-independent"``,
+        ``"symmetric"`` or ``"unknown"``."""
+        ...
+
     async def call_service(self, name: str, method: str, *args: Any) -> Any:
         """Call a plugin's P2P service on the trio thread (API 1.2; ``HostOptions.services``)."""
         ...

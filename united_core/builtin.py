@@ -131,6 +131,9 @@ async def _status(node: NodeAPI, args: list[str]) -> dict[str, Any]:
         "listen_addrs": list(node.p2p.listen_addrs),
         # What peers can dial: wildcards expanded to this host's interfaces.
         "dialable_addrs": expand_wildcards(node.p2p.listen_addrs),
+        "announce_addrs": list(node.p2p.announce_addrs),
+        "reachability": node.p2p.reachability,
+        "nat": node.p2p.nat,
         "plugins": list(node.plugin_names),
         "uptime_s": round(time.time() - node.started_at, 1),
         "config": str(node.settings.path),

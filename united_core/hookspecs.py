@@ -290,6 +290,22 @@ def united_addrs_changed(node: NodeAPI, addrs: tuple[str, ...]) -> Awaitable[Non
 
 
 @hookspec
+def united_reachability_changed(
+    node: NodeAPI, reachability: str, nat: str
+) -> Awaitable[None] | None:
+    """A reachability probe (AutoNAT, a P2P service) concluded something new.
+
+    *May be async.* ``node.p2p.reachability`` and ``node.p2p.nat`` already say
+    the same; ``ctl status`` shows them. A relay client reserves a slot when
+    the node is ``private``; the directory client announces accordingly.
+
+    :param node: the running node.
+    :param reachability: ``"public"``, ``"private"`` or ``"unknown"``.
+    :param nat: ``"none"``, ``"endpoint-independent"``, ``"symmetric"`` or ``"unknown"``.
+    """
+
+
+@hookspec
 def united_message_received(
     node: NodeAPI, message: SignedMessage, from_peer: str, received_at: float
 ) -> Awaitable[None] | None:

@@ -334,7 +334,13 @@ class Node:
                 value.set_commands(collect_commands(self.pm))
 
     async def _pump_events(self) -> None:
-        from .p2p.events import AddrsChanged, MessageReceived, PeerConnected, PeerDisconnected
+        from .p2p.events import (
+            AddrsChanged,
+            MessageReceived,
+            PeerConnected,
+            PeerDisconnected,
+            ReachabilityChanged,
+        )
 
         hook = self.pm.hook
         while True:
@@ -359,6 +365,10 @@ class Node:
                     results = hook.united_peer_disconnected(node=self, peer_id=event.peer_id)
                 elif isinstance(event, AddrsChanged):
                     results = hook.united_addrs_changed(node=self, addrs=event.addrs)
+                elif isinstance(event, ReachabilityChanged):
+                    results = hook.united_reachability_changed(
+                        node=self, reachability=event.reachability, nat=event.nat
+                    )
                 else:  # pragma: no cover
                     continue
                 await call_async(results)

@@ -15,7 +15,7 @@ from conftest import make_node_dir, running_node
 from united_core.identity import Identity
 from united_core.p2p.options import HostOptions
 from united_core.p2p.runtime import P2PRuntime
-from united_core.testing import until
+from united_core.testing import call, until
 
 
 def test_hook_united_addrs_changed(tmp_path: Path, toy_plugins: Path) -> None:
@@ -54,3 +54,24 @@ def test_a_service_that_is_not_one_is_refused_at_start() -> None:
     options.services.append(object())
     with pytest.raises(ValueError, match="not a P2P service"):
         P2PRuntime(Identity.generate(), options)
+
+
+def test_hook_united_reachability_changed(tmp_path: Path, toy_plugins: Path) -> None:
+    import toy_servicer
+
+    toy_servicer.REACHABILITY.clear()
+
+    async def scenario() -> None:
+        config = make_node_dir(tmp_path, plugins=("ping", "servicer"))
+        async with running_node(config) as node:
+            assert (node.p2p.reachability, node.p2p.nat) == ("unknown", "unknown")
+            await node.p2p.call_service("servicer", "conclude", "private", "symmetric")
+            await until(lambda: bool(toy_servicer.REACHABILITY), what="the hook")
+            assert toy_servicer.REACHABILITY == [
+                {"node": node.identity.peer_id, "reachability": "private", "nat": "symmetric"}
+            ]
+            assert (node.p2p.reachability, node.p2p.nat) == ("private", "symmetric")
+            status = await call(node, "status")
+            assert (status["reachability"], status["nat"]) == ("private", "symmetric")
+
+    asyncio.run(scenario())

@@ -36,4 +36,15 @@ class AddrsChanged:
     addrs: tuple[str, ...]
 
 
-P2PEvent = PeerConnected | PeerDisconnected | MessageReceived | AddrsChanged
+@dataclass(frozen=True)
+class ReachabilityChanged:
+    """What a reachability probe (AutoNAT) concluded about this node."""
+
+    reachability: str  # "public" | "private" | "unknown"
+    nat: str = "unknown"  # "none" | "endpoint-independent" | "symmetric" | "unknown"
+
+
+REACHABILITIES = ("public", "private", "unknown")
+NAT_KINDS = ("none", "endpoint-independent", "symmetric", "unknown")
+
+P2PEvent = PeerConnected | PeerDisconnected | MessageReceived | AddrsChanged | ReachabilityChanged

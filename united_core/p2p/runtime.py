@@ -38,7 +38,7 @@ from ..netaddrs import expand_wildcards
 from ..threads import asyncio_only
 from .bridge import RuntimeStopped, TrioBridge
 from .dialer import Dialer, DialRefused
-from .events import AddrsChanged, P2PEvent, PeerConnected, PeerDisconnected
+from .events import AddrsChanged, P2PEvent, PeerConnected, PeerDisconnected, ReachabilityChanged
 from .gate import PeerGate
 from .host import HostContext, build_host, check_ports_free, disable_auto_connector
 from .messages import MessagePath
@@ -130,6 +130,9 @@ class P2PRuntime:
                 raise ValueError(f"not a P2P service, or a second one named so: {service!r}")
             self._services[service.name] = service
         self._service_addrs: dict[str, tuple[str, ...]] = {}
+        # What the last reachability probe said (ReachabilityChanged, from a service).
+        self.reachability = "unknown"
+        self.nat = "unknown"
 
     @property
     def acceptor(self) -> Acceptor:
@@ -271,6 +274,8 @@ class P2PRuntime:
     async def events(self) -> P2PEvent:
         """Return the next event. One consumer (the node's event pump) should call this."""
         event = await self._bridge.next_event()
+        if isinstance(event, ReachabilityChanged):
+            self.reachability, self.nat = event.reachability, event.nat
         if isinstance(event, PeerConnected):
             self.dialer.connected(event.peer_id, event.addrs, event.direction)
         elif isinstance(event, PeerDisconnected):
@@ -391,6 +396,7 @@ class P2PRuntime:
                 drop_counting=self._queue_patch,
             )
             snap["announce_addrs"] = self.announce_addrs
+            snap["reachability"] = {"reachability": self.reachability, "nat": self.nat}
             services: dict[str, Any] = {}
             for name, service in self._services.items():
                 try:
