@@ -228,3 +228,30 @@ def test_a_forged_copy_cannot_condemn_someone_elses_message() -> None:
                 await victim.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_peer_that_re_registers_us_learns_our_subscriptions_again() -> None:
+    """b's pubsub stream state for a dies while they stay connected (as when a
+    duplicate connection is closed): b forgets a's subscriptions and opens a new
+    stream to a. a must send its subscriptions again, or b never grafts it and
+    b's publishes reach nobody (a one-sided mesh; py-libp2p does not resend)."""
+
+    async def scenario() -> None:
+        async with pair() as (a, b):
+            await subscribed(b, a.peer_id, TOPIC)
+            await subscribed(a, b.peer_id, TOPIC)
+
+            async def drop_a() -> None:
+                from libp2p.peer.id import ID
+
+                b.host_context.pubsub._handle_dead_peer(ID.from_base58(a.peer_id))
+
+            await b.call(drop_a)
+            await subscribed(b, a.peer_id, TOPIC)  # learnt again, without reconnecting
+            assert a.counters.subscriptions_resent >= 1
+            await asyncio.sleep(1.5)  # a heartbeat grafts it
+            await b.publish(TOPIC, seal(Identity.generate(), TOPIC, "after"))
+            got = await delivered(a, 1)
+            assert got[0].message.payload == b"after"
+
+    asyncio.run(scenario())

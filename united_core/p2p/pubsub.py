@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import libp2p
 import libp2p.pubsub.pubsub as _pubsub_module
 import trio
+from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.mcache import CacheEntry, MessageCache
@@ -75,6 +76,7 @@ class PubsubCounters:
     inbound_drops: int = 0  # validated messages the inbox had no room for
     publish_waits: int = 0  # publishes that waited for a peer queue to drain
     publish_wait_timeouts: int = 0
+    subscriptions_resent: int = 0  # hellos sent again to a peer that re-registered us
 
 
 # One trio thread runs one runtime: queues created on that thread count into it.
@@ -138,7 +140,17 @@ def check_adjustments() -> None:
     """
     version = libp2p.__version__
     needed = {
-        Pubsub: ("push_msg", "_is_msg_seen", "_mark_msg_seen", "notify_subscriptions"),
+        Pubsub: (
+            "push_msg",
+            "_is_msg_seen",
+            "_mark_msg_seen",
+            "notify_subscriptions",
+            "_handle_new_peer",
+            "stream_handler",
+            "get_hello_packet",
+            "write_msg",
+            "_handle_dead_peer",
+        ),
         GossipSub: ("handle_ihave", "emit_iwant", "publish", "_check_ihave_rate_limit"),
         MessageCache: ("put", "get", "window", "shift"),
         PeerScorer: ("remove_peer", "on_heartbeat", "on_invalid_message"),
@@ -224,15 +236,43 @@ class UnitedPubsub(Pubsub):
         deliver: Deliver,
         counters: PubsubCounters,
         refused_ttl: float,
+        transient: Callable[[str], bool] = lambda peer_id: False,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._transient = transient
         self._judge = judge
         self._deliver = deliver
         self._counters = counters
         self.refused = RefusedCache(refused_ttl)
         # Own publishes, already judged by the runtime on the asyncio side: data -> message.
         self.own_messages: dict[bytes, SignedMessage] = {}
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """An inbound pubsub stream. From a peer we already have a stream to, it
+        means the peer re-registered us (its old stream died with a connection,
+        e.g. a duplicate closed): it forgot our subscriptions with it, so send them
+        again. py-libp2p does not, and the peer then never grafts us: a one-sided
+        mesh where our publishes reach nobody."""
+        peer_id = stream.muxed_conn.peer_id
+        if peer_id in self.peers:
+            self.manager.run_task(self._resend_subscriptions, peer_id)
+        await super().stream_handler(stream)
+
+    async def _resend_subscriptions(self, peer_id: ID) -> None:
+        stream = self.peers.get(peer_id)
+        if stream is None:
+            return
+        self._counters.subscriptions_resent += 1
+        if not await self.write_msg(stream, self.get_hello_packet()):
+            self._handle_dead_peer(peer_id)  # ours died too: py-libp2p reopens it
+
+    async def _handle_new_peer(self, peer_id: ID) -> None:
+        """No pubsub with a transient peer (``gate.Admissions``: an AutoNAT dial-back),
+        which speaks none and hangs up at once: py-libp2p would log each try as an error."""
+        if self._transient(peer_id.to_base58()):
+            return
+        await super()._handle_new_peer(peer_id)
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         """py-libp2p's push_msg, with our verdict handling (see the module docstring)."""
