@@ -183,7 +183,9 @@ def united_peer_allowed(peer_id: str, direction: str) -> bool | None:
     answering ``False`` refuses the peer before any muxer or protocol runs (the
     dialer sees a handshake failure); ``None`` means no opinion. An exception
     refuses the peer (fail closed). Until every plugin has started, and once
-    the node is stopping, the node refuses every peer without asking.
+    the node is stopping, the node refuses every peer without asking. A peer a
+    P2P service admits for a moment (``ServiceHost.admit_inbound``: AutoNAT's
+    dial-back, inbound only) is let in without asking.
 
     :param peer_id: the remote PeerId (base58).
     :param direction: ``"inbound"`` or ``"outbound"``.

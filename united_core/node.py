@@ -103,7 +103,9 @@ def load_settings(path: Path) -> tuple[Settings, pluggy.PluginManager, list[str]
     except ConfigError as exc:
         raise exc.located(path) from None
     declared = declared_sections(pm)
-    disabled_sections = set(available) - set(node_section.plugins)
+    disabled = set(available) - set(node_section.plugins)
+    # A plugin's section is named after it, "-" written "_" ([relay_client] of relay-client).
+    disabled_sections = disabled | {name.replace("-", "_") for name in disabled}
     settings, warnings = build_settings(path, raw, declared, disabled_sections)
     return settings, pm, warnings
 

@@ -24,7 +24,15 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_and_preset_values(tmp_path: Path) -> None:
     settings, _, warnings = load_settings(make_node_dir(tmp_path, role="server", plugins=None))
     assert settings["node"].plugin_set == "server"
-    assert settings["node"].plugins == ("ping", "membership", "directory", "mesh", "archive")
+    assert settings["node"].plugins == (
+        "ping",
+        "membership",
+        "directory",
+        "mesh",
+        "archive",
+        "relay",
+        "autonat",
+    )
     assert settings["mesh"].d == 4 and settings["mesh"].heartbeat_interval == 1.0
     assert settings["directory"].registration == "invite"
     assert settings["p2p"].gossipsub_protocols == ("/meshsub/1.1.0", "/meshsub/1.0.0")
@@ -172,7 +180,7 @@ def test_init_with_renders_a_third_party_plugins_section(tmp_path: Path, toy_plu
     assert cli_main([*argv, "--with", "gatekeeper", "--with", "recorder"]) == 0
     text = (directory / "united.toml").read_text()
     assert _plugins_line(text) == [
-        *("ping", "membership", "directory", "mesh", "archive"),
+        *("ping", "membership", "directory", "mesh", "archive", "relay", "autonat"),
         *("gatekeeper", "recorder"),
     ]
     for line in ("[gatekeeper]", "# Smallest payload accepted.", "# min_len = 0", "[recorder]"):

@@ -75,12 +75,23 @@ class PeerRecord:
 
 
 def usable_addrs(addrs: Iterable[str]) -> list[str]:
-    """``addrs`` without ``/p2p/...``, wildcards and port 0, deduped, order kept."""
+    """``addrs`` without ``/p2p/...``, wildcards and port 0, deduped, order kept.
+
+    A relayed address keeps its relay: ``<relay addr>/p2p/<relay>/p2p-circuit``
+    (a trailing ``/p2p/<peer>`` is dropped; the relay's address is checked as a
+    direct one, and may be empty: the relay is then dialed by its connection)."""
     out: list[str] = []
     for addr in addrs:
-        bare = addr.split("/p2p/")[0]
-        if not bare or is_wildcard(bare) or "/tcp/0/" in bare + "/":
-            continue
+        if "/p2p-circuit" in addr:
+            head = addr.split("/p2p-circuit")[0]
+            relay_addr = head.split("/p2p/")[0]
+            if "/p2p/" not in head or (relay_addr and relay_addr not in usable_addrs([relay_addr])):
+                continue
+            bare = f"{head}/p2p-circuit"
+        else:
+            bare = addr.split("/p2p/")[0]
+            if not bare or is_wildcard(bare) or "/tcp/0/" in bare + "/":
+                continue
         if bare not in out:
             out.append(bare)
     return out

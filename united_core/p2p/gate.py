@@ -7,8 +7,10 @@ the peer before any muxer or protocol runs; the dialer sees a handshake failure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 from libp2p.abc import IRawConnection, ISecureConn
 from libp2p.peer.id import ID
@@ -64,3 +66,58 @@ class GatedNoiseTransport(NoiseTransport):
             await secure.close()
             raise
         return secure
+
+
+class Admissions:
+    """Peers a P2P service lets through the gate for a moment (trio thread only).
+
+    An AutoNAT dial-back comes from the server's dialer, a fresh identity that is
+    no member: the service expecting it admits exactly that PeerId, inbound only,
+    while its probe runs (``ServiceHost.admit_inbound``). Such a peer's
+    connections are *transient*: the runtime posts no ``PeerConnected`` /
+    ``PeerDisconnected`` for them and ``peers()`` leaves them out, so no plugin
+    (reconnect, mesh, membership) ever sees, redials or counts them.
+    """
+
+    def __init__(self) -> None:
+        self._admitted: Counter[str] = Counter()
+        self._transient: set[str] = set()  # admitted peers with a connection still open
+
+    @contextlib.contextmanager
+    def admit_inbound(self, peer_id: str) -> Iterator[None]:
+        self._admitted[peer_id] += 1
+        try:
+            yield
+        finally:
+            self._admitted[peer_id] -= 1
+            if self._admitted[peer_id] <= 0:
+                del self._admitted[peer_id]
+
+    def admits(self, peer_id: str, direction: str) -> bool:
+        return direction == "inbound" and peer_id in self._admitted
+
+    def gate(self, inner: PeerGate) -> PeerGate:
+        """``inner`` (the node's gate: membership), with the admitted peers let in."""
+
+        def allowed(peer_id: str, direction: str) -> bool:
+            return self.admits(peer_id, direction) or inner(peer_id, direction)
+
+        return allowed
+
+    def opened(self, peer_id: str, first: bool) -> bool:
+        """A connection to ``peer_id`` opened (``first``: its only one): True if it is
+        transient (say nothing). A peer already connected otherwise never becomes so."""
+        if peer_id in self._admitted and first:
+            self._transient.add(peer_id)
+        return peer_id in self._transient
+
+    def closed(self, peer_id: str, last: bool) -> bool:
+        """A connection to ``peer_id`` closed (``last``: none is left): True if transient."""
+        transient = peer_id in self._transient
+        if transient and last:
+            self._transient.discard(peer_id)
+        return transient
+
+    def is_transient(self, peer_id: str) -> bool:
+        """Admitted now, or still connected from when it was: nobody else's business."""
+        return peer_id in self._transient or peer_id in self._admitted

@@ -62,6 +62,7 @@ def build_host(
     deliver: Deliver,
     counters: PubsubCounters,
     app_score: Callable[[str], float],
+    transient: Callable[[str], bool] = lambda peer_id: False,
 ) -> tuple[IHost, UnitedPubsub, UnitedGossipSub]:
     """The host, its pubsub and gossipsub router (not running yet)."""
     key_pair = create_new_key_pair(identity.seed)
@@ -110,6 +111,7 @@ def build_host(
         counters=counters,
         # A refusal is remembered as long as an accepted id is (replays of both stop).
         refused_ttl=g.seen_ttl,
+        transient=transient,
         # Ids are envelope ids, so every implementation that adopts our schema agrees.
         msg_id_constructor=lambda msg: message_id_from_wire(msg.data),
         strict_signing=True,

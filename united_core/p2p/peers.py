@@ -29,6 +29,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from ..threads import asyncio_only
 from .bridge import TrioBridge, run_sync_soon_quietly
 from .events import P2PEvent, PeerConnected, PeerDisconnected
+from .gate import Admissions
 from .host import HostContext
 from .pubsub import SUPPORTED_LIBP2P
 from .services import CircuitDialer, is_circuit
@@ -77,14 +78,21 @@ class PeerEvents(INotifee):
     caps only its own dials at ``max_connections_per_peer``): both sides then keep
     the one dialed by the smaller PeerId and close the other, so the pair ends
     with exactly one. ``PeerDisconnected`` is posted only when the last
-    connection to a peer closes.
+    connection to a peer closes. A transient peer's connections (one a service
+    admitted for a moment: ``gate.Admissions``) post nothing.
     """
 
     DUPLICATE_SETTLE_S = 0.2
 
-    def __init__(self, post_event: Callable[[P2PEvent], None], own_peer_id: str = "") -> None:
+    def __init__(
+        self,
+        post_event: Callable[[P2PEvent], None],
+        own_peer_id: str = "",
+        admissions: Admissions | None = None,
+    ) -> None:
         self._post_event = post_event
         self._own = own_peer_id
+        self._admissions = admissions or Admissions()
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         return None
@@ -94,6 +102,9 @@ class PeerEvents(INotifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id.to_base58()
+        others = [c for c in network.connections.get(conn.muxed_conn.peer_id, ()) if c is not conn]
+        if self._admissions.opened(peer, first=not others):
+            return
         try:
             addrs = tuple(str(a) for a in conn.get_transport_addresses())
         except Exception:
@@ -136,8 +147,11 @@ class PeerEvents(INotifee):
             for c in list(network.connections.get(conn.muxed_conn.peer_id, ()))
             if c is not conn and not c.is_closed
         ]
+        peer = conn.muxed_conn.peer_id.to_base58()
+        if self._admissions.closed(peer, last=not remaining):
+            return
         if not remaining:
-            self._post_event(PeerDisconnected(conn.muxed_conn.peer_id.to_base58()))
+            self._post_event(PeerDisconnected(peer))
 
     async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         return None
@@ -150,11 +164,17 @@ class Peers:
     """Connections and streams, asyncio side (each operation runs on the trio thread)."""
 
     def __init__(
-        self, *, bridge: TrioBridge, context: Callable[[], HostContext], dial_timeout: float
+        self,
+        *,
+        bridge: TrioBridge,
+        context: Callable[[], HostContext],
+        dial_timeout: float,
+        hidden: Callable[[str], bool] = lambda peer_id: False,
     ) -> None:
         self._bridge = bridge
         self._context = context
         self._dial_timeout = dial_timeout
+        self._hidden = hidden  # transient peers (gate.Admissions): not listed
         self._circuit_dialer: CircuitDialer | None = None
 
     def set_circuit_dialer(self, dialer: CircuitDialer | None) -> None:
@@ -222,27 +242,32 @@ class Peers:
             attempts.append(dial_relayed)
 
         async def dial() -> str:
-            # Happy eyeballs: direct first; the relay joins after RELAY_AFTER_S.
-            # The first to connect wins; the other is cancelled.
+            # Happy eyeballs: direct first; the relay joins after RELAY_AFTER_S,
+            # or as soon as the direct attempt failed. The first to connect wins;
+            # the other is cancelled.
             errors: list[BaseException] = []
             done = False
+            failed = [trio.Event() for _ in attempts]
             try:
                 with trio.fail_after(self._dial_timeout):
                     async with trio.open_nursery() as nursery:
 
-                        async def attempt(fn: Any, delay: float) -> None:
+                        async def attempt(i: int, fn: Any) -> None:
                             nonlocal done
-                            await trio.sleep(delay)
+                            if i:
+                                with trio.move_on_after(RELAY_AFTER_S):
+                                    await failed[i - 1].wait()
                             try:
                                 await fn()
                             except Exception as exc:
                                 errors.append(exc)
+                                failed[i].set()
                                 return
                             done = True
                             nursery.cancel_scope.cancel()
 
                         for i, fn in enumerate(attempts):
-                            nursery.start_soon(attempt, fn, RELAY_AFTER_S * i)
+                            nursery.start_soon(attempt, i, fn)
             except trio.TooSlowError:
                 raise TimeoutError(
                     f"no connection within {self._dial_timeout:g} s (dial timeout)"
@@ -264,6 +289,8 @@ class Peers:
             network = self._context().host.get_network()
             out = []
             for peer, conns in list(network.connections.items()):
+                if self._hidden(peer.to_base58()):
+                    continue
                 for conn in list(conns):
                     out.append(
                         {

@@ -39,7 +39,7 @@ from ..threads import asyncio_only
 from .bridge import RuntimeStopped, TrioBridge
 from .dialer import Dialer, DialRefused
 from .events import AddrsChanged, P2PEvent, PeerConnected, PeerDisconnected, ReachabilityChanged
-from .gate import PeerGate
+from .gate import Admissions, PeerGate
 from .host import HostContext, build_host, check_ports_free, disable_auto_connector
 from .messages import MessagePath
 from .options import HostOptions
@@ -98,6 +98,8 @@ class P2PRuntime:
         self.peer_id = identity.peer_id
         self.counters = PubsubCounters()
         self._gate = gate
+        # Peers a service lets in for a moment (an AutoNAT dial-back): gate.Admissions.
+        self._admissions = Admissions()
         self._on_host_started = on_host_started
         check_adjustments()
         check_dial_backoff()
@@ -118,6 +120,7 @@ class P2PRuntime:
             bridge=self._bridge,
             context=lambda: self.host_context,
             dial_timeout=options.dial_timeout,
+            hidden=self._admissions.is_transient,
         )
         # The node's one dialer (every plugin's dials go through it: issue 11).
         self.dialer = Dialer(self._peers.dial, self.peer_id)
@@ -182,11 +185,12 @@ class P2PRuntime:
         host, pubsub, gossipsub = build_host(
             self.identity,
             self.options,
-            gate=self._gate,
+            gate=self._admissions.gate(self._gate),
             judge=self._messages.judge,
             deliver=self._messages.deliver,
             counters=self.counters,
             app_score=self._app_scores.get,
+            transient=self._admissions.is_transient,
         )
         listen = [multiaddr.Multiaddr(a) for a in self.options.listen_addrs]
         try:
@@ -196,7 +200,7 @@ class P2PRuntime:
                         await pubsub.wait_until_ready()
                         async with trio.open_nursery() as nursery:
                             host.get_network().register_notifee(
-                                PeerEvents(self._bridge.post_event, self.peer_id)
+                                PeerEvents(self._bridge.post_event, self.peer_id, self._admissions)
                             )
                             self._ctx = HostContext(host, pubsub, gossipsub, nursery, self.options)
                             if self._on_host_started is not None:
@@ -223,6 +227,7 @@ class P2PRuntime:
             _on_addrs=self._set_service_addrs,
             _on_dialer=self._peers.set_circuit_dialer,
             service=service.name,
+            _admissions=self._admissions,
         )
         try:
             await service.run(tools)

@@ -19,11 +19,16 @@ What a service gets (:class:`ServiceHost`), and nothing else of the runtime:
   hook ``united_addrs_changed``);
 - ``set_circuit_dialer(fn)``: how the node's dialer opens a ``/p2p-circuit``
   address (py-libp2p's swarm refuses them);
-- ``emit(event)``: an event for the asyncio side (``events.py``).
+- ``emit(event)``: an event for the asyncio side (``events.py``);
+- ``admit_inbound(peer_id)``: while the ``with`` block runs, let that one peer
+  through the gate, inbound only (an AutoNAT dial-back from the server's
+  dialer, which is no member); its connections are transient: no
+  ``PeerConnected`` / ``PeerDisconnected``, absent from ``peers()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -32,7 +37,7 @@ import trio
 from libp2p.abc import IHost, INetConn
 
 from .events import P2PEvent
-from .gate import PeerGate
+from .gate import Admissions, PeerGate
 
 CircuitDialer = Callable[[str], Awaitable[INetConn]]
 """Open a connection to a ``/p2p-circuit`` multiaddr (ending in ``/p2p/<peer>``)."""
@@ -65,6 +70,7 @@ class ServiceHost:
     _on_dialer: Callable[[CircuitDialer | None], None]
     service: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    _admissions: Admissions = field(default_factory=Admissions)
 
     def set_addrs(self, addrs: Iterable[str]) -> None:
         """Replace the addresses this service adds to what the node announces."""
@@ -72,6 +78,11 @@ class ServiceHost:
 
     def set_circuit_dialer(self, dialer: CircuitDialer | None) -> None:
         self._on_dialer(dialer)
+
+    def admit_inbound(self, peer_id: str) -> contextlib.AbstractContextManager[None]:
+        """``with host.admit_inbound(peer):`` that peer passes the gate inbound (only),
+        and its connections stay transient (see :class:`~.gate.Admissions`)."""
+        return self._admissions.admit_inbound(peer_id)
 
 
 def is_circuit(addr: str) -> bool:

@@ -1,0 +1,322 @@
+"""The server's trio side: answer ``/united/autonat/1.0.0`` with a real dial-back.
+
+Runs as the ``autonat`` P2P service inside the server's libp2p host (the only
+module of the server plugin that imports trio or libp2p).
+
+py-libp2p 0.8.1's AutoNAT (``libp2p/host/autonat/autonat.py``) dials back with
+``host.connect()``, which returns at once when any connection to the peer
+exists: the connection the request came in on. A member behind NAT is then
+reported public without a packet on the wire. Dialing a second connection from
+the server's own host does not work either: with one connection per peer the
+swarm trims the older one (``_trim_connections``), the member's main
+connection, on both ends. So, as go-libp2p's AutoNAT v2 does
+(``config/config.go`` ``makeAutoNATV2Host``), the dial-back comes from a
+separate **dialer host**: its own random Ed25519 identity, Noise and Yamux
+only, no listener, no retries. It dials the claimed address on a fresh
+connection (``swarm.dial_addr``: no reuse, no 60 s negative cache), opens
+``/united/autonat/dial-back/1.0.0``, writes the nonce and the address's index,
+waits for a 1-byte acknowledgement and hangs up.
+
+A request (docs/autonat.md): the requester is the connection's authenticated
+peer, never a field; it must be a member (``ServiceHost.allows``) on a direct
+connection; per member one probe at a time and ``peer_probes_per_minute``, for
+everyone ``max_concurrent``; only addresses on the IP the request came from
+are dialed (amplification guard), at most ``max_addrs``. Before dialing, the
+server names its dialer (``dialing``) and waits for ``ready``: the member's
+gate then lets exactly that peer in. Malformed input gets an ``error`` frame
+and the stream is closed; nothing a member sends can end the service.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.connection_types import ConnectionType
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from united_core.p2p.host import disable_auto_connector
+
+from .. import wire
+from .config import Config
+
+if TYPE_CHECKING:
+    from united_core.p2p.services import ServiceHost
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 10.0  # the request, and the member's "ready", must come this soon
+CLOSE_TIMEOUT = 2.0
+RECENT = 16  # probes kept for the panel and tests
+
+
+def make_dialer(dial_timeout: float) -> IHost:
+    """The dial-back host: a fresh random identity, Noise + Yamux, no retries."""
+    key_pair = create_new_key_pair()
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=dial_timeout),
+        listen_addrs=[],
+    )
+    disable_auto_connector(host)
+    network: Any = host.get_network()
+    network.retry_config = RetryConfig(max_retries=0)  # one attempt: the verdict is the dial's
+    return host
+
+
+class Refused(Exception):
+    def __init__(self, code: str, reason: str, retry_after: float = 0.0) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.retry_after = code, reason, retry_after
+
+
+class AutonatServer:
+    """The ``autonat`` P2P service. Figures (:meth:`snapshot`) are read from any thread."""
+
+    name = "autonat"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.dialer_id = ""
+        self._tools: ServiceHost | None = None
+        self._dialer: IHost | None = None
+        self._in_flight: set[str] = set()
+        self._recent_by_peer: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()  # the figures below, read by the asyncio side
+        self.answered = 0
+        self.bad_requests = 0
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.dials: collections.Counter[str] = collections.Counter()
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, tools: ServiceHost) -> None:
+        self._tools = tools
+        dialer = make_dialer(self.config.dial_timeout)
+        async with dialer.run([]):
+            self._dialer = dialer
+            self.dialer_id = dialer.get_id().to_base58()
+            tools.host.set_stream_handler(TProtocol(wire.PROTOCOL), self._handle)
+            log.info("AutoNAT: answering probes, dialing back as %s", self.dialer_id)
+            await trio.sleep_forever()
+
+    def snapshot(self) -> Mapping[str, Any]:
+        with self._lock:
+            return {
+                "dialer": self.dialer_id,
+                "answered": self.answered,
+                "refused": dict(self.refused),
+                "bad_requests": self.bad_requests,
+                "dials": dict(self.dials),
+                "in_flight": len(self._in_flight),
+                "recent": list(self.recent),
+                "limits": {
+                    "max_addrs": self.config.max_addrs,
+                    "dial_timeout": self.config.dial_timeout,
+                    "peer_probes_per_minute": self.config.peer_probes_per_minute,
+                    "max_concurrent": self.config.max_concurrent,
+                },
+            }
+
+    # ---- one request -------------------------------------------------------------------
+
+    async def _handle(self, stream: INetStream) -> None:
+        try:
+            await self._serve(stream)
+        except Refused as refusal:
+            with self._lock:
+                self.refused[refusal.code] += 1
+            await self._reply(
+                stream, wire.refused(refusal.code, refusal.reason, refusal.retry_after)
+            )
+        except wire.BadMessage as exc:
+            with self._lock:
+                self.bad_requests += 1
+            await self._reply(stream, wire.error(f"bad request: {exc}"))
+        except StreamEOF:  # the member stopped writing inside a frame
+            with self._lock:
+                self.bad_requests += 1
+            await self._reply(stream, wire.error("bad request: the stream ended inside a frame"))
+        except trio.TooSlowError:
+            with self._lock:
+                self.bad_requests += 1
+            await self._reply(stream, wire.error("too slow"))
+        except Exception as exc:  # a broken stream, a vanished peer: never the service
+            log.debug("AutoNAT request failed: %r", exc)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                try:
+                    await stream.close()
+                except Exception:
+                    pass
+
+    async def _reply(self, stream: INetStream, message: dict[str, Any]) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await wire.write_frame(stream, message)
+            except Exception as exc:
+                log.debug("AutoNAT: could not answer: %r", exc)
+
+    async def _serve(self, stream: INetStream) -> None:
+        assert self._tools is not None and self._dialer is not None
+        peer = stream.muxed_conn.peer_id
+        requester = peer.to_base58()
+        if _relayed(stream):
+            raise Refused(wire.RELAYED, "ask over a direct connection: a relay hides your address")
+        if not self._tools.allows(requester, "inbound"):
+            raise Refused(wire.NOT_A_MEMBER, "only members are probed")
+        remote = stream.get_remote_address()
+        if not remote:
+            raise Refused(wire.RELAYED, "the connection has no observed address")
+        observed_ip, observed_port = str(remote[0]), int(remote[1])
+        observed = wire.observed_multiaddr(observed_ip, observed_port)
+        with trio.fail_after(READ_TIMEOUT):
+            request = wire.parse_request(await wire.read_frame(stream))
+        self._admit(requester)
+        self._in_flight.add(requester)
+        try:
+            results = await self._probe(stream, peer, request, observed_ip, observed)
+        finally:
+            self._in_flight.discard(requester)
+        with self._lock:
+            self.answered += 1
+            self.recent.append(
+                {
+                    "peer": requester,
+                    "observed": observed,
+                    "at": round(time.time(), 1),
+                    "results": [[r.addr, r.status, r.code] for r in results],
+                }
+            )
+        await wire.write_frame(stream, wire.result(observed, results))
+
+    def _admit(self, requester: str) -> None:
+        """One probe at a time per member, ``peer_probes_per_minute``, ``max_concurrent``."""
+        if requester in self._in_flight:
+            raise Refused(wire.RATE_LIMITED, "a probe of yours is running", 1.0)
+        if len(self._in_flight) >= self.config.max_concurrent:
+            raise Refused(wire.BUSY, "too many probes at once; ask again later", 5.0)
+        now = time.monotonic()
+        for peer in [p for p, times in self._recent_by_peer.items() if times[-1] < now - 60]:
+            del self._recent_by_peer[peer]  # bounded: only peers seen in the last minute
+        times = self._recent_by_peer.setdefault(requester, collections.deque())
+        while times and times[0] < now - 60:
+            times.popleft()
+        if len(times) >= self.config.peer_probes_per_minute:
+            wait = round(times[0] + 60 - now, 1)
+            raise Refused(wire.RATE_LIMITED, f"at most {len(times)} probes a minute", wait)
+        times.append(now)
+
+    async def _probe(
+        self,
+        stream: INetStream,
+        peer: ID,
+        request: wire.Request,
+        observed_ip: str,
+        observed: str,
+    ) -> list[wire.AddrResult]:
+        results: list[wire.AddrResult | None] = []
+        plan: list[tuple[int, wire.Dialable]] = []
+        seen: set[tuple[str, int]] = set()
+        for index, addr in enumerate(request.addrs):
+            target = wire.classify(addr, observed_ip, peer.to_base58())
+            if not isinstance(target, wire.Dialable):
+                code, reason = target
+                results.append(wire.AddrResult(addr, wire.REFUSED, code, reason))
+            elif (target.ip, target.port) in seen:
+                results.append(wire.AddrResult(addr, wire.REFUSED, wire.DUPLICATE, "listed twice"))
+            elif len(plan) >= self.config.max_addrs:
+                reason = f"at most {self.config.max_addrs} addresses are dialed"
+                results.append(wire.AddrResult(addr, wire.REFUSED, wire.TOO_MANY, reason))
+            else:
+                seen.add((target.ip, target.port))
+                plan.append((index, target))
+                results.append(None)
+        if plan:
+            # Name the dialer first: the member's gate admits exactly it, then says ready.
+            await wire.write_frame(stream, wire.dialing(self.dialer_id, observed))
+            with trio.fail_after(READ_TIMEOUT):
+                ready = await wire.read_frame(stream)
+            if ready.get("type") != "ready":
+                raise wire.BadMessage(f"'ready' expected, not {ready.get('type')!r}")
+            for index, target in plan:
+                results[index] = await self._dial_back(peer, target, request.nonce, index)
+        return [r for r in results if r is not None]
+
+    async def _dial_back(
+        self, peer: ID, target: wire.Dialable, nonce: bytes, index: int
+    ) -> wire.AddrResult:
+        """Dial ``target`` from the dialer host on a fresh connection; deliver the nonce."""
+        assert self._dialer is not None
+        network = self._dialer.get_network()
+        started = time.monotonic()
+        status, reason, ms = wire.DIAL_ERROR, "", 0
+        try:
+            with trio.fail_after(self.config.dial_timeout):
+                await network.dial_addr(multiaddr.Multiaddr(target.multiaddr), peer)
+                back = await self._dialer.new_stream(peer, [TProtocol(wire.DIAL_BACK_PROTOCOL)])
+                await back.write(nonce + bytes([index]))
+                if not await back.read(1):
+                    raise ConnectionError("no acknowledgement")
+                status = wire.OK
+                ms = round((time.monotonic() - started) * 1000)
+                await back.close()
+        except trio.TooSlowError:
+            reason = f"no answer within {self.config.dial_timeout:g} s"
+        except Exception as exc:
+            reason = _describe(exc)
+        finally:
+            ms = ms or round((time.monotonic() - started) * 1000)
+            # Hang up (py-libp2p takes about 200 ms to close a Yamux connection).
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                try:
+                    await network.close_peer(peer)
+                except Exception:
+                    pass
+            try:
+                self._dialer.get_peerstore().clear_addrs(peer)
+            except Exception:
+                pass
+        with self._lock:
+            self.dials[status] += 1
+        log.debug("AutoNAT dial-back to %s at %s: %s %s", peer, target.multiaddr, status, reason)
+        return wire.AddrResult(target.addr, status, "", reason, ms)
+
+
+def _relayed(stream: INetStream) -> bool:
+    try:
+        return bool(stream.muxed_conn.get_connection_type() is ConnectionType.RELAYED)
+    except Exception:
+        return False
+
+
+def _describe(exc: BaseException) -> str:
+    """The most telling message in an exception chain (py-libp2p wraps its errors)."""
+    parts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < 4:
+        text = str(current).strip()
+        parts.append(f"{type(current).__name__}: {text}" if text else type(current).__name__)
+        current = current.__cause__ or current.__context__
+    return " <- ".join(parts)[:200]

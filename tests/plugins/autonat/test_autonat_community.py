@@ -1,0 +1,71 @@
+"""AutoNAT in a real community on loopback (the presets: ``autonat`` on the server,
+``autonat-client`` on members, nothing configured).
+
+alice listens on 127.0.0.1, where the server sees her come from: the server dials
+her back and ``ctl status`` says ``reachability: public``. bob listens on 127.0.0.2
+only, but his connection to the server leaves from 127.0.0.1 (as a member behind a
+router leaves from the router's address): the server refuses to dial another IP
+than the one it sees, and bob is ``private``. A claimed port where nothing listens
+is a dial error, never public; the dial-back never shows up as a peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from united_core.testing import free_port, running_community
+
+BOB = '[p2p]\nlisten = ["/ip4/127.0.0.2/tcp/0"]\n'
+
+
+def test_members_learn_their_reachability_from_the_server(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        started = time.monotonic()
+        async with running_community(tmp_path, ("alice", "bob"), node_extra={"bob": BOB}) as c:
+            alice, bob = c.members["alice"], c.members["bob"]
+            await c.until(lambda: alice.p2p.reachability == "public", 15, "alice public")
+            await c.until(lambda: bob.p2p.reachability == "private", 15, "bob private")
+            learned = time.monotonic() - started
+
+            status = await c.ctl("alice", "status")
+            assert status.returncode == 0, status.stderr
+            assert "reachability: public" in status.stdout, status.stdout
+            assert (await c.call("bob", "status"))["reachability"] == "private"
+            assert bob.p2p.nat == "unknown" and alice.p2p.nat == "none"
+
+            shown = await c.ctl("alice", "reachability")
+            assert shown.returncode == 0, shown.stderr
+            assert "reachability: public (nat none)" in shown.stdout
+            assert "OK (nonce back)" in shown.stdout, shown.stdout
+            bob_probe = (await c.call("bob", "reachability"))["probe"]
+            [row] = bob_probe["results"]
+            assert (row["status"], row["code"]) == ("REFUSED", "other-ip"), bob_probe
+            assert bob_probe["observed"].startswith("/ip4/127.0.0.1/tcp/")
+
+            # A claimed port where nothing listens: a dial error, and the node's own
+            # verdict stays (a probe of given addresses is only a check).
+            closed = f"/ip4/127.0.0.1/tcp/{free_port()}"
+            checked = await c.call("alice", "reachability", "probe", closed)
+            assert checked["probe"]["verdict"] == "private", checked
+            assert checked["probe"]["results"][0]["status"] == "DIAL_ERROR"
+            assert checked["reachability"] == "public"
+
+            # The dial-back never appeared as a peer: alice's and the server's peers are
+            # the community's, and no plugin heard of the dialer.
+            server_figures = (await c.stats("server"))["autonat"]
+            dialer = server_figures["dialer"]
+            assert server_figures["answered"] >= 3 and server_figures["dials"]["OK"] >= 1
+            members = {n.identity.peer_id for n in (c.server, alice, bob)}
+            for node in (alice, bob):
+                peers = {p["peer_id"] for p in await node.p2p.peers()}
+                assert peers <= members and dialer not in peers
+            stats = await c.stats("alice")
+            mine = stats.pop("autonat_client")
+            assert mine["last"]["dialer"] == dialer
+            assert dialer not in str(stats)  # reconnect, mesh, membership: no trace
+            assert mine["reachability"] == "public" and mine["probes"] >= 1
+            print(f"[autonat] community up and both verdicts known in {learned:.1f} s")
+
+    asyncio.run(scenario())
