@@ -260,9 +260,14 @@ def test_a_removed_members_queued_messages_never_block_anyone(tmp_path: Path) ->
                 await until(lambda: _refused(alice, 600), timeout=20, what="600 refused")
                 stats = server.service("archive").snapshot()
                 assert stats["stored"] == 5 and stats["refused"] >= 600
-                rows = await alice.service("cache").history("general", 1, 1000)
+
+                async def confirmed() -> list[dict[str, Any]] | None:
+                    rows = await alice.service("cache").history("general", 1, 1000)
+                    return rows if all(r["confirmed"] for r in rows) else None
+
+                # (numbers are recorded once the whole upload round has its answers)
+                rows = await until(confirmed, timeout=10, what="alice's 5 confirmed")
                 assert [r["text"] for r in rows] == [f"outage {i}" for i in range(5)]
-                assert all(r["confirmed"] for r in rows)
 
     asyncio.run(scenario())
 
