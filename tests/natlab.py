@@ -70,7 +70,9 @@ from types import TracebackType
 from typing import Any
 
 import pytest
-from netns import NsNode, ip, netns_unavailable
+from netns import CHANNEL, WS_PORT, NsNode, ip, netns_unavailable
+
+from united_core.testing import add_to_table
 
 PUBLIC = "203.0.113"  # the lab's "internet" (TEST-NET-3)
 SERVER = f"{PUBLIC}.10"
@@ -564,3 +566,32 @@ def punch(
     bound = tries * timeout + stagger + 10
     ends = [json.loads(_line(proc, bound)) for proc in procs]
     return [(ends[i], ends[i + 1]) for i in range(0, len(ends), 2)]
+
+
+# ---- a community in the lab ---------------------------------------------------------
+
+
+def natlab_community(lab: NatLab, base: Path) -> tuple[NsNode, dict[str, NsNode]]:
+    """The server in host "server", alice in home1 and bob in home2, all in CHANNEL."""
+    result = lab.united("server", "init", "--role", "server", "--dir", str(base / "server"))
+    assert result.returncode == 0, result.stderr
+    config = base / "server" / "united.toml"
+    add_to_table(config, "directory", f'public_url = "ws://{SERVER}:{WS_PORT}/ws"')
+    server = lab.node("server", "server", config)
+    server.start()
+    server.ctl("channel-create", CHANNEL)
+    members = {}
+    for home, name in (("home1", "alice"), ("home2", "bob")):
+        invite = server.ctl("invite")
+        argv = ("join", invite["url"], invite["code"], "--dir", str(base / name), "--name", name)
+        joined = lab.united(home, *argv)
+        assert joined.returncode == 0, joined.stderr
+        members[name] = lab.node(home, name, base / name / "united.toml")
+    for member in members.values():
+        member.start()
+        member.ctl("join", CHANNEL)
+    return server, members
+
+
+def relayed_ids(node: NsNode) -> set[str]:
+    return {r["peer_id"] for r in node.try_ctl("peers") or [] if r.get("relayed")}

@@ -17,6 +17,8 @@ only module of this plugin that imports trio or libp2p).
   refresh fails (``relay/circuit_v2/transport.py:883-945``). While reserved the
   node announces ``<relay addr>/p2p/<relay>/p2p-circuit`` (``set_addrs``), the
   relay address being that of this member's own direct connection to the relay.
+- **Hole punching** (``[relay_client] hole_punch``, ``holepunch.py``): a relayed
+  connection this member received is upgraded to a direct one once, by DCUtR.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_ms
 from united_core.api import is_wildcard
 
 from .config import Config
+from .holepunch import HolePuncher, missing_calls
 
 if TYPE_CHECKING:
     from united_core.p2p.services import ServiceHost
@@ -223,6 +226,8 @@ class RelayClientService:
         self._error: str | None = None
         self._wake: trio.Event | None = None
         self._tools: ServiceHost | None = None
+        self._puncher: HolePuncher | None = None
+        self._punch_error: str | None = None
 
     # ---- asyncio side, through call_service (runs on the trio thread) -----------------
 
@@ -255,6 +260,9 @@ class RelayClientService:
                 "relayed_in": self._relayed_in,
                 "relayed_out": self._relayed_out,
                 "refused_in": self._refused_in,
+                "hole_punch": self.config.hole_punch and self._punch_error is None,
+                "punch_error": self._punch_error,
+                **(self._puncher.snapshot() if self._puncher is not None else {}),
             }
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -271,11 +279,21 @@ class RelayClientService:
         network.register_notifee(watcher)
         host.host.set_stream_handler(STOP_PROTOCOL, self._handle_stop)
         host.set_circuit_dialer(self.dial)
+        if self.config.hole_punch:
+            missing = missing_calls()
+            if missing:
+                self._punch_error = f"hole punching off: py-libp2p lacks {', '.join(missing)}"
+                log.warning("%s", self._punch_error)
+            else:
+                self._puncher = HolePuncher(host.host, host.nursery, self._lock)
+                self._puncher.start()
         self._running = True
         try:
             await self._keep_reserved()
         finally:
             self._running = False
+            if self._puncher is not None:
+                self._puncher.stop()
             host.set_circuit_dialer(None)
             host.host.remove_stream_handler(STOP_PROTOCOL)
             network.remove_notifee(watcher)
@@ -481,10 +499,21 @@ class RelayClientService:
                 addresses=[addr],
             )
             # The usual inbound upgrade: the Noise member gate checks src here.
-            await self._host.upgrade_inbound_connection(raw, addr)
+            muxed = await self._host.upgrade_inbound_connection(raw, addr)
             with self._lock:
                 self._relayed_in += 1
             log.debug("relayed connection from %s through %s", src, relay)
+            if self._puncher is not None:
+                conn = next(
+                    (
+                        c
+                        for c in list(self._host.get_network().connections.get(src, ()))
+                        if c.muxed_conn is muxed
+                    ),
+                    None,
+                )
+                if conn is not None:
+                    self._puncher.relayed_inbound(conn)  # one hole-punch attempt
         except Exception as exc:
             log.info("a relayed connection through %s failed: %r", relay, exc)
             await _reset(stream)

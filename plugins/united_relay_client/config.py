@@ -16,6 +16,11 @@ class Config:
         "dialed in every mode.",
         choices=("auto", "always", "never"),
     )
+    hole_punch: bool = setting(
+        True,
+        "Upgrade a relayed connection between two members to a direct one by hole "
+        "punching (DCUtR), once per relayed connection; on failure it stays relayed.",
+    )
     retry_min: float = setting(
         5.0,
         "Seconds before retrying a failed reservation; doubles after each failure.",

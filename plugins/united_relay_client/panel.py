@@ -34,8 +34,23 @@ def render_panel(snapshot: Mapping[str, Any]) -> list[str]:
         state = "not reserved" + (f": {mine['last_error']}" if mine.get("last_error") else "")
     else:
         state = "no reservation wanted"
-    return [
+    lines = [
         f"  mode {mode}: {state}",
         f"  relayed connections: {mine.get('relayed_in', 0)} in, "
         f"{mine.get('relayed_out', 0)} out, {mine.get('refused_in', 0)} refused",
     ]
+    if mine.get("hole_punch") is False:
+        return [*lines, f"  {mine.get('punch_error') or 'hole punching off'}"]
+    if "punch_attempts" in mine:
+        punched = mine.get("punched_peers") or []
+        line = (
+            f"  hole punching: {mine['punch_attempts']} tried, "
+            f"{mine.get('punch_successes', 0)} direct, {mine.get('punch_failures', 0)} failed; "
+            f"answered {mine.get('punch_answered', 0)} ({mine.get('punch_answered_ok', 0)} direct)"
+        )
+        lines.append(line)
+        if punched:
+            lines.append(f"  hole-punched: {', '.join(p[-12:] for p in punched)}")
+        if mine.get("punch_failures") and mine.get("punch_last_error"):
+            lines.append(f"  last failure: {mine['punch_last_error']}")
+    return lines
