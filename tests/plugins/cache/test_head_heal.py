@@ -24,6 +24,8 @@ def test_a_member_that_missed_messages_while_connected_catches_up(tmp_path: Path
             alice, carol = c.node("alice"), c.node("carol")
             discovery = carol.service("discovery")
             sessions = discovery.sessions
+            # Her login's own sync (with its gap-fill) is over: only the head can help now.
+            await until(lambda: carol.service("cache").stats()["syncs"] >= 1, what="first sync")
             # Carol's mesh is cut: she leaves the topic's gossip but keeps her session.
             await carol.p2p.unsubscribe(c.topic("general"))
             await until(  # the others have heard: nothing in flight reaches her
@@ -52,9 +54,17 @@ def test_a_member_that_missed_messages_while_connected_catches_up(tmp_path: Path
 
 
 async def _out_of_meshes(node: Node, others: list[Node], topic: str) -> bool:
+    """No other node counts ``node`` as subscribed to ``topic`` any more: neither in
+    its mesh nor among the topic's peers (flood publishing sends to those too)."""
     for other in others:
-        mesh = (await other.p2p.snapshot())["mesh"]
-        if node.identity.peer_id in mesh.get(topic, ()):
+
+        async def subscribers(o: Node = other) -> set[str]:
+            ctx = o.p2p.host_context
+            peers = set(ctx.pubsub.peer_topics.get(topic, set()))
+            peers |= set(ctx.gossipsub.mesh.get(topic, set()))
+            return {p.to_base58() for p in peers}
+
+        if node.identity.peer_id in await other.p2p.call(subscribers):
             return False
     return True
 
