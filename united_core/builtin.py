@@ -242,8 +242,8 @@ def _render_peers(result: Any) -> str:
         if p.get("connected", True):
             since = p.get("connected_since")
             lines.append(
-                f"{p['peer_id']}  {p['direction']:<8} {' '.join(p['addrs'])}"
-                + (f"  connected since {_when(since)}" if since else "")
+                f"{p['peer_id']}  {p['direction']:<8} {p.get('kind', 'direct'):<12} "
+                f"{' '.join(p['addrs'])}" + (f"  connected since {_when(since)}" if since else "")
             )
             continue
         retry = p.get("next_retry_at")

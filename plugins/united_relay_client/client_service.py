@@ -285,7 +285,9 @@ class RelayClientService:
                 self._punch_error = f"hole punching off: py-libp2p lacks {', '.join(missing)}"
                 log.warning("%s", self._punch_error)
             else:
-                self._puncher = HolePuncher(host.host, host.nursery, self._lock)
+                self._puncher = HolePuncher(
+                    host.host, host.nursery, self._lock, host.label_connection
+                )
                 self._puncher.start()
         self._running = True
         try:

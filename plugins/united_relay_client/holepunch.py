@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import multiaddr
@@ -186,8 +187,15 @@ class HolePuncher:
     """DCUtR for the ``relay-client`` service: started by its ``run``; figures under
     ``lock`` (``snapshot`` is read from other threads)."""
 
-    def __init__(self, host: IHost, nursery: trio.Nursery, lock: threading.Lock) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        nursery: trio.Nursery,
+        lock: threading.Lock,
+        label: Callable[[INetConn, str], None] = lambda conn, kind: None,
+    ) -> None:
         self.host = host
+        self.label = label  # ServiceHost.label_connection: ctl peers shows "hole-punched"
         self.nursery = nursery
         self.lock = lock
         self.attempts = 0
@@ -268,6 +276,7 @@ class HolePuncher:
         with self.lock:
             self._punched = {p: c for p, c in self._punched.items() if not c.is_closed}
             self._punched[peer] = conn
+        self.label(conn, "hole-punched")
         if relayed is not None:
             self.nursery.start_soon(self._close_later, relayed)
 

@@ -45,7 +45,8 @@ def render_panel(snapshot: Mapping[str, Any]) -> list[str]:
         punched = mine.get("punched_peers") or []
         line = (
             f"  hole punching: {mine['punch_attempts']} tried, "
-            f"{mine.get('punch_successes', 0)} direct, {mine.get('punch_failures', 0)} failed; "
+            f"{mine.get('punch_successes', 0)} direct, "
+            f"{mine.get('punch_failures', 0)} stayed relayed; "
             f"answered {mine.get('punch_answered', 0)} ({mine.get('punch_answered_ok', 0)} direct)"
         )
         lines.append(line)

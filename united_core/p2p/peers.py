@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -176,6 +177,11 @@ class Peers:
         self._dial_timeout = dial_timeout
         self._hidden = hidden  # transient peers (gate.Admissions): not listed
         self._circuit_dialer: CircuitDialer | None = None
+        # How a connection came about, as a service said (trio thread; dies with it).
+        self._labels: weakref.WeakKeyDictionary[INetConn, str] = weakref.WeakKeyDictionary()
+
+    def label_connection(self, conn: INetConn, kind: str) -> None:
+        self._labels[conn] = kind
 
     def set_circuit_dialer(self, dialer: CircuitDialer | None) -> None:
         """How ``/p2p-circuit`` addresses are dialed (a relay-client service sets it)."""
@@ -298,6 +304,8 @@ class Peers:
                             "addrs": [str(a) for a in conn.get_transport_addresses()],
                             "direction": direction_of(conn),
                             "relayed": is_relayed(conn),
+                            "kind": self._labels.get(conn)
+                            or ("relayed" if is_relayed(conn) else "direct"),
                         }
                     )
             return out

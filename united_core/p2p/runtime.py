@@ -228,6 +228,7 @@ class P2PRuntime:
             _on_dialer=self._peers.set_circuit_dialer,
             service=service.name,
             _admissions=self._admissions,
+            _on_label=self._peers.label_connection,
         )
         try:
             await service.run(tools)

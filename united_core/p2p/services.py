@@ -23,7 +23,9 @@ What a service gets (:class:`ServiceHost`), and nothing else of the runtime:
 - ``admit_inbound(peer_id)``: while the ``with`` block runs, let that one peer
   through the gate, inbound only (an AutoNAT dial-back from the server's
   dialer, which is no member); its connections are transient: no
-  ``PeerConnected`` / ``PeerDisconnected``, absent from ``peers()``.
+  ``PeerConnected`` / ``PeerDisconnected``, absent from ``peers()``;
+- ``label_connection(conn, kind)``: how a connection came about, shown as its
+  ``kind`` in ``peers()`` / ``ctl peers`` (``"hole-punched"``) while it lives.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class ServiceHost:
     service: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     _admissions: Admissions = field(default_factory=Admissions)
+    _on_label: Callable[[INetConn, str], None] = lambda conn, kind: None
 
     def set_addrs(self, addrs: Iterable[str]) -> None:
         """Replace the addresses this service adds to what the node announces."""
@@ -78,6 +81,10 @@ class ServiceHost:
 
     def set_circuit_dialer(self, dialer: CircuitDialer | None) -> None:
         self._on_dialer(dialer)
+
+    def label_connection(self, conn: INetConn, kind: str) -> None:
+        """Say how ``conn`` came about (``"hole-punched"``); ``peers()`` shows it."""
+        self._on_label(conn, kind)
 
     def admit_inbound(self, peer_id: str) -> contextlib.AbstractContextManager[None]:
         """``with host.admit_inbound(peer):`` that peer passes the gate inbound (only),

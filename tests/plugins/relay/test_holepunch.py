@@ -89,7 +89,7 @@ def test_the_panel_shows_hole_punching() -> None:
     }
     lines = render_panel({"plugins": {"relay-client": figures}})
     text = "\n".join(lines)
-    assert "hole punching: 2 tried, 1 direct, 1 failed; answered 1 (1 direct)" in text
+    assert "hole punching: 2 tried, 1 direct, 1 stayed relayed; answered 1 (1 direct)" in text
     assert f"hole-punched: {figures['punched_peers'][0][-12:]}" in text  # type: ignore[index]
     assert "last failure: no direct connection within 5 s" in text
     off = render_panel({"plugins": {"relay-client": {**figures, "hole_punch": False}}})

@@ -98,6 +98,7 @@ def test_members_behind_eim_nats_punch_a_direct_connection_that_outlives_the_ser
         for node, peer in ((alice, "bob"), (bob, "alice")):
             rows = [r for r in node.ctl("peers") if r.get("peer_id") == ids[peer]]
             assert rows and all(r.get("relayed") is False for r in rows), rows
+            assert [r.get("kind") for r in rows] == ["hole-punched"], rows  # ctl peers says so
             assert all(lab.wan("home1" if peer == "alice" else "home2") in str(r) for r in rows)
         exchange(alice, bob, "direct")
 

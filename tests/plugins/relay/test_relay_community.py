@@ -86,6 +86,7 @@ def test_members_behind_nat_meet_through_the_relay(tmp_path: Path) -> None:
             assert await bob.p2p.dial(ids["alice"], presence) == ids["alice"]
             print(f"bob reached alice through the relay in {time.monotonic() - started:.2f} s")
             row = await until(lambda: relayed_peer(bob, ids["alice"]), what="relayed in peers")
+            assert row["kind"] == "relayed"
             assert row["addrs"] == [
                 f"/p2p/{server.identity.peer_id}/p2p-circuit/p2p/{ids['alice']}"
             ]
