@@ -75,16 +75,16 @@ def render_peers(snapshot: Mapping[str, Any]) -> list[str]:
     peers = snapshot.get("peers", [])
     lines = [
         f"  {len(peers)} connected",
-        f"  {'PEER':<14} {'NAME':<12} {'CONN':<8} {'RTT ms':>8}  {'NAT':<8} MESH",
+        f"  {'PEER':<14} {'NAME':<12} {'CONN':<12} {'RTT ms':>8}  {'NAT':<11} MESH",
     ]
     for peer in sorted(peers, key=lambda p: names.get(p["peer_id"], "~")):
         pid = peer["peer_id"]
         rtt = rtts.get(pid)
-        conn = "relayed" if peer.get("relayed") else "direct"
+        conn = peer.get("kind") or ("relayed" if peer.get("relayed") else "direct")
         lines.append(
-            f"  {_short(pid):<14} {str(names.get(pid, '?'))[:12]:<12} {conn:<8} "
+            f"  {_short(pid):<14} {str(names.get(pid, '?'))[:12]:<12} {conn:<12} "
             f"{(f'{rtt:.3f}' if rtt is not None else '-'):>8}  "
-            f"{nats.get(pid, 'unknown')!s:<8} "
+            f"{str(nats.get(pid, 'unknown'))[:11]:<11} "
             + (
                 ", ".join(
                     sorted(topic_names.get(t, t) for t, ps in topic_mesh.items() if pid in ps)

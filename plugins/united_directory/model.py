@@ -97,3 +97,5 @@ class Presence:
     member_id: str
     peer_id: str
     addrs: tuple[str, ...]
+    reachability: str = "unknown"  # as the member announced it (its AutoNAT verdict)
+    nat: str = "unknown"

@@ -141,6 +141,19 @@ def clean_addrs(addrs: list[str]) -> list[str]:
     return list(addrs)
 
 
+REACHABILITIES = ("public", "private", "unknown")
+NAT_KINDS = ("none", "endpoint-independent", "symmetric", "unknown")
+
+
+def clean_reachability(reachability: str, nat: str) -> tuple[str, str]:
+    """A member's announced (reachability, nat); anything else (an older client's
+    empty fields, garbage) is ``unknown``: it is what the member says, for display."""
+    return (
+        reachability if reachability in REACHABILITIES else "unknown",
+        nat if nat in NAT_KINDS else "unknown",
+    )
+
+
 def topic_for(server_id: str, channel_id: str) -> str:
     return f"united/{server_id}/{channel_id}"
 

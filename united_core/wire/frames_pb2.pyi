@@ -89,14 +89,18 @@ class Channel(_message.Message):
     def __init__(self, channel_id: _Optional[str] = ..., name: _Optional[str] = ..., topic: _Optional[str] = ...) -> None: ...
 
 class PeerPresence(_message.Message):
-    __slots__ = ("member_id", "peer_id", "addrs")
+    __slots__ = ("member_id", "peer_id", "addrs", "reachability", "nat")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRS_FIELD_NUMBER: _ClassVar[int]
+    REACHABILITY_FIELD_NUMBER: _ClassVar[int]
+    NAT_FIELD_NUMBER: _ClassVar[int]
     member_id: str
     peer_id: str
     addrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, member_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    reachability: str
+    nat: str
+    def __init__(self, member_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., reachability: _Optional[str] = ..., nat: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("protocol_version",)
@@ -161,10 +165,14 @@ class ListChannels(_message.Message):
     def __init__(self) -> None: ...
 
 class AnnounceAddrs(_message.Message):
-    __slots__ = ("addrs",)
+    __slots__ = ("addrs", "reachability", "nat")
     ADDRS_FIELD_NUMBER: _ClassVar[int]
+    REACHABILITY_FIELD_NUMBER: _ClassVar[int]
+    NAT_FIELD_NUMBER: _ClassVar[int]
     addrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, addrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    reachability: str
+    nat: str
+    def __init__(self, addrs: _Optional[_Iterable[str]] = ..., reachability: _Optional[str] = ..., nat: _Optional[str] = ...) -> None: ...
 
 class DirectoryQuery(_message.Message):
     __slots__ = ("channel_id",)

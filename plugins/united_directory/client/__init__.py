@@ -46,6 +46,14 @@ class DiscoveryHooks:
             log.info("re-announcing addresses deferred: %s", exc)
 
     @hookimpl
+    async def united_reachability_changed(self) -> None:
+        """Our AutoNAT verdict changed: presence carries it to the others' panels."""
+        try:
+            await self.discovery.announce_addrs()
+        except Exception as exc:  # no session now: the next login announces it
+            log.info("announcing reachability deferred: %s", exc)
+
+    @hookimpl
     def united_peer_connected(self, peer_id: str) -> None:
         """The server's libp2p node is reachable again: log in now, not at the next
         backoff step."""

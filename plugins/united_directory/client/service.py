@@ -35,6 +35,7 @@ from united_core.api import (
 from united_core.identity import Identity, load_key_file
 from united_core.wire import frames_pb2 as pb
 
+from .. import protocol
 from ..model import Channel, Member, MemberSet, Presence
 from . import keyfiles
 from .config import Config
@@ -45,6 +46,12 @@ log = logging.getLogger(__name__)
 
 class NotConnected(Exception):
     """The server is unreachable right now (the session is reconnecting)."""
+
+
+def nat_label(reachability: str, nat: str) -> str:
+    """Short form for the panel: ``public``, ``private``, ``private eim``/``sym``, ``unknown``."""
+    short = {"endpoint-independent": "eim", "symmetric": "sym"}.get(nat)
+    return f"{reachability} {short}" if short and reachability != "public" else reachability
 
 
 def member_from_pb(m: pb.Member) -> Member:
@@ -163,6 +170,7 @@ class DiscoveryService:
         self.connected = asyncio.Event()
         self.sessions = 0
         self.rotating = False  # a `rotate-key` is under way (its pending key is live)
+        self.peer_nat: dict[str, str] = {}  # peer id -> its announced reachability (panel)
         self._retry_now = asyncio.Event()  # set when the server is seen again (libp2p)
         self.last_error = ""
         self._task: asyncio.Task[None] | None = None
@@ -301,7 +309,8 @@ class DiscoveryService:
         if client is None:
             return
         own = list(self.p2p.announce_addrs)
-        await client.request(pb.ClientFrame(announce=pb.AnnounceAddrs(addrs=own)))
+        announce = pb.AnnounceAddrs(addrs=own, reachability=self.p2p.reachability, nat=self.p2p.nat)
+        await client.request(pb.ClientFrame(announce=announce))
 
     def _key_path(self) -> Path:
         settings = self.node.settings
@@ -373,7 +382,17 @@ class DiscoveryService:
         channel = next((c for c in self.cache.joined if c.channel_id == presence.channel_id), None)
         if channel is None:
             return
-        online = tuple(Presence(p.member_id, p.peer_id, tuple(p.addrs)) for p in presence.online)
+        online = tuple(
+            Presence(
+                p.member_id,
+                p.peer_id,
+                tuple(p.addrs),
+                *protocol.clean_reachability(p.reachability, p.nat),
+            )
+            for p in presence.online
+        )
+        for p in online:  # what each member says of its reachability: the panel's NAT column
+            self.peer_nat[p.peer_id] = nat_label(p.reachability, p.nat)
         await call_async(
             self.node.hook.united_presence_changed(node=self.node, channel=channel, online=online)
         )
@@ -444,6 +463,7 @@ class DiscoveryService:
             "last_error": self.last_error,
             "members": len(self.cache.members),
             "joined": [c.name for c in self.cache.joined],
+            "peer_nat": dict(self.peer_nat),
         }
 
 

@@ -159,8 +159,17 @@ class DirectoryService:
             member = self._members.get(member_id)
             if not sessions or member is None:
                 continue
-            addrs = next((s.addrs for s in reversed(sessions) if s.addrs), [])
-            out.append(pb.PeerPresence(member_id=member_id, peer_id=member.peer_id, addrs=addrs))
+            latest = next((s for s in reversed(sessions) if s.addrs), sessions[-1])
+            reachability, nat = latest.reachability
+            out.append(
+                pb.PeerPresence(
+                    member_id=member_id,
+                    peer_id=member.peer_id,
+                    addrs=latest.addrs,
+                    reachability=reachability,
+                    nat=nat,
+                )
+            )
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -554,6 +563,9 @@ class DirectoryService:
         # the address the session came from. A wildcard is never passed on.
         addrs = [a.replace("/ip4/0.0.0.0/", f"/ip4/{session.remote}/") for a in addrs]
         session.addrs = [a for a in addrs if not is_wildcard(a)]
+        session.reachability = protocol.clean_reachability(
+            frame.announce.reachability, frame.announce.nat
+        )
         await session.send(pb.ServerFrame(request_id=frame.request_id, ok=pb.Ok()))
         for channel_id, members in self._channel_members.items():
             if session.member.member_id in members:

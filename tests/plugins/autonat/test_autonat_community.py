@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from united_core.testing import free_port, running_community
 
@@ -34,6 +35,14 @@ def test_members_learn_their_reachability_from_the_server(tmp_path: Path) -> Non
             assert "reachability: public" in status.stdout, status.stdout
             assert (await c.call("bob", "status"))["reachability"] == "private"
             assert bob.p2p.nat == "unknown" and alice.p2p.nat == "none"
+            # Each announces its verdict in presence: the other's panel shows it.
+            ids = {n: c.node(n).identity.peer_id for n in ("alice", "bob")}
+
+            async def nat_of(viewer: str, peer: str) -> str | None:
+                return (await c.stats(viewer))["discovery"].get("peer_nat", {}).get(ids[peer])
+
+            await c.until(lambda: _is(nat_of("bob", "alice"), "public"), 15, "alice's in presence")
+            await c.until(lambda: _is(nat_of("alice", "bob"), "private"), 15, "bob's in presence")
 
             shown = await c.ctl("alice", "reachability")
             assert shown.returncode == 0, shown.stderr
@@ -69,3 +78,7 @@ def test_members_learn_their_reachability_from_the_server(tmp_path: Path) -> Non
             print(f"[autonat] community up and both verdicts known in {learned:.1f} s")
 
     asyncio.run(scenario())
+
+
+async def _is(value: Any, wanted: str) -> bool:
+    return bool(await value == wanted)

@@ -695,3 +695,13 @@ def test_address_key_groups_ipv6_by_64() -> None:
         "2001:db8:1:2ff::/64",
     )
     assert prefixes("?") == ("?",)
+
+
+def test_an_announced_reachability_is_one_of_the_known_words() -> None:
+    """What a member says of its reachability is shown to others: only known words."""
+    from united_directory.protocol import clean_reachability
+
+    assert clean_reachability("private", "symmetric") == ("private", "symmetric")
+    assert clean_reachability("public", "none") == ("public", "none")
+    for reachability, nat in [("", ""), ("root", "x" * 10_000), ("PUBLIC", "\x00"), ("é", "é")]:
+        assert clean_reachability(reachability, nat) == ("unknown", "unknown")
