@@ -131,7 +131,10 @@ def free_port() -> int:
 def wait_until_serving(config: Path, proc: subprocess.Popen[str], timeout: float = 20) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"node exited early: {proc.communicate()}"
+        if proc.poll() is not None:
+            log = config.parent / "node.log"
+            output = log.read_text()[-3000:] if log.exists() else proc.communicate()
+            raise AssertionError(f"node exited early: {output}")
         result = run_cli("ctl", "-c", str(config), "status", "--json", timeout=10)
         if result.returncode == 0:
             return json.loads(result.stdout)
@@ -141,13 +144,14 @@ def wait_until_serving(config: Path, proc: subprocess.Popen[str], timeout: float
 
 @contextlib.contextmanager
 def serving_node(config: Path) -> Iterator[subprocess.Popen[str]]:
-    """``united run`` as a user starts it; SIGTERM (then kill) when the test is done."""
-    proc = subprocess.Popen(
-        united_cmd("run", "-c", str(config)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """``united run`` as a user starts it; SIGTERM (then kill) when the test is done.
+
+    Its output goes to ``node.log`` beside the config: a pipe nobody reads fills up
+    and blocks the node's logging, and with it the node."""
+    with (config.parent / "node.log").open("a") as log:
+        proc = subprocess.Popen(
+            united_cmd("run", "-c", str(config)), stdout=log, stderr=subprocess.STDOUT, text=True
+        )
     try:
         wait_until_serving(config, proc)
         yield proc

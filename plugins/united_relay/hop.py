@@ -81,6 +81,8 @@ READ_TIMEOUT = 15.0  # a request must arrive this long after its stream opened
 CONNECT_TIMEOUT = 10.0  # the destination's answer to STOP CONNECT
 WRITE_TIMEOUT = 5.0  # a status (or a reset) that cannot be written by then is dropped
 READ_SIZE = 64 * 1024
+HALF_CLOSED_GRACE = 30.0  # a circuit one side has closed is reset this long after
+PAIR_CIRCUITS = 4  # live circuits one member may hold to one other member
 # Reservation vouchers (spec: a signed envelope over Voucher{relay, peer, expiration}).
 VOUCHER_DOMAIN = "libp2p-relay-rsvp"
 VOUCHER_PAYLOAD_TYPE = bytes([0x03, 0x02])
@@ -244,6 +246,9 @@ class RelayService:
         # Everything below is written on the trio thread under _lock.
         self._reservations: dict[ID, int] = {}  # member -> expiry (unix seconds)
         self._circuits: Counter[ID] = Counter()  # live circuits per member, as source or dest
+        # Live circuits per (source, destination): one member cannot take all of
+        # another's max_circuits_per_peer slots and lock it out of the relay.
+        self._pairs: Counter[tuple[ID, ID]] = Counter()
         self._active = 0
         self._reservations_made = 0
         self._renewals = 0
@@ -491,11 +496,13 @@ class RelayService:
                 self._active >= cfg.max_circuits
                 or self._circuits[src] >= cfg.max_circuits_per_peer
                 or self._circuits[dst] >= cfg.max_circuits_per_peer
+                or self._pairs[(src, dst)] >= PAIR_CIRCUITS
             )
             if reserved and not over:  # take the slot now: concurrent CONNECTs see it
                 self._active += 1
                 self._circuits[src] += 1
                 self._circuits[dst] += 1
+                self._pairs[(src, dst)] += 1
         if not reserved:
             await self._refuse(stream, "connect", NO_RESERVATION, src)
             return
@@ -532,6 +539,9 @@ class RelayService:
                     self._circuits[peer] -= 1
                     if self._circuits[peer] <= 0:
                         del self._circuits[peer]
+                self._pairs[(src, dst)] -= 1
+                if self._pairs[(src, dst)] <= 0:
+                    del self._pairs[(src, dst)]
 
     async def _stop_connect(self, src: ID, dst: ID) -> INetStream:
         """Open STOP to ``dst`` over its existing connection and get its OK."""
@@ -592,9 +602,12 @@ class RelayService:
                 except StreamEOF:
                     data = b""
                 if not data:
-                    # Propagate the half-close; the other direction may still finish.
+                    # Propagate the half-close; the other direction may still finish,
+                    # within a grace: a side that never sends nor closes (a refused
+                    # handshake, a hostile member) must not hold the slot for ever.
                     with trio.move_on_after(WRITE_TIMEOUT):
                         await dst.close()
+                    both.deadline = min(both.deadline, trio.current_time() + HALF_CLOSED_GRACE)
                     return
                 if cap and sent + len(data) > cap:
                     circuit.reason = "data"

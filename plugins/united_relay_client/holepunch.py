@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -206,6 +207,10 @@ class HolePuncher:
         self.last_error: str | None = None
         self.last_ms: float | None = None
         self._punched: dict[ID, INetConn] = {}  # peer -> the direct connection punched
+        # Relayed connections a DCUtR exchange was answered on (one each), and the
+        # answering dial rounds in progress (two at most).
+        self._answered_conns: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._dialing = trio.CapacityLimiter(2)
 
     def start(self) -> None:
         self.host.set_stream_handler(DCUTR_PROTOCOL, self._handle)
@@ -357,6 +362,13 @@ class HolePuncher:
         if not is_relayed(stream.muxed_conn) and not is_relayed(relayed):
             await _reset(stream)  # only over a relayed connection
             return
+        # One exchange per relayed connection, and few dial rounds at once: a member
+        # must not make us dial addresses of its choosing again and again.
+        busy = self._dialing.borrowed_tokens >= self._dialing.total_tokens
+        if stream.muxed_conn in self._answered_conns or busy:
+            await _reset(stream)
+            return
+        self._answered_conns.add(stream.muxed_conn)
         try:
             with trio.fail_after(EXCHANGE_S):
                 connect = await _read(stream)
@@ -377,7 +389,8 @@ class HolePuncher:
             return  # the initiator gives up too (it has no addresses to dial)
         with self.lock:
             self.answered += 1
-        direct = await self._dial_round(peer, theirs, as_responder=False)
+        async with self._dialing:
+            direct = await self._dial_round(peer, theirs, as_responder=False)
         if direct is not None:
             with self.lock:
                 self.answered_ok += 1

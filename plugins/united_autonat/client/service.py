@@ -243,8 +243,17 @@ class AutonatClient:
             dialer = _dialer_id(reply.get("dialer"), server, host)
             pending.dialer = outcome["dialer"] = dialer
             with self._tools.admit_inbound(dialer):
-                await wire.write_frame(stream, {"type": "ready"})
-                reply = await wire.read_frame(stream)
+                try:
+                    await wire.write_frame(stream, {"type": "ready"})
+                    reply = await wire.read_frame(stream)
+                finally:
+                    # The probe is over: the dialer's connections go with it (the
+                    # gate let it in for this probe only, not for as long as it likes).
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        try:
+                            await host.get_network().close_peer(ID.from_base58(dialer))
+                        except Exception:
+                            pass
             return reply
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):

@@ -277,8 +277,8 @@ class AutonatServer:
                 await network.dial_addr(multiaddr.Multiaddr(target.multiaddr), peer)
                 back = await self._dialer.new_stream(peer, [TProtocol(wire.DIAL_BACK_PROTOCOL)])
                 await back.write(nonce + bytes([index]))
-                if not await back.read(1):
-                    raise ConnectionError("no acknowledgement")
+                if await back.read(1) != b"\x01":  # 0x00: the member did not take it
+                    raise ConnectionError("not acknowledged")
                 status = wire.OK
                 ms = round((time.monotonic() - started) * 1000)
                 await back.close()

@@ -67,11 +67,10 @@ def test_members_join_by_invite_and_sessions_survive_a_server_restart(tmp_path: 
             server_proc.send_signal(signal.SIGTERM)
             assert server_proc.wait(timeout=10) == 0
             assert who(members[0], "general") is None  # the server is unreachable
+            # Its output to a file: an unread pipe fills up and blocks the server.
+            log = (tmp_path / "restarted-server.log").open("w")
             restarted = subprocess.Popen(
-                united_cmd("run", "-c", str(server)),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+                united_cmd("run", "-c", str(server)), stdout=log, stderr=subprocess.STDOUT
             )
             try:
                 online = poll(
@@ -85,3 +84,4 @@ def test_members_join_by_invite_and_sessions_survive_a_server_restart(tmp_path: 
             finally:
                 restarted.send_signal(signal.SIGTERM)
                 assert restarted.wait(timeout=10) == 0
+                log.close()

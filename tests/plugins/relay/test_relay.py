@@ -525,3 +525,52 @@ def test_the_sections_of_disabled_relay_plugins_are_ignored_with_a_warning(
     assert "relay_client" not in settings.sections and "relay" not in settings.sections
     for name in ("relay", "relay_client"):  # a warning, not "unknown section"
         assert any(f"[{name}] belongs to a plugin that is not enabled" in w for w in warnings)
+
+
+def test_one_member_cannot_pin_anothers_circuit_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile member opens CONNECTs to a victim and then never speaks (the victim's
+    handshake times out, its side closes, the member's side stays open). At most
+    PAIR_CIRCUITS such circuits per pair, so others still reach the victim; and a
+    half-closed circuit is reset after HALF_CLOSED_GRACE, freeing its slots (found
+    by a hostile review: 16 of them locked the victim out of the relay for good)."""
+    from libp2p.peer.id import ID
+    from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
+    from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as PbPeerId
+    from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
+    from united_relay import hop
+
+    monkeypatch.setattr(hop, "HALF_CLOSED_GRACE", 1.0)
+
+    async def scenario() -> None:
+        async with lab(("a", "b", "c")) as L:
+            await L.join("a", reserve=True)
+            await L.join("b", reserve=False)
+            await L.join("c", reserve=False)
+            circuit = await L.reserved("a")
+            relay, victim = ID.from_base58(L.relay_rt.peer_id), ID.from_base58(L.id("a"))
+            held: list[Any] = []
+
+            async def connect_and_go_silent() -> int:
+                stream = await L.runtimes["b"].host_context.host.new_stream(
+                    relay, [hop.HOP_PROTOCOL]
+                )
+                request = HopMessage(type=HopMessage.CONNECT, peer=PbPeerId(id=victim.to_bytes()))
+                await write_delimited_msg(stream, request)
+                answer = await read_delimited_msg(stream, HopMessage)
+                held.append(stream)  # never speaks Noise, never closes
+                return int(answer.status)
+
+            codes = [await L.runtimes["b"].call(connect_and_go_silent) for _ in range(6)]
+            assert codes[: hop.PAIR_CIRCUITS] == [hop.OK] * hop.PAIR_CIRCUITS, codes
+            assert set(codes[hop.PAIR_CIRCUITS :]) == {hop.RESOURCE_LIMIT_EXCEEDED}, codes
+            # c still reaches a through the relay.
+            assert await L.runtimes["c"].dial(L.id("a"), [circuit]) == L.id("a")
+            # a's handshakes with the silent ones time out (10 s, py-libp2p), a's side
+            # closes, and the grace then frees b's slots.
+            await until(
+                lambda: L.relay.snapshot()["circuits_by_peer"].get(L.id("b"), 0) == 0,
+                30,
+                "b's silent circuits reset",
+            )
+
+    asyncio.run(scenario())
