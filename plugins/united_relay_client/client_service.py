@@ -540,6 +540,8 @@ class RelayClientService:
     async def dial(self, addr: str) -> INetConn:
         """Open a relayed connection to ``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<dest>``."""
         relay, relay_addr, dest = parse_circuit(addr)
+        if relay.to_base58() not in self._relays:  # only through the community's relay
+            raise ConnectionError(f"{relay.to_base58()} is not a relay of this community")
         host = self._host
         if self._direct_conn(relay) is None:
             if not relay_addr:

@@ -119,7 +119,15 @@ class AutonatServer:
             self.dialer_id = dialer.get_id().to_base58()
             tools.host.set_stream_handler(TProtocol(wire.PROTOCOL), self._handle)
             log.info("AutoNAT: answering probes, dialing back as %s", self.dialer_id)
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:
+                # Ended (the node stopping, or the dialer failing): stop answering, or
+                # every member would hear DIAL_ERROR and conclude it is private.
+                try:
+                    tools.host.remove_stream_handler(TProtocol(wire.PROTOCOL))
+                except Exception:
+                    pass
 
     def snapshot(self) -> Mapping[str, Any]:
         with self._lock:

@@ -574,3 +574,21 @@ def test_one_member_cannot_pin_anothers_circuit_slots(monkeypatch: pytest.Monkey
             )
 
     asyncio.run(scenario())
+
+
+def test_circuits_go_only_through_the_communitys_relay() -> None:
+    """A relayed address naming another relay (a member may announce anything) is not
+    dialed: the circuit dialer uses only the member set's relays."""
+
+    async def scenario() -> None:
+        async with lab(("a", "b")) as L:
+            await L.join("a", reserve=True)
+            circuit = await L.reserved("a")
+            # b knows no relay at all: the same address is refused, before any dial.
+            await L.runtimes["b"].call_service("relay-client", "configure", [], False)
+            with pytest.raises(Exception, match="not a relay of this community"):
+                await L.runtimes["b"].dial(L.id("a"), [circuit])
+            await L.join("b", reserve=False)  # now the server is b's relay too
+            assert await L.runtimes["b"].dial(L.id("a"), [circuit]) == L.id("a")
+
+    asyncio.run(scenario())
