@@ -48,7 +48,6 @@ import libp2p
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
-from libp2p.connection_types import ConnectionType
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.envelope import Envelope, make_unsigned
@@ -64,6 +63,7 @@ from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as PbPeerId
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from united_core.api import expand_wildcards, is_wildcard
+from united_core.p2p.services import is_relayed
 
 from .config import Config
 
@@ -151,14 +151,6 @@ def check_libp2p() -> None:
             + (f"; missing {', '.join(missing)}" if missing else "")
             + ": the relay is off"
         )
-
-
-def is_relayed(conn: Any) -> bool:
-    """Whether ``conn`` (a connection or a stream's muxed connection) is relayed."""
-    try:
-        return bool(conn.get_connection_type() is ConnectionType.RELAYED)
-    except Exception:
-        return False
 
 
 class TokenBucket:

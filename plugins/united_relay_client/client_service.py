@@ -46,6 +46,7 @@ from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as PbPeerId
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from united_core.api import is_wildcard
+from united_core.p2p.services import is_relayed
 
 from .config import Config
 from .holepunch import HolePuncher, missing_calls
@@ -123,13 +124,6 @@ def check_libp2p() -> None:
             + (f"; missing {', '.join(missing)}" if missing else "")
             + ": relayed connections are off"
         )
-
-
-def is_relayed(conn: Any) -> bool:
-    try:
-        return bool(conn.get_connection_type() is ConnectionType.RELAYED)
-    except Exception:
-        return False
 
 
 def is_outbound(conn: INetConn) -> bool:

@@ -38,12 +38,13 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream
-from libp2p.connection_types import ConnectionType
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.pb.dcutr_pb2 import HolePunch
 from libp2p.relay.circuit_v2.utils import write_delimited_msg
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+from united_core.p2p.services import is_relayed
 
 from .policy import classify
 
@@ -81,13 +82,6 @@ def missing_calls() -> list[str]:
         if name not in HolePunch.DESCRIPTOR.fields_by_name
     ]
     return missing
-
-
-def is_relayed(conn: Any) -> bool:
-    try:
-        return bool(conn.get_connection_type() is ConnectionType.RELAYED)
-    except Exception:
-        return False
 
 
 def _tcp(addr: multiaddr.Multiaddr) -> tuple[str, str, int] | None:

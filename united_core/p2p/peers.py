@@ -21,7 +21,6 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
-from libp2p.connection_types import ConnectionType
 from libp2p.custom_types import TProtocol
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
@@ -33,7 +32,7 @@ from .events import P2PEvent, PeerConnected, PeerDisconnected
 from .gate import Admissions
 from .host import HostContext
 from .pubsub import SUPPORTED_LIBP2P
-from .services import CircuitDialer, is_circuit
+from .services import CircuitDialer, is_circuit, is_relayed
 
 log = logging.getLogger(__name__)
 
@@ -413,14 +412,6 @@ def clear_dial_backoff(network: Any, peer: ID) -> None:
     unblock = getattr(network, "unblock_peer", None)
     if unblock is not None:
         unblock(peer)
-
-
-def is_relayed(conn: INetConn) -> bool:
-    """Whether ``conn`` goes through a relay, from the connection itself."""
-    try:
-        return bool(conn.get_connection_type() is ConnectionType.RELAYED)
-    except Exception:
-        return False
 
 
 def direction_of(conn: INetConn) -> str:

@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 from libp2p.abc import IHost, INetConn
+from libp2p.connection_types import ConnectionType
 
 from .events import P2PEvent
 from .gate import Admissions, PeerGate
@@ -90,6 +91,15 @@ class ServiceHost:
         """``with host.admit_inbound(peer):`` that peer passes the gate inbound (only),
         and its connections stay transient (see :class:`~.gate.Admissions`)."""
         return self._admissions.admit_inbound(peer_id)
+
+
+def is_relayed(conn: Any) -> bool:
+    """Whether ``conn`` (a connection, or a stream's muxed connection) goes through a
+    relay, read from the connection itself, never from an address string."""
+    try:
+        return bool(conn.get_connection_type() is ConnectionType.RELAYED)
+    except Exception:
+        return False
 
 
 def is_circuit(addr: str) -> bool:

@@ -31,6 +31,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from united_core.p2p.events import ReachabilityChanged
+from united_core.p2p.services import is_relayed
 
 from .. import wire
 from ..verdict import UNKNOWN, conclude, ip_of
@@ -221,9 +222,7 @@ class AutonatClient:
         assert self._tools is not None
         host = self._tools.host
         server_id = ID.from_base58(server)
-        direct = [
-            c for c in host.get_network().connections.get(server_id, ()) if not _conn_relayed(c)
-        ]
+        direct = [c for c in host.get_network().connections.get(server_id, ()) if not is_relayed(c)]
         if not direct:
             raise ConnectionError(f"not connected to {server} directly")
         # Ask only a server that offers AutoNAT (py-libp2p logs a refused protocol as an
@@ -306,10 +305,3 @@ def _relayed(stream: INetStream) -> bool:
         return bool(stream.muxed_conn.get_connection_type() is not ConnectionType.DIRECT)
     except Exception:
         return True  # unknown: never counted as a direct dial-back
-
-
-def _conn_relayed(conn: Any) -> bool:
-    try:
-        return bool(conn.get_connection_type() is ConnectionType.RELAYED)
-    except Exception:
-        return False
