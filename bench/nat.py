@@ -24,22 +24,11 @@ from typing import Any
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS / "plugins" / "relay"))
 
 from natlab import NatLab, natlab_community, natlab_unavailable  # noqa: E402
-from netns import CHANNEL, NsNode, connected_ids, peer_id, plugin_stats, texts, wait_for  # noqa: E402
-
-
-def direct_ids(node: NsNode) -> set[str]:
-    return {r["peer_id"] for r in node.try_ctl("peers") or [] if r.get("relayed") is False}
-
-
-def punches(*nodes: NsNode) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for node in nodes:
-        stats: dict[str, Any] = plugin_stats(node, "relay-client")
-        for key in ("punch_attempts", "punch_successes", "punch_failures", "relayed_out"):
-            out[key] = out.get(key, 0) + int(stats.get(key) or 0)
-    return out
+from netns import CHANNEL, connected_ids, peer_id, texts, wait_for  # noqa: E402
+from test_holepunch_natlab import direct_ids, punch_figures  # noqa: E402
 
 
 def one_run(homes: tuple[str, str], base: Path) -> dict[str, Any]:
@@ -54,11 +43,11 @@ def one_run(homes: tuple[str, str], base: Path) -> dict[str, Any]:
         wait_for(lambda: "first" in texts(bob, confirmed=False), 15, "first message at bob")
         first = time.monotonic() - started
         wait_for(
-            lambda: (p := punches(alice, bob))["punch_successes"] + p["punch_failures"] >= 1,
+            lambda: (p := punch_figures(alice, bob))["punch_successes"] + p["punch_failures"] >= 1,
             20,
             "the hole-punch attempt to end",
         )
-        figures = punches(alice, bob)
+        figures = punch_figures(alice, bob)
         direct = None
         if figures["punch_successes"]:
             wait_for(lambda: ids["bob"] in direct_ids(alice), 10, "the direct connection")
