@@ -132,6 +132,9 @@ def test_messages_sent_while_the_server_is_down_get_numbers_in_lamport_order(
                 await until(lambda: _meshed(alice, bob), what="mesh")
             for node in (alice, bob):
                 await until(lambda n=node: _disconnected(n), what="server gone")
+            # The server's leaving reshapes the meshes: send once each has the other.
+            await until(lambda: _meshed(alice, bob), what="alice meshed with bob")
+            await until(lambda: _meshed(bob, alice), what="bob meshed with alice")
             sent = []
             for i in range(6):
                 sender = (alice, bob)[i % 2]
