@@ -8,7 +8,9 @@ restarted). The dialer
 
 - refuses wildcard addresses (``0.0.0.0``, ``::``) and port 0: they reach the
   dialer's own machine, never the peer;
-- dedupes concurrent dials to one peer (the second caller shares the first dial);
+- dedupes concurrent dials to one peer (the second caller shares the first dial,
+  unless it brings addresses the first is not dialing: it then dials them once
+  the first has failed);
 - clears py-libp2p's dial backoff for the peer before each dial it decides to
   make (``peers.clear_dial_backoff``: a named, version-checked adjustment) and
   dials exactly the addresses it is given (stale ones from before a restart are
@@ -24,6 +26,7 @@ is a callable the runtime gives it (``Peers.dial``, run on the trio thread).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -105,6 +108,7 @@ class Dialer:
     own_peer_id: str = ""
     records: dict[str, PeerRecord] = field(default_factory=dict)
     _inflight: dict[str, asyncio.Future[str]] = field(default_factory=dict)
+    _inflight_addrs: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def record(self, peer_id: str) -> PeerRecord:
         rec = self.records.get(peer_id)
@@ -160,7 +164,8 @@ class Dialer:
 
         Returns the PeerId. Raises :class:`DialRefused` when no address is usable,
         else whatever the dial raised (its description is recorded). A dial to a
-        peer that is being dialed already waits for that dial instead.
+        peer that is being dialed already waits for that dial instead, and dials
+        afterwards only if it brought addresses the running dial did not try.
         """
         if peer_id == self.own_peer_id:
             raise DialRefused("that is this node's own PeerId")
@@ -175,10 +180,17 @@ class Dialer:
             rec.last_error, rec.last_error_at = error, time.time()
             raise DialRefused(error)
         running = self._inflight.get(peer_id)
-        if running is not None:
-            return await asyncio.shield(running)
+        while running is not None:
+            if set(usable) <= set(self._inflight_addrs.get(peer_id, ())):
+                return await asyncio.shield(running)
+            # New addresses (the peer came back elsewhere): the running dial cannot
+            # reach them, so let it end and dial them unless it connected.
+            with contextlib.suppress(Exception):
+                return await asyncio.shield(running)
+            running = self._inflight.get(peer_id)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[peer_id] = future
+        self._inflight_addrs[peer_id] = tuple(usable)
         rec.last_attempt_at = time.time()
         rec.dials += 1
         try:
@@ -204,6 +216,7 @@ class Dialer:
             return result
         finally:
             self._inflight.pop(peer_id, None)
+            self._inflight_addrs.pop(peer_id, None)
 
     def rows(self, connected: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``ctl peers``: each connected peer (live, from the host), then each

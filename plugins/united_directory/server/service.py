@@ -495,6 +495,9 @@ class DirectoryService:
         self._set_member(rotated)
         for s in self._online.get(member.member_id, []):
             s.member = rotated
+            # Its addresses are served by the old key: under the new PeerId they fail
+            # every handshake until the node comes back under it and announces anew.
+            s.addrs, s.old_key = [], True
         log.info("member %s rotated to %s", member.display_name, rotated.peer_id)
         await session.send(pb.ServerFrame(request_id=frame.request_id, ok=pb.Ok()))
         await self._member_list_changed()
@@ -562,7 +565,8 @@ class DirectoryService:
         # Members announce concrete addresses; an older one's wildcard is reachable at
         # the address the session came from. A wildcard is never passed on.
         addrs = [a.replace("/ip4/0.0.0.0/", f"/ip4/{session.remote}/") for a in addrs]
-        session.addrs = [a for a in addrs if not is_wildcard(a)]
+        if not session.old_key:  # see _on_rotate
+            session.addrs = [a for a in addrs if not is_wildcard(a)]
         session.reachability = protocol.clean_reachability(
             frame.announce.reachability, frame.announce.nat
         )

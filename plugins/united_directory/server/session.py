@@ -45,6 +45,7 @@ class Session:
     failures: int = 0
     member: Member | None = None
     addrs: list[str] = field(default_factory=list)
+    old_key: bool = False  # its member rotated away from the key it logged in with
     reachability: tuple[str, str] = ("unknown", "unknown")  # as announced: (reachability, nat)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -36,6 +36,14 @@ def test_rotate_key_moves_the_member_to_a_new_peer_id(tmp_path: Path) -> None:
             started = time.monotonic()
             result = await call(alice, "rotate-key")
             assert result["old_peer_id"] == old_peer != result["new_peer_id"]
+            # The old node's addresses are its old key's: not announced under the new id.
+            directory = c.server.service("directory")
+            general = directory.online(c.channels["general"]["channel_id"])
+            assert [(p.peer_id, list(p.addrs)) for p in general if p.peer_id == old_peer] == []
+            assert [list(p.addrs) for p in general if p.peer_id == result["new_peer_id"]] in (
+                [],
+                [[]],
+            )
             key_path = c.configs["alice"].parent / "identity.key"
             backup = Path(result["old_key_file"])
             _check_key_files(key_path, backup, result["new_peer_id"], old_peer)

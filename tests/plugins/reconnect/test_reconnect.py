@@ -103,6 +103,35 @@ def test_the_dialer_refuses_wildcards_records_reasons_and_shares_concurrent_dial
     asyncio.run(scenario())
 
 
+def test_a_dial_to_new_addresses_is_not_swallowed_by_a_running_dial_to_old_ones() -> None:
+    """A member came back on another port while a dial to its old one was running
+    (a rotation, a restart): sharing that dial would fail and dial nothing else."""
+    old, new = "/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/tcp/4002"
+    calls: list[list[str]] = []
+
+    async def dial_fn(peer_id: str, addrs: list[str]) -> str:
+        calls.append(addrs)
+        await asyncio.sleep(0.05)
+        if old in addrs:
+            raise OSError("handshake failed")
+        return peer_id
+
+    async def scenario() -> None:
+        dialer = Dialer(dial_fn, "me")
+        stale = asyncio.create_task(dialer.dial("p", [old]))
+        await asyncio.sleep(0)
+        same, fresh = await asyncio.gather(
+            dialer.dial("p", [old]), dialer.dial("p", [new]), return_exceptions=True
+        )
+        assert isinstance(same, OSError)  # same addresses: shared the running dial
+        assert fresh == "p" and calls == [[old], [new]]
+        with pytest.raises(OSError):
+            await stale
+        assert dialer.is_connected("p")
+
+    asyncio.run(scenario())
+
+
 def test_send_and_reconnect_render_their_warnings() -> None:
     sent = {"id": "ab", "topic": "t", "sequence_hint": 1, "warning": "no connected peer at all"}
     assert "warning: no connected peer at all" in render_send(sent)
