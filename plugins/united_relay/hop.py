@@ -193,6 +193,14 @@ async def _reset(stream: INetStream | None) -> None:
             pass
 
 
+def has_direct_connection(network: INetwork, peer: ID, besides: INetConn | None = None) -> bool:
+    """Whether ``peer`` has an open direct (not relayed) connection other than ``besides``."""
+    return any(
+        c is not besides and not c.is_closed and not is_relayed(c)
+        for c in list(network.connections.get(peer, ()))
+    )
+
+
 class _Disconnects(INotifee):
     """Drops a member's reservation once its last direct connection closes (go does;
     otherwise a departed member holds a slot for the rest of its TTL)."""
@@ -211,12 +219,7 @@ class _Disconnects(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id
-        remaining = [
-            c
-            for c in list(network.connections.get(peer, ()))
-            if c is not conn and not c.is_closed and not is_relayed(c)
-        ]
-        if not remaining:
+        if not has_direct_connection(network, peer, besides=conn):
             self._relay.drop_reservation(peer)
 
     async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
@@ -426,6 +429,10 @@ class RelayService:
         )
         await self._status(stream, OK, reservation=reservation, limit=self._limit())
         log.debug("relay: %s %s until %d", "renewed" if renewing else "reserved", peer, expires)
+        # A disconnect that raced this request found no reservation to drop: drop it now
+        # (else a departed member holds a slot until the reservation's TTL).
+        if self._host is not None and not has_direct_connection(self._host.get_network(), peer):
+            self.drop_reservation(peer)
 
     def _own_addrs(self) -> list[bytes]:
         """This relay's addresses for the reservation (never a wildcard)."""

@@ -206,6 +206,36 @@ def test_reservations_beyond_max_reservations_are_refused() -> None:
     asyncio.run(scenario())
 
 
+def test_a_reservation_whose_connection_closed_meanwhile_is_dropped_at_once() -> None:
+    """The disconnect raced the request: the notifee found nothing to drop, so the
+    request itself drops what it made (else the slot stays taken until its TTL)."""
+    from types import SimpleNamespace
+
+    from libp2p.peer.id import ID
+
+    peer = ID.from_base58(Identity.generate().peer_id)
+    written: list[bytes] = []
+
+    async def write(data: bytes) -> None:
+        written.append(data)
+
+    stream: Any = SimpleNamespace(write=write, muxed_conn=SimpleNamespace(peer_id=peer))
+    network = SimpleNamespace(connections={})  # its connection is gone already
+
+    async def scenario() -> None:
+        relay = RelayService(RelayConfig())
+        relay._gate = lambda peer_id, direction: True
+        relay._host = SimpleNamespace(  # type: ignore[assignment]
+            get_network=lambda: network, get_addrs=lambda: [], get_id=lambda: peer
+        )
+        await relay._reserve(stream, peer)
+        figures = relay.snapshot()
+        assert written and figures["reservations_made"] == 1  # granted (status OK) ...
+        assert figures["reservations"] == 0 and figures["reservations_dropped"] == 1  # ... dropped
+
+    trio.run(scenario)
+
+
 def test_renewed_at_half_the_lifetime_and_at_once_after_reconnecting() -> None:
     async def scenario() -> None:
         async with lab(("a",), reservation_ttl=2) as L:
