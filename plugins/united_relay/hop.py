@@ -36,7 +36,6 @@ What this hop does instead:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -44,7 +43,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import libp2p
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
@@ -63,7 +61,7 @@ from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as PbPeerId
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from united_core.api import expand_wildcards, is_wildcard
-from united_core.p2p.services import is_relayed
+from united_core.p2p.services import is_relayed, libp2p_mismatch
 
 from .config import Config
 
@@ -120,37 +118,23 @@ def check_libp2p() -> None:
     from libp2p.network.connection.raw_connection import RawConnection
     from libp2p.network.swarm import Swarm
 
-    version = libp2p.__version__
-    missing = [
-        f"{cls.__name__}.{name}"
-        for cls, names in {
+    why = libp2p_mismatch(
+        "the relay",
+        CHECKED_LIBP2P,
+        attrs={
             BasicHost: ("set_stream_handler", "remove_stream_handler", "new_stream"),
             Swarm: ("register_notifee", "remove_notifee", "connections"),
-        }.items()
-        for name in names
-        if not hasattr(cls, name) and name not in getattr(cls, "__annotations__", {})
-    ]
-    params = inspect.signature(RawConnection.__init__).parameters
-    missing += [f"RawConnection({p}=)" for p in ("connection_type", "addresses") if p not in params]
-    fields: dict[Any, tuple[str, ...]] = {
-        HopMessage: ("type", "peer", "reservation", "limit", "status"),
-        StopMessage: ("type", "peer", "limit", "status"),
-        Reservation: ("expire", "addrs", "voucher"),
-        Limit: ("duration", "data"),
-    }
-    missing += [
-        f"{cls.__name__}.{name}"
-        for cls, names in fields.items()
-        for name in names
-        if name not in cls.DESCRIPTOR.fields_by_name
-    ]
-    if not version.startswith(CHECKED_LIBP2P) or missing:
-        raise Libp2pMismatch(
-            f"py-libp2p {version} is not a version the relay was checked against "
-            f"({', '.join(v + 'x' for v in CHECKED_LIBP2P)})"
-            + (f"; missing {', '.join(missing)}" if missing else "")
-            + ": the relay is off"
-        )
+        },
+        init_params={RawConnection: ("connection_type", "addresses")},
+        proto_fields={
+            HopMessage: ("type", "peer", "reservation", "limit", "status"),
+            StopMessage: ("type", "peer", "limit", "status"),
+            Reservation: ("expire", "addrs", "voucher"),
+            Limit: ("duration", "data"),
+        },
+    )
+    if why is not None:
+        raise Libp2pMismatch(f"{why}: the relay is off")
 
 
 class TokenBucket:

@@ -24,7 +24,6 @@ only module of this plugin that imports trio or libp2p).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import threading
@@ -32,7 +31,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import libp2p
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
@@ -46,7 +44,7 @@ from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as PbPeerId
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from united_core.api import is_wildcard
-from united_core.p2p.services import is_relayed
+from united_core.p2p.services import is_relayed, libp2p_mismatch
 
 from .config import Config
 from .holepunch import HolePuncher, missing_calls
@@ -94,36 +92,25 @@ def check_libp2p() -> None:
     """Refuse to run on a py-libp2p other than the line checked (see the relay's hop)."""
     from libp2p.host.basic_host import BasicHost
 
-    version = libp2p.__version__
-    missing = [
-        f"BasicHost.{name}"
-        for name in (
-            "upgrade_inbound_connection",
-            "upgrade_outbound_connection",
-            "set_stream_handler",
-            "remove_stream_handler",
-        )
-        if not hasattr(BasicHost, name)
-    ]
-    params = inspect.signature(RawConnection.__init__).parameters
-    missing += [f"RawConnection({p}=)" for p in ("connection_type", "addresses") if p not in params]
-    fields: dict[Any, tuple[str, ...]] = {
-        HopMessage: ("type", "peer", "reservation", "limit", "status"),
-        StopMessage: ("type", "peer", "limit", "status"),
-    }
-    missing += [
-        f"{cls.__name__}.{name}"
-        for cls, names in fields.items()
-        for name in names
-        if name not in cls.DESCRIPTOR.fields_by_name
-    ]
-    if not version.startswith(CHECKED_LIBP2P) or missing:
-        raise Libp2pMismatch(
-            f"py-libp2p {version} is not a version the relay client was checked against "
-            f"({', '.join(v + 'x' for v in CHECKED_LIBP2P)})"
-            + (f"; missing {', '.join(missing)}" if missing else "")
-            + ": relayed connections are off"
-        )
+    why = libp2p_mismatch(
+        "the relay client",
+        CHECKED_LIBP2P,
+        attrs={
+            BasicHost: (
+                "upgrade_inbound_connection",
+                "upgrade_outbound_connection",
+                "set_stream_handler",
+                "remove_stream_handler",
+            )
+        },
+        init_params={RawConnection: ("connection_type", "addresses")},
+        proto_fields={
+            HopMessage: ("type", "peer", "reservation", "limit", "status"),
+            StopMessage: ("type", "peer", "limit", "status"),
+        },
+    )
+    if why is not None:
+        raise Libp2pMismatch(f"{why}: relayed connections are off")
 
 
 def is_outbound(conn: INetConn) -> bool:

@@ -75,3 +75,35 @@ def test_hook_united_reachability_changed(tmp_path: Path, toy_plugins: Path) -> 
             assert (status["reachability"], status["nat"]) == ("private", "symmetric")
 
     asyncio.run(scenario())
+
+
+def test_libp2p_mismatch_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import libp2p
+    from libp2p.network.connection.raw_connection import RawConnection
+    from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
+
+    from united_core.p2p.services import libp2p_mismatch
+
+    here = libp2p.__version__[: libp2p.__version__.index(".", 2) + 1]  # "0.8."
+    present = libp2p_mismatch(
+        "the toy",
+        (here,),
+        attrs={RawConnection: ("close",)},
+        init_params={RawConnection: ("connection_type",)},
+        proto_fields={HopMessage: ("type", "peer")},
+    )
+    assert present is None
+    why = libp2p_mismatch(
+        "the toy",
+        (here,),
+        attrs={RawConnection: ("close", "teleport")},
+        init_params={RawConnection: ("warp",)},
+        proto_fields={HopMessage: ("type", "colour")},
+    )
+    assert why is not None
+    assert "RawConnection.teleport" in why and "RawConnection(warp=)" in why
+    assert "HopMessage.colour" in why and "close" not in why
+    monkeypatch.setattr(libp2p, "__version__", "0.9.0")
+    assert "py-libp2p 0.9.0 is not a version the toy was" in (
+        libp2p_mismatch("the toy", (here,)) or ""
+    )

@@ -55,6 +55,7 @@ from libp2p.pubsub.validators import signature_validator
 
 from ..acceptance import Judgement, Verdict
 from ..envelope import SignedMessage, message_id_from_wire
+from .services import libp2p_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -138,35 +139,28 @@ def check_adjustments() -> None:
     rely on. A mismatch stops the node at start-up with this message instead of
     running a mesh whose message ids, verdicts or scores silently disagree.
     """
-    version = libp2p.__version__
-    needed = {
-        Pubsub: (
-            "push_msg",
-            "_is_msg_seen",
-            "_mark_msg_seen",
-            "notify_subscriptions",
-            "_handle_new_peer",
-            "stream_handler",
-            "get_hello_packet",
-            "write_msg",
-            "_handle_dead_peer",
-        ),
-        GossipSub: ("handle_ihave", "emit_iwant", "publish", "_check_ihave_rate_limit"),
-        MessageCache: ("put", "get", "window", "shift"),
-        PeerScorer: ("remove_peer", "on_heartbeat", "on_invalid_message"),
-    }
-    missing = [
-        f"{cls.__name__}.{name}"
-        for cls, names in needed.items()
-        for name in names
-        if not hasattr(cls, name)
-    ]
-    if not version.startswith(SUPPORTED_LIBP2P) or missing:
-        raise AdjustmentMismatch(
-            f"py-libp2p {version} is not a version the gossip adjustments were checked "
-            f"against ({', '.join(v + 'x' for v in SUPPORTED_LIBP2P)})"
-            + (f"; missing {', '.join(missing)}" if missing else "")
-        )
+    why = libp2p_mismatch(
+        "the gossip adjustments",
+        SUPPORTED_LIBP2P,
+        attrs={
+            Pubsub: (
+                "push_msg",
+                "_is_msg_seen",
+                "_mark_msg_seen",
+                "notify_subscriptions",
+                "_handle_new_peer",
+                "stream_handler",
+                "get_hello_packet",
+                "write_msg",
+                "_handle_dead_peer",
+            ),
+            GossipSub: ("handle_ihave", "emit_iwant", "publish", "_check_ihave_rate_limit"),
+            MessageCache: ("put", "get", "window", "shift"),
+            PeerScorer: ("remove_peer", "on_heartbeat", "on_invalid_message"),
+        },
+    )
+    if why is not None:
+        raise AdjustmentMismatch(why)
 
 
 class EnvelopeIdMessageCache(MessageCache):

@@ -31,10 +31,12 @@ What a service gets (:class:`ServiceHost`), and nothing else of the runtime:
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import libp2p
 import trio
 from libp2p.abc import IHost, INetConn
 from libp2p.connection_types import ConnectionType
@@ -104,3 +106,45 @@ def is_relayed(conn: Any) -> bool:
 
 def is_circuit(addr: str) -> bool:
     return "/p2p-circuit" in addr
+
+
+def libp2p_mismatch(
+    what: str,
+    checked: Iterable[str],
+    *,
+    attrs: Mapping[Any, Iterable[str]] | None = None,
+    init_params: Mapping[Any, Iterable[str]] | None = None,
+    proto_fields: Mapping[Any, Iterable[str]] | None = None,
+) -> str | None:
+    """Why the installed py-libp2p is not one a module was checked against, else None.
+
+    A module that reaches into py-libp2p (a P2P service, a runtime adjustment)
+    names itself (``what``) and what it relies on: ``checked`` version prefixes (``"0.8."``), class
+    ``attrs`` (methods or annotated attributes), constructor ``init_params`` and
+    protobuf ``proto_fields``. The caller refuses to run, or falls back, with the
+    returned sentence instead of failing later in the middle of a connection.
+    """
+    versions = tuple(checked)
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls, names in (attrs or {}).items()
+        for name in names
+        if not hasattr(cls, name) and name not in getattr(cls, "__annotations__", {})
+    ]
+    for cls, names in (init_params or {}).items():
+        params = inspect.signature(cls.__init__).parameters
+        missing += [f"{cls.__name__}({name}=)" for name in names if name not in params]
+    missing += [
+        f"{cls.__name__}.{name}"
+        for cls, names in (proto_fields or {}).items()
+        for name in names
+        if name not in cls.DESCRIPTOR.fields_by_name
+    ]
+    version = libp2p.__version__
+    if version.startswith(versions) and not missing:
+        return None
+    return (
+        f"py-libp2p {version} is not a version {what} was checked against "
+        f"({', '.join(v + 'x' for v in versions)})"
+        + (f"; missing {', '.join(missing)}" if missing else "")
+    )
