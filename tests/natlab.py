@@ -60,17 +60,15 @@ import json
 import os
 import selectors
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
-from netns import CHANNEL, WS_PORT, NsNode, ip, netns_unavailable
+from netns import CHANNEL, WS_PORT, NamespaceLab, NsNode, ip, netns_unavailable
 
 from united_core.testing import add_to_table
 
@@ -118,7 +116,7 @@ class LabHost:
     home: int = 0  # K for routerK and homeK
 
 
-class NatLab:
+class NatLab(NamespaceLab):
     """An internet bridge, public hosts, and homes (a router with a member) behind NAT."""
 
     def __init__(self, homes: Sequence[str] = ("eim", "eim"), *, peer: bool = True) -> None:
@@ -140,36 +138,19 @@ class NatLab:
                 f"home{k}", f"{self.name}-m{k}", f"10.{k}.0.10", None, k
             )
         self.nat = {f"home{k}": kind for k, kind in enumerate(homes, start=1)}
-        self._created: list[str] = []
-        self.nodes: list[NsNode] = []
-        self.procs: list[subprocess.Popen[str]] = []
+        super().__init__()
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    def __enter__(self) -> NatLab:
+    def _require(self) -> None:
         require_natlab()
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def namespaces(self) -> list[str]:
         return [self.internet, *(host.netns for host in self.hosts.values())]
 
     def _add_netns(self, name: str) -> None:
-        if ip("netns", "list").stdout.split().count(name):
-            raise RuntimeError(f"namespace {name} exists already: refusing to touch it")
-        ip("netns", "add", name)
-        self._created.append(name)
-        ip("-n", name, "link", "set", "lo", "up")
+        super()._add_netns(name)
         # A new namespace may inherit the host's setting: no forwarding (routers: below).
         self._exec(name, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
 
@@ -233,28 +214,6 @@ class NatLab:
     @property
     def _nft(self) -> str:
         return _tool("nft") or "nft"
-
-    def close(self) -> None:
-        """Stop every node and probe, kill what still runs in the lab, delete the namespaces."""
-        for node in self.nodes:
-            node.stop()
-        for name in reversed(self._created):
-            pids = ip("netns", "pids", name, check=False).stdout.split()
-            for pid in pids:  # only processes inside this lab's namespaces
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-        for proc in self.procs:  # `ip netns exec` has exec'd: these are the killed ones
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        for name in reversed(self._created):
-            ip("netns", "del", name, check=False)
-        self._created.clear()
 
     # ---- hosts -----------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import pytest
 
@@ -88,24 +88,24 @@ class Host:
     bridge_port: str  # its veth's name on the bridge side
 
 
-class Lab:
-    """A bridge namespace and ``hosts`` host namespaces joined by veth pairs."""
+class NamespaceLab:
+    """What every lab of namespaces shares: it makes its namespaces (never touching
+    one that exists), builds itself, and on leaving stops its nodes, kills whatever
+    still runs inside, and deletes every namespace it made, whatever happened."""
 
-    def __init__(self, hosts: int = 2, *, subnet: str = SUBNET) -> None:
-        if not 1 <= hosts <= 250:
-            raise ValueError("1..250 hosts")
-        self.name = f"ut{os.getpid()}x{next(_counter)}"
-        self.bridge = f"{self.name}-b"
-        self.hosts = [
-            Host(i, f"{self.name}-h{i}", f"{subnet}.{i}", f"p{i}") for i in range(1, hosts + 1)
-        ]
+    def __init__(self) -> None:
         self._created: list[str] = []
         self.nodes: list[NsNode] = []
+        self.procs: list[subprocess.Popen[str]] = []  # helpers started in the lab
 
-    # ---- lifecycle -------------------------------------------------------------------
-
-    def __enter__(self) -> Lab:
+    def _require(self) -> None:
         require_netns()
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._require()
         try:
             self._build()
         except BaseException:
@@ -124,6 +124,42 @@ class Lab:
         ip("netns", "add", name)
         self._created.append(name)
         ip("-n", name, "link", "set", "lo", "up")
+
+    def close(self) -> None:
+        """Stop every node, kill what still runs in the lab, delete the namespaces."""
+        for node in self.nodes:
+            node.stop()
+        for name in reversed(self._created):
+            pids = ip("netns", "pids", name, check=False).stdout.split()
+            for pid in pids:  # only processes inside this lab's namespaces
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+        for proc in self.procs:  # `ip netns exec` has exec'd: these are the killed ones
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for name in reversed(self._created):
+            ip("netns", "del", name, check=False)
+        self._created.clear()
+
+
+class Lab(NamespaceLab):
+    """A bridge namespace and ``hosts`` host namespaces joined by veth pairs."""
+
+    def __init__(self, hosts: int = 2, *, subnet: str = SUBNET) -> None:
+        if not 1 <= hosts <= 250:
+            raise ValueError("1..250 hosts")
+        self.name = f"ut{os.getpid()}x{next(_counter)}"
+        self.bridge = f"{self.name}-b"
+        self.hosts = [
+            Host(i, f"{self.name}-h{i}", f"{subnet}.{i}", f"p{i}") for i in range(1, hosts + 1)
+        ]
+        super().__init__()
 
     def _build(self) -> None:
         self._add_netns(self.bridge)
@@ -148,20 +184,6 @@ class Lab:
             ip("-n", self.bridge, "link", "set", host.bridge_port, "master", "br0", "up")
             ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
             ip("-n", host.netns, "link", "set", "eth0", "up")
-
-    def close(self) -> None:
-        """Stop every node, kill what still runs in the lab, delete the namespaces."""
-        for node in self.nodes:
-            node.stop()
-        for name in reversed(self._created):
-            pids = ip("netns", "pids", name, check=False).stdout.split()
-            for pid in pids:  # only processes inside this lab's namespaces
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            ip("netns", "del", name, check=False)
-        self._created.clear()
 
     # ---- using it --------------------------------------------------------------------
 
