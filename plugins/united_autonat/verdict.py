@@ -13,12 +13,23 @@
   (unsupported, too many), or an ``OK`` without the nonce (logged: a server or
   network that lies).
 
-The NAT kind is only what one server can tell soundly: ``none`` when public (the
-address reached is the node's own, at the IP the server sees) or when private
-but seen at one of its own IPs (a firewall, no translation); ``unknown``
-otherwise. Endpoint-independent versus symmetric mapping needs two
-observations of one local port from two destinations; one server connection
-cannot give them (docs/autonat.md).
+The NAT kind (:func:`nat_kind`): ``none`` when public (the address reached is
+the node's own, at the IP the server sees). Otherwise what the observations say
+(:func:`mapping`, STUN-like): the server's ``result`` carries two reflector
+ports and a token; the node connects to both from its own listen port and each
+answer says where that connection came from. Seen as itself both times: ``none``;
+at the same address and port both times: ``endpoint-independent``; at two
+different ones: ``symmetric``. Without observations (an older server, one that
+does not observe, a failure or a timeout) it is what one server connection can
+tell soundly: ``none`` when private but seen at one of its own IPs (a firewall,
+no translation), ``unknown`` otherwise.
+
+One server with one IP cannot tell an address-dependent mapping (a new port per
+destination IP, the same for every port of one IP) from an endpoint-independent
+one: both reflector ports are on the same IP, so such a NAT shows up as
+``endpoint-independent``, although hole punching through it fails as through a
+symmetric one. It does tell endpoint-independent from address-and-port-dependent
+(symmetric) mapping; RFC 4787 asks home routers for the former (docs/autonat.md).
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ import multiaddr
 from .wire import DIAL_ERROR, OK, OTHER_IP, REFUSED, AddrResult
 
 PUBLIC, PRIVATE, UNKNOWN = "public", "private", "unknown"
+NONE, ENDPOINT_INDEPENDENT, SYMMETRIC = "none", "endpoint-independent", "symmetric"
+
+Endpoint = tuple[str, int]  # (ip, port)
 
 
 def candidates(addrs: Iterable[str]) -> tuple[str, ...]:
@@ -67,3 +81,45 @@ def conclude(
             observed = None
         return PRIVATE, "none" if observed is not None and observed in own else "unknown"
     return UNKNOWN, "unknown"
+
+
+def mapping(observations: Sequence[tuple[Endpoint, Endpoint]]) -> str:
+    """The NAT kind from two observations of one local port towards two destinations:
+    each ``(local endpoint, endpoint the server saw)``.
+
+    ``none`` when each was seen as itself; ``endpoint-independent`` when both were
+    seen at the same (ip, port), not its own; ``symmetric`` when at different ones
+    (another port, or another IP: a mapping that depends on the destination);
+    ``unknown`` without two observations of one local endpoint.
+    """
+    pairs = [(_endpoint(local), _endpoint(seen)) for local, seen in observations]
+    if len(pairs) != 2 or any(e is None for pair in pairs for e in pair):
+        return UNKNOWN
+    if len({local for local, _ in pairs}) != 1:
+        return UNKNOWN  # not one local endpoint: nothing to compare
+    if all(local == seen for local, seen in pairs):
+        return NONE
+    return ENDPOINT_INDEPENDENT if len({seen for _, seen in pairs}) == 1 else SYMMETRIC
+
+
+def nat_kind(reachability: str, concluded: str, observed: str | None) -> str:
+    """The node's NAT kind: ``none`` when public; else what the observations said
+    (:func:`mapping`) when they said something; else ``concluded`` (:func:`conclude`)."""
+    if reachability == PUBLIC:
+        return NONE
+    if observed in (NONE, ENDPOINT_INDEPENDENT, SYMMETRIC):
+        return observed
+    return concluded
+
+
+def _endpoint(value: Endpoint) -> Endpoint | None:
+    try:
+        ip, port = value
+        address = ipaddress.ip_address(ip)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    return str(address), port

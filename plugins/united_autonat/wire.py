@@ -8,6 +8,11 @@ A frame is a 2-byte big-endian length (1..:data:`MAX_FRAME`) followed by that
 many bytes of UTF-8 JSON, an object with a ``"type"``. Anything else (a bad
 length, bytes that are not JSON, a missing or mistyped field, an oversized list)
 raises :class:`BadMessage`, which the server answers with an ``error`` frame.
+
+NAT observations (STUN-like, plain TCP next to libp2p): a ``result`` may carry
+``observe``, the server's two reflector ports and a one-time token. The member
+connects to each from its listen port, sends the token as one ASCII line and
+reads back one line, ``"<ip> <port>\n"``: the address the server saw.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ NONCE_BYTES = 8  # a random 64-bit nonce per probe
 MAX_REQUEST_ADDRS = 16  # addresses in a request; more is a bad request
 MAX_ADDR_CHARS = 256
 DIAL_BACK_BYTES = NONCE_BYTES + 1  # the nonce, then the index of the address dialed
+OBSERVE_TOKEN_CHARS = 32  # 128 random bits, lowercase hex
+MAX_OBSERVE_LINE = 64  # bytes in one line of an observation, its newline included
 
 # Per-address outcomes (the server's answer).
 OK = "OK"  # dialed on a fresh connection, the nonce delivered and acknowledged
@@ -145,8 +152,17 @@ def dialing(dialer: str, observed: str) -> dict[str, Any]:
     return {"type": "dialing", "dialer": dialer, "observed": observed}
 
 
-def result(observed: str, results: list[AddrResult]) -> dict[str, Any]:
-    return {"type": "result", "observed": observed, "results": [r.to_message() for r in results]}
+def result(
+    observed: str, results: list[AddrResult], observe: Observe | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "type": "result",
+        "observed": observed,
+        "results": [r.to_message() for r in results],
+    }
+    if observe is not None:  # an older client ignores it
+        message["observe"] = observe.to_message()
+    return message
 
 
 def refused(code: str, reason: str, retry_after: float = 0.0) -> dict[str, Any]:
@@ -183,6 +199,109 @@ def parse_results(message: dict[str, Any], sent: tuple[str, ...]) -> list[AddrRe
     return out
 
 
+# ---- NAT observations ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observe:
+    """A ``result``'s ``observe``: the server's two reflector ports (on the IP this
+    member reaches it at) and a token for two observations within about 30 s."""
+
+    ports: tuple[int, int]
+    token: str
+
+    def to_message(self) -> dict[str, Any]:
+        return {"ports": list(self.ports), "token": self.token}
+
+
+def is_token(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == OBSERVE_TOKEN_CHARS
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+
+
+def parse_observe(message: dict[str, Any]) -> Observe | None:
+    """A ``result``'s ``observe``: None when absent (an older server, or one that does
+    not observe), :class:`BadMessage` when malformed (the caller keeps the verdict)."""
+    if "observe" not in message:
+        return None
+    value = message["observe"]
+    if not isinstance(value, dict):
+        raise BadMessage("'observe': an object expected")
+    ports = value.get("ports")
+    if (
+        not isinstance(ports, list)
+        or len(ports) != 2
+        or not all(_port(p) for p in ports)
+        or ports[0] == ports[1]
+    ):
+        raise BadMessage("'observe': 'ports': two different TCP ports expected")
+    token = value.get("token")
+    if not is_token(token):
+        raise BadMessage(f"'observe': 'token': {OBSERVE_TOKEN_CHARS} lowercase hex expected")
+    assert isinstance(token, str)
+    return Observe((ports[0], ports[1]), token)
+
+
+def complete_line(data: bytes) -> bytes | None:
+    """The first line of ``data``, its newline included, once it is complete; None
+    while more may come. :class:`BadMessage` past :data:`MAX_OBSERVE_LINE` bytes."""
+    end = data.find(b"\n", 0, MAX_OBSERVE_LINE)
+    if end >= 0:
+        return data[: end + 1]
+    if len(data) >= MAX_OBSERVE_LINE:
+        raise BadMessage(f"a line of more than {MAX_OBSERVE_LINE} bytes")
+    return None
+
+
+def observe_request(token: str) -> bytes:
+    """What a member sends on an observation connection: the token, one line."""
+    return token.encode("ascii") + b"\n"
+
+
+def parse_observe_request(line: bytes) -> str:
+    """The token a member sent (:func:`observe_request`), or :class:`BadMessage`."""
+    text = line.removesuffix(b"\n").removesuffix(b"\r")
+    token = text.decode("ascii", errors="replace")
+    if not is_token(token):
+        raise BadMessage("not a token")
+    return token
+
+
+def observed_line(ip: str, port: int) -> bytes:
+    """The server's answer: the address the observation connection came from."""
+    return f"{plain_ip(ip)} {port}\n".encode("ascii")
+
+
+def parse_observed_line(data: bytes) -> tuple[str, int]:
+    """``(ip, port)`` from the server's answer (everything it sent before closing)."""
+    if len(data) > MAX_OBSERVE_LINE or not data.endswith(b"\n") or data.count(b"\n") != 1:
+        raise BadMessage("one line '<ip> <port>' expected")
+    try:
+        ip, port = data[:-1].decode("ascii").split(" ")
+        address = plain_ip(ip)
+    except ValueError:  # UnicodeDecodeError too
+        raise BadMessage("one line '<ip> <port>' expected") from None
+    if not port.isdigit() or port != str(int(port)) or not _port(int(port)):
+        raise BadMessage(f"not a TCP port: {port!r}")
+    return address, int(port)
+
+
+def plain_ip(ip: str) -> str:
+    """``ip`` normalised; an IPv4-mapped IPv6 address (a dual-stack socket) as IPv4.
+    ValueError when it is no IP address."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 # ---- addresses -----------------------------------------------------------------------
 
 
@@ -198,6 +317,18 @@ class Dialable:
     def multiaddr(self) -> str:
         family = "ip6" if ":" in self.ip else "ip4"
         return f"/{family}/{self.ip}/tcp/{self.port}"
+
+
+def tcp_endpoint(addr: str) -> tuple[str, int] | None:
+    """``(ip, port)`` of a bare ``/ip4|ip6/IP/tcp/PORT`` (a listen address), else None
+    (DNS, QUIC, anything relayed or longer)."""
+    try:
+        parts = [(proto.name, value) for proto, value in multiaddr.Multiaddr(addr).items()]
+        if len(parts) != 2 or parts[0][0] not in ("ip4", "ip6") or parts[1][0] != "tcp":
+            return None
+        return str(ipaddress.ip_address(str(parts[0][1]))), int(parts[1][1])
+    except Exception:
+        return None
 
 
 def observed_multiaddr(ip: str, port: int) -> str:

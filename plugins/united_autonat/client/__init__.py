@@ -145,6 +145,14 @@ def _outcome_lines(outcome: Mapping[str, Any] | None, indent: str = "  ") -> lis
         mark = " (nonce back)" if row.get("verified") else ""
         why = f" {row.get('code') or ''} {row.get('reason') or ''}".rstrip()
         lines.append(f"{indent}  {row.get('addr')}: {row.get('status')}{mark}{why}")
+    observation = outcome.get("observation") or {}
+    if observation.get("kind"):
+        seen = " and ".join(str(s) for s in observation.get("seen") or [])
+        lines.append(
+            f"{indent}  NAT {observation['kind']}: {observation.get('local')} seen as {seen}"
+        )
+    elif observation.get("error"):
+        lines.append(f"{indent}  NAT kind not observed: {observation['error']}")
     return lines
 
 

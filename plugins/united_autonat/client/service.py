@@ -13,6 +13,13 @@ transient: no peer events, not listed), and says ``ready``. The dial-back
 handler accepts the nonce only from that dialer, on an inbound direct
 connection; an address counts as reached only when the server says ``OK``
 **and** its nonce arrived so (:func:`..verdict.conclude`).
+
+The NAT kind (:func:`..verdict.nat_kind`): when the node is not public and the
+server's ``result`` offers observations (``observe``: two ports and a token),
+the node connects to the server's IP on each port from its own TCP listen
+port (SO_REUSEADDR + SO_REUSEPORT, as py-libp2p's listener has), sends the
+token and reads back the address the server saw (:func:`..verdict.mapping`).
+A failure leaves what the probe alone tells (logged at info).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from united_core.p2p.events import ReachabilityChanged
 from united_core.p2p.services import is_relayed
 
 from .. import wire
-from ..verdict import UNKNOWN, conclude, ip_of
+from ..verdict import PUBLIC, UNKNOWN, Endpoint, conclude, ip_of, mapping, nat_kind
 from .config import Config
 
 if TYPE_CHECKING:
@@ -45,6 +52,7 @@ log = logging.getLogger(__name__)
 DIAL_BACK_TIMEOUT = 5.0  # the nonce must follow the stream's opening this soon
 IDENTIFY_WAIT = 2.0  # how long a first probe waits to learn the server's protocols
 MAX_RETRY_AFTER = 3600.0  # a server asking for a longer wait is not believed
+OBSERVE_TIMEOUT = 2.0  # one observation: connect, the token, the answer and the close
 
 
 class NotOffered(Exception):
@@ -57,6 +65,7 @@ class Pending:
 
     dialer: str = ""
     seen: dict[int, dict[str, Any]] = field(default_factory=dict)  # address index -> how
+    server: tuple[str, int] | None = None  # the server's address on the request's connection
 
 
 class AutonatClient:
@@ -166,6 +175,9 @@ class AutonatClient:
                 results = wire.parse_results(reply, sent)
                 outcome["observed"] = str(reply.get("observed", ""))[:100]
                 reachability, nat = conclude(results, pending.seen, ip_of(outcome["observed"]))
+                if adopt and reachability != PUBLIC:  # the node's own NAT kind
+                    observed = await self._observe(reply, pending.server, outcome)
+                    nat = nat_kind(reachability, nat, observed)
                 outcome["results"] = [
                     {
                         **r.to_message(),
@@ -235,6 +247,9 @@ class AutonatClient:
                 await trio.sleep(0.05)
         stream = await host.new_stream(server_id, [TProtocol(wire.PROTOCOL)])
         try:
+            remote = stream.get_remote_address()
+            if remote:
+                pending.server = (str(remote[0]), int(remote[1]))
             await wire.write_frame(stream, wire.Request(nonce, sent).to_message())
             reply = await wire.read_frame(stream)
             if reply["type"] != "dialing":
@@ -260,6 +275,97 @@ class AutonatClient:
                     await stream.close()
                 except Exception:
                     pass
+
+    # ---- the NAT kind ------------------------------------------------------------------
+
+    async def _observe(
+        self, reply: dict[str, Any], server: tuple[str, int] | None, outcome: dict[str, Any]
+    ) -> str | None:
+        """Observe this node's listen port from the server's two reflector ports (the
+        ``result``'s ``observe``): the NAT kind, or None (recorded in ``outcome``)."""
+        assert self._tools is not None
+        try:
+            observe = wire.parse_observe(reply)
+        except wire.BadMessage as exc:
+            outcome["observation"] = {"error": f"ignored the server's offer: {exc}"}
+            log.info("AutoNAT: NAT kind not observed: the server's offer is malformed (%s)", exc)
+            return None
+        if observe is None:
+            return None  # an older server, or one that does not observe
+        found: dict[str, Any] = {"ports": list(observe.ports)}
+        outcome["observation"] = found
+        source = _listen_source(self._tools.host, server[0]) if server else None
+        why, kind = "", None
+        if server is None:
+            why = "the server's address is not known"
+        elif source is None:
+            why = f"no TCP listen address of the family of {server[0]}"
+        else:
+            pairs: list[tuple[Endpoint, Endpoint]] = []
+            target = ""
+            try:
+                for port in observe.ports:
+                    target = _hostport((server[0], port))
+                    pairs.append(await _reflect(source, (server[0], port), observe.token))
+            except trio.TooSlowError:
+                why = f"{target}: no answer within {OBSERVE_TIMEOUT:g} s"
+            except Exception as exc:
+                why = f"{target}: {type(exc).__name__}: {exc}"[:200]
+            found["from"] = _hostport(source)
+            if pairs:
+                found["local"] = _hostport(pairs[0][0])
+                found["seen"] = [_hostport(seen) for _, seen in pairs]
+            if not why:
+                kind = mapping(pairs)
+                if kind == UNKNOWN:
+                    why, kind = "the observations do not compare (another local port)", None
+        if why:
+            found["error"] = why
+            log.info("AutoNAT: NAT kind not observed: %s", why)
+        else:
+            found["kind"] = kind
+        return kind
+
+
+async def _reflect(
+    source: tuple[str, int], target: tuple[str, int], token: str
+) -> tuple[Endpoint, Endpoint]:
+    """One observation: connect from ``source`` (the node's listen port) to ``target``,
+    send the token, read the answer until the server closes. ``(local, seen)``."""
+    family = trio.socket.AF_INET6 if ":" in target[0] else trio.socket.AF_INET
+    with trio.socket.socket(family, trio.socket.SOCK_STREAM) as sock:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind(source)
+        with trio.fail_after(OBSERVE_TIMEOUT):
+            await sock.connect(target)
+            ip, port = sock.getsockname()[:2]
+            stream = trio.SocketStream(sock)
+            await stream.send_all(wire.observe_request(token))
+            data = b""
+            # Up to the server's close, so that the server closes first (and keeps the
+            # TIME_WAIT): the next probe may leave from this port to that one again.
+            while chunk := await stream.receive_some(wire.MAX_OBSERVE_LINE + 1):
+                data += chunk
+                if len(data) > wire.MAX_OBSERVE_LINE:
+                    raise wire.BadMessage("an answer of more than one line")
+        if not data:
+            raise wire.BadMessage("closed without an answer (the token refused?)")
+        return (str(ip), int(port)), wire.parse_observed_line(data)
+
+
+def _listen_source(host: Any, server_ip: str) -> tuple[str, int] | None:
+    """This node's TCP listen ``(ip, port)`` of the family of ``server_ip``."""
+    for addr in host.get_transport_addrs():
+        endpoint = wire.tcp_endpoint(str(addr))
+        if endpoint is not None and (":" in endpoint[0]) == (":" in server_ip):
+            return endpoint
+    return None
+
+
+def _hostport(endpoint: tuple[str, int]) -> str:
+    ip, port = endpoint
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _dialer_id(value: object, server: str, host: Any) -> str:

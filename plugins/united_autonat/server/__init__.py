@@ -50,7 +50,11 @@ class Container(containers.DeclarativeContainer):
 
 @hookimpl
 def united_register_config_sections() -> list[ConfigSection]:
-    return [ConfigSection("autonat", Config, "AutoNAT for members: dial-backs, limits.")]
+    return [
+        ConfigSection(
+            "autonat", Config, "AutoNAT for members: dial-backs, NAT observations, limits."
+        )
+    ]
 
 
 @hookimpl
@@ -79,6 +83,14 @@ def render_panel(snapshot: Mapping[str, Any]) -> list[str]:
     ]
     if refused:
         lines.append("  refused: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items())))
+    observe = mine.get("observe") or {}
+    ports = observe.get("ports") or []
+    lines.append(
+        f"  NAT observations on TCP {', '.join(str(p) for p in ports)}:"
+        f" answered {observe.get('answered', 0)}, refused {observe.get('refused', 0)}"
+        if ports
+        else "  NAT observations: off"
+    )
     for probe in list(mine.get("recent") or [])[-3:]:
         statuses = " ".join(status for _, status, _ in probe.get("results", []))
         lines.append(f"  …{str(probe.get('peer'))[-8:]} from {probe.get('observed')}: {statuses}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from united_core.api import setting
+from united_core.api import ConfigValueError, setting
 
 from ..wire import MAX_REQUEST_ADDRS
 
@@ -38,3 +38,20 @@ class Config:
         min=1,
         max=4096,
     )
+    observe_ports: tuple[int, ...] = setting(
+        (7422, 7423),
+        "Two TCP ports where members learn their NAT kind (endpoint-independent or "
+        "symmetric mapping): after a probe a member connects to each from its own listen "
+        "port with a one-time token and hears back the address it came from. On the "
+        "host of the libp2p listen address; open them in the firewall. [] turns it "
+        "off; 0 picks a free port.",
+        min=0,
+        max=65535,
+    )
+
+    def validate(self) -> None:
+        ports = self.observe_ports
+        if len(ports) not in (0, 2):
+            raise ConfigValueError("observe_ports", "two ports, or [] for none")
+        if ports and ports[0] == ports[1] != 0:
+            raise ConfigValueError("observe_ports", "two different ports (0: any free one)")

@@ -25,6 +25,14 @@ are dialed (amplification guard), at most ``max_addrs``. Before dialing, the
 server names its dialer (``dialing``) and waits for ``ready``: the member's
 gate then lets exactly that peer in. Malformed input gets an ``error`` frame
 and the stream is closed; nothing a member sends can end the service.
+
+NAT observations: the service also listens on ``observe_ports`` (two plain TCP
+"reflectors", on the host of the node's first TCP listen address). Each
+``result`` carries those ports and a token (:mod:`.observe`); a connection
+whose one line is a live token gets ``"<ip> <port>\n"``, the address it came
+from, and the server closes it. Anything else (no line within 2 s, a wrong
+token, a line above 64 bytes) is closed without a word. A port that cannot be
+bound is one warning, and the service runs on without observations.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from united_core.p2p.host import disable_auto_connector
 
 from .. import wire
 from .config import Config
+from .observe import Tokens
 
 if TYPE_CHECKING:
     from united_core.p2p.services import ServiceHost
@@ -65,6 +74,9 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 10.0  # the request, and the member's "ready", must come this soon
 CLOSE_TIMEOUT = 2.0
 RECENT = 16  # probes kept for the panel and tests
+OBSERVE_TIMEOUT = 2.0  # an observation connection: its line, the answer, within this
+OBSERVE_HANDLERS = 64  # observation connections served at once, at most
+OBSERVE_BACKLOG = 64
 
 
 def make_dialer(dial_timeout: float) -> IHost:
@@ -108,26 +120,45 @@ class AutonatServer:
         self.refused: collections.Counter[str] = collections.Counter()
         self.dials: collections.Counter[str] = collections.Counter()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
+        self.observe_ports: tuple[int, ...] = ()  # bound reflector ports (none: off)
+        self.observations: collections.Counter[str] = collections.Counter()
+        self._tokens = Tokens()
 
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def run(self, tools: ServiceHost) -> None:
         self._tools = tools
         dialer = make_dialer(self.config.dial_timeout)
-        async with dialer.run([]):
+        listeners: list[trio.SocketListener] = []
+        async with dialer.run([]), trio.open_nursery() as nursery:
             self._dialer = dialer
             self.dialer_id = dialer.get_id().to_base58()
-            tools.host.set_stream_handler(TProtocol(wire.PROTOCOL), self._handle)
-            log.info("AutoNAT: answering probes, dialing back as %s", self.dialer_id)
             try:
+                listeners = await self._open_reflectors(_listen_ip(tools.host))
+                limiter = trio.CapacityLimiter(OBSERVE_HANDLERS)
+                for listener in listeners:
+                    nursery.start_soon(self._reflect, listener, limiter, nursery)
+                tools.host.set_stream_handler(TProtocol(wire.PROTOCOL), self._handle)
+                log.info(
+                    "AutoNAT: answering probes, dialing back as %s%s",
+                    self.dialer_id,
+                    f", NAT observations on TCP ports {self.observe_ports[0]} and "
+                    f"{self.observe_ports[1]}"
+                    if self.observe_ports
+                    else "",
+                )
                 await trio.sleep_forever()
             finally:
                 # Ended (the node stopping, or the dialer failing): stop answering, or
                 # every member would hear DIAL_ERROR and conclude it is private.
+                self.observe_ports = ()
                 try:
                     tools.host.remove_stream_handler(TProtocol(wire.PROTOCOL))
                 except Exception:
                     pass
+                with trio.CancelScope(shield=True):
+                    for listener in listeners:
+                        await listener.aclose()
 
     def snapshot(self) -> Mapping[str, Any]:
         with self._lock:
@@ -139,6 +170,12 @@ class AutonatServer:
                 "dials": dict(self.dials),
                 "in_flight": len(self._in_flight),
                 "recent": list(self.recent),
+                "observe": {
+                    "ports": list(self.observe_ports),
+                    "answered": self.observations["answered"],
+                    "refused": self.observations["refused"],
+                    "tokens": len(self._tokens),
+                },
                 "limits": {
                     "max_addrs": self.config.max_addrs,
                     "dial_timeout": self.config.dial_timeout,
@@ -217,7 +254,11 @@ class AutonatServer:
                     "results": [[r.addr, r.status, r.code] for r in results],
                 }
             )
-        await wire.write_frame(stream, wire.result(observed, results))
+        observe = None
+        if len(self.observe_ports) == 2:  # members only: a result goes to a member alone
+            ports = (self.observe_ports[0], self.observe_ports[1])
+            observe = wire.Observe(ports, self._tokens.issue())
+        await wire.write_frame(stream, wire.result(observed, results, observe))
 
     def _admit(self, requester: str) -> None:
         """One probe at a time per member, ``peer_probes_per_minute``, ``max_concurrent``."""
@@ -310,6 +351,100 @@ class AutonatServer:
             self.dials[status] += 1
         log.debug("AutoNAT dial-back to %s at %s: %s %s", peer, target.multiaddr, status, reason)
         return wire.AddrResult(target.addr, status, "", reason, ms)
+
+    # ---- NAT observations --------------------------------------------------------------
+
+    async def _open_reflectors(self, ip: str) -> list[trio.SocketListener]:
+        """Listen on ``observe_ports`` at ``ip``; none at all (one warning) if a port
+        cannot be bound."""
+        listeners: list[trio.SocketListener] = []
+        for port in self.config.observe_ports:
+            try:
+                listeners.append(await _tcp_listener(ip, port))
+            except OSError as exc:
+                log.warning(
+                    "AutoNAT: cannot listen on TCP port %d (%s, [autonat] observe_ports): "
+                    "members will not learn their NAT kind",
+                    port,
+                    exc.strerror or exc,
+                )
+                for listener in listeners:
+                    await listener.aclose()
+                return []
+        self.observe_ports = tuple(int(ln.socket.getsockname()[1]) for ln in listeners)
+        return listeners
+
+    async def _reflect(
+        self, listener: trio.SocketListener, limiter: trio.CapacityLimiter, nursery: trio.Nursery
+    ) -> None:
+        """Accept observation connections, at most ``OBSERVE_HANDLERS`` served at once."""
+        while True:
+            ticket = object()
+            await limiter.acquire_on_behalf_of(ticket)
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                limiter.release_on_behalf_of(ticket)
+                return
+            except Exception as exc:  # out of file descriptors and the like: wait, go on
+                limiter.release_on_behalf_of(ticket)
+                log.debug("AutoNAT: accepting an observation failed: %r", exc)
+                await trio.sleep(0.1)
+                continue
+            except BaseException:
+                limiter.release_on_behalf_of(ticket)
+                raise
+            nursery.start_soon(self._observation, stream, limiter, ticket)
+
+    async def _observation(
+        self, stream: trio.SocketStream, limiter: trio.CapacityLimiter, ticket: object
+    ) -> None:
+        """One line, a live token: answer where the connection came from, then close."""
+        answered = False
+        try:
+            with trio.move_on_after(OBSERVE_TIMEOUT):
+                data = b""
+                while (line := wire.complete_line(data)) is None:
+                    chunk = await stream.receive_some(wire.MAX_OBSERVE_LINE)
+                    if not chunk:
+                        raise wire.BadMessage("closed before a line")
+                    data += chunk
+                if self._tokens.redeem(wire.parse_observe_request(line)):
+                    ip, port = stream.socket.getpeername()[:2]
+                    await stream.send_all(wire.observed_line(str(ip), int(port)))
+                    answered = True
+        except Exception as exc:  # bad input, a reset: never the service
+            log.debug("AutoNAT observation refused: %r", exc)
+        finally:
+            with self._lock:
+                self.observations["answered" if answered else "refused"] += 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()  # the server closes first: its side keeps TIME_WAIT
+            limiter.release_on_behalf_of(ticket)
+
+
+async def _tcp_listener(ip: str, port: int) -> trio.SocketListener:
+    """A plain TCP listener (SO_REUSEADDR, never SO_REUSEPORT: a second server on the
+    same port must fail, not share it)."""
+    family = trio.socket.AF_INET6 if ":" in ip else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        await sock.bind((ip, port))
+        sock.listen(OBSERVE_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def _listen_ip(host: IHost) -> str:
+    """The IP of the node's first TCP listen address (a wildcard is fine)."""
+    for addr in host.get_transport_addrs():
+        endpoint = wire.tcp_endpoint(str(addr))
+        if endpoint is not None:
+            return endpoint[0]
+    return "0.0.0.0"
 
 
 def _relayed(stream: INetStream) -> bool:

@@ -9,7 +9,9 @@ member's connection to the server untouched, no peer event for the dialer); a
 claimed address where nothing listens is a ``DIAL_ERROR`` and ``private``, never
 ``public``; an address on another IP is refused, not dialed; a non-member's and a
 relayed request are refused; malformed bytes get an error and the server goes on;
-probes are rate-limited per member.
+probes are rate-limited per member. A member that is not public learns its NAT kind
+from two observations of its listen port (the server's reflector ports, a token
+for members only); anything but a live token on those ports gets no answer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,8 +34,10 @@ from united_autonat.client.config import Config as ClientConfig
 from united_autonat.client.service import AutonatClient
 from united_autonat.server import render_panel as server_panel
 from united_autonat.server.config import Config as ServerConfig
+from united_autonat.server.observe import Tokens
 from united_autonat.server.service import AutonatServer
 
+from united_core.config import ConfigError, ConfigSection, build_section
 from united_core.identity import Identity
 from united_core.p2p.events import P2PEvent, PeerConnected, ReachabilityChanged
 from united_core.p2p.gate import Admissions
@@ -95,6 +101,7 @@ async def lab(names: tuple[str, ...] = ("a",), **server_settings: Any) -> AsyncI
             refused.append(f"{peer_id} {direction}")
         return peer_id in admitted
 
+    server_settings.setdefault("observe_ports", (0, 0))  # never 7422-7423 of this host
     server = AutonatServer(ServerConfig(**server_settings))
     server_rt = P2PRuntime(
         Identity.generate(), HostOptions(listen_addrs=LOOPBACK, services=[server]), gate=gate
@@ -232,9 +239,11 @@ def test_addresses_on_another_ip_are_refused_not_dialed() -> None:
             ], out
             assert L.server.snapshot()["dials"] == {"OK": 1, "DIAL_ERROR": 1}  # two dials
             # Only other-ip refusals (a NAT'd member: its own address is not where its
-            # traffic comes from): private, and no dial at all.
+            # traffic comes from): private, and no dial at all. (Its NAT kind is what
+            # the observations show: none here, its listen port is seen as itself.)
             out = await L.probe("a", [elsewhere, "/ip4/10.1.0.10/tcp/4001"])
-            assert out["verdict"] == "private" and out["nat"] == "unknown", out
+            assert out["verdict"] == "private" and out["nat"] == "none", out
+            assert out["observation"]["kind"] == "none", out
             assert "dialer" not in out  # the server named no dialer: nothing to dial
             assert L.server.snapshot()["dials"] == {"OK": 1, "DIAL_ERROR": 1}
             # Too many: max_addrs = 2 dials, the third is refused (a probe of those
@@ -364,6 +373,123 @@ def test_a_request_over_a_relayed_connection_is_refused() -> None:
     assert server.snapshot()["refused"] == {"relayed": 1}
 
 
+def test_a_private_member_learns_its_nat_kind_and_the_reflectors_answer_only_tokens() -> None:
+    """a is private (it claims only addresses on other IPs) but has no NAT: both
+    observations of its listen port, from the server's two reflector ports, see it as
+    itself: ``none`` (without them: ``unknown``). A raw TCP client gets an answer for a
+    live token only, at most twice; nothing else is answered."""
+
+    async def scenario() -> None:
+        async with lab(("a",)) as L:
+            ports = L.server.snapshot()["observe"]["ports"]
+            assert len(ports) == 2 and 0 not in ports, ports
+            started = time.monotonic()
+            out = await L.probe("a", ["/ip4/10.1.0.10/tcp/4001"])
+            took = time.monotonic() - started
+            assert (out["verdict"], out["nat"]) == ("private", "none"), out
+            listen = L.own_addr("a").split("/p2p/")[0]
+            own = f"127.0.0.1:{listen.rsplit('/', 1)[1]}"
+            observation = out["observation"]
+            assert observation == {
+                "ports": ports,
+                "from": own,
+                "local": own,
+                "seen": [own, own],
+                "kind": "none",
+            }, observation
+            rt = L.runtimes["a"]
+            await until(lambda: rt.reachability == "private", what="the event")
+            changes = [e for e in L.events["a"] if isinstance(e, ReachabilityChanged)]
+            assert changes == [ReachabilityChanged("private", "none")]
+            panel = "\n".join(
+                client_panel({"plugins": {"autonat_client": dict(L.clients["a"].snapshot())}})
+            )
+            assert f"NAT none: {own} seen as {own} and {own}" in panel, panel
+            figures = L.server.snapshot()["observe"]
+            assert (figures["answered"], figures["refused"]) == (2, 0), figures
+            assert figures["tokens"] == 0  # both uses spent
+
+            # A token straight from the protocol (a member's request with no address):
+            # a raw client gets its own address twice, then nothing.
+            stream = await rt.open_stream(L.server_rt.peer_id, [wire.PROTOCOL])
+            await stream.write(wire.encode(wire.Request(b"\x02" * 8, ()).to_message()))
+            offer = wire.parse_observe(await _read_frame(stream))
+            assert offer is not None and list(offer.ports) == ports
+            line = wire.observe_request(offer.token)
+            for _ in range(2):
+                reply, local = await _raw(ports[0], line)
+                assert reply == f"127.0.0.1 {local}\n".encode(), reply
+            assert (await _raw(ports[1], line))[0] == b""  # a third use
+
+            # Nothing answered: a wrong token, an oversized line, garbage, silence (the
+            # server closes it after 2 s). Each is closed without a byte.
+            quiet = time.monotonic()
+            replies = await asyncio.gather(
+                _raw(ports[0], b"0" * 32 + b"\n"),
+                _raw(ports[1], b"a" * 100),
+                _raw(ports[0], b"\xff\x00hello\n"),
+                _raw(ports[1], b""),
+            )
+            waited = time.monotonic() - quiet
+            assert [reply for reply, _ in replies] == [b""] * 4, replies
+            assert 1.5 < waited < 4, waited  # silence is closed after 2 s, not earlier
+            figures = L.server.snapshot()["observe"]
+            assert (figures["answered"], figures["refused"]) == (4, 5), figures
+            panel = "\n".join(server_panel({"plugins": {"autonat": dict(L.server.snapshot())}}))
+            assert f"NAT observations on TCP {ports[0]}, {ports[1]}: answered 4, refused 5" in panel
+            # The server still serves, and the member's next probe observes again.
+            again = await L.probe("a", ["/ip4/10.1.0.10/tcp/4001"])
+            assert again["observation"]["kind"] == "none", again
+            print(f"[autonat] private with NAT kind observed in {took * 1000:.0f} ms")
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_observe_port_is_one_warning_and_no_observations(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another program holds the port: the server warns once, runs on, offers nothing;
+    the member's NAT kind is what the probe alone tells."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+
+        async def scenario() -> None:
+            async with lab(("a",), observe_ports=(0, port)) as L:
+                assert L.server.snapshot()["observe"]["ports"] == []
+                out = await L.probe("a", ["/ip4/10.1.0.10/tcp/4001"])
+                assert (out["verdict"], out["nat"]) == ("private", "unknown"), out
+                assert "observation" not in out
+                out = await L.probe("a", [L.own_addr("a")])  # probes still answered
+                assert out["verdict"] == "public", out
+
+        with caplog.at_level(logging.WARNING, logger="united_autonat"):
+            asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("united_autonat")]
+    assert len(warnings) == 1, warnings
+    assert f"port {port}" in warnings[0] and "will not learn their NAT kind" in warnings[0]
+
+
+async def _raw(port: int, data: bytes) -> tuple[bytes, int]:
+    """Connect to 127.0.0.1:``port``, send ``data``, read until the server closes:
+    ``(what came back, our local port)``. A reset counts as nothing back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    local = writer.get_extra_info("sockname")[1]
+    try:
+        if data:
+            writer.write(data)
+            await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.read(), 5), local
+        except ConnectionResetError:
+            return b"", local
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
 async def _read_frame(stream: Any) -> dict[str, Any]:
     header = await stream.read(2)
     body = b""
@@ -456,3 +582,130 @@ def test_classify_and_conclude() -> None:
     assert verdict.candidates(["/ip4/1.2.3.4/tcp/5", "/ip4/9.9.9.9/tcp/1/p2p/X/p2p-circuit"]) == (
         "/ip4/1.2.3.4/tcp/5",
     )
+
+
+def test_observe_ports_setting() -> None:
+    section = ConfigSection("autonat", ServerConfig)
+    assert ServerConfig().observe_ports == (7422, 7423)
+    for ok in ([], [0, 0], [7422, 7423], [1, 65535]):
+        assert build_section(section, {"observe_ports": ok}).observe_ports == tuple(ok)
+    for bad in ([7422], [7422, 7423, 7424], [7422, 7422], [70000, 1], [-1, 2], ["x", 1]):
+        with pytest.raises(ConfigError, match="observe_ports"):
+            build_section(section, {"observe_ports": bad})
+
+
+def test_observations_on_the_wire() -> None:
+    """The ``result``'s ``observe`` is optional and checked; the lines are bounded."""
+    token = "0123456789abcdef" * 2
+    sent = ("/ip4/1.2.3.4/tcp/5",)
+    rows = [wire.AddrResult(sent[0], wire.DIAL_ERROR)]
+    plain = wire.result("/ip4/1.2.3.4/tcp/9", rows)
+    assert "observe" not in plain and wire.parse_observe(plain) is None  # an older server
+    offer = wire.Observe((7422, 7423), token)
+    message = wire.decode(wire.encode(wire.result("/ip4/1.2.3.4/tcp/9", rows, offer))[2:])
+    assert wire.parse_observe(message) == offer
+    assert wire.parse_results(message, sent) == rows  # an older client reads it as before
+    for bad in (
+        None,
+        [7422, 7423],
+        {"ports": [7422, 7423]},
+        {"ports": [7422], "token": token},
+        {"ports": [7422, 7422], "token": token},
+        {"ports": [0, 7423], "token": token},
+        {"ports": [7422, 65536], "token": token},
+        {"ports": [True, 7423], "token": token},
+        {"ports": ["7422", 7423], "token": token},
+        {"ports": [7422, 7423], "token": token.upper()},
+        {"ports": [7422, 7423], "token": token[:-1]},
+        {"ports": [7422, 7423], "token": 7},
+    ):
+        with pytest.raises(wire.BadMessage):
+            wire.parse_observe({"type": "result", "observe": bad})
+
+    # Where a member observes from: its bare TCP listen address of the server's family.
+    assert wire.tcp_endpoint("/ip4/0.0.0.0/tcp/7420") == ("0.0.0.0", 7420)
+    assert wire.tcp_endpoint("/ip6/::/tcp/5") == ("::", 5)
+    for not_bare in ("/ip4/1.2.3.4/tcp/5/p2p/X/p2p-circuit", "/dns4/a/tcp/5", "/ip4/1.2.3.4/udp/5"):
+        assert wire.tcp_endpoint(not_bare) is None
+
+    assert wire.complete_line(b"abc") is None
+    assert wire.complete_line(b"abc\ndef") == b"abc\n"
+    assert wire.complete_line(b"x" * 63 + b"\n") == b"x" * 63 + b"\n"
+    for oversized in (b"x" * 64, b"x" * 64 + b"\n", b"x" * 200):
+        with pytest.raises(wire.BadMessage):
+            wire.complete_line(oversized)
+    assert wire.parse_observe_request(wire.observe_request(token)) == token
+    assert wire.parse_observe_request(token.encode() + b"\r\n") == token
+    for bad_line in (b"\n", b"zz" * 16 + b"\n", token.encode() + b"x\n", b"\xff" * 32 + b"\n"):
+        with pytest.raises(wire.BadMessage):
+            wire.parse_observe_request(bad_line)
+    assert wire.parse_observed_line(wire.observed_line("203.0.113.11", 40001)) == (
+        "203.0.113.11",
+        40001,
+    )
+    assert wire.observed_line("::ffff:10.0.0.1", 5) == b"10.0.0.1 5\n"  # dual-stack socket
+    assert wire.parse_observed_line(b"2001:db8::1 5\n") == ("2001:db8::1", 5)
+    for bad_reply in (
+        b"",
+        b"1.2.3.4 5",
+        b"1.2.3.4 5\n\n",
+        b"1.2.3.4:5\n",
+        b"1.2.3.4 0\n",
+        b"1.2.3.4 65536\n",
+        b"1.2.3.4 05\n",
+        b"1.2.3.4 1_0\n",
+        b"1.2.3.4  5\n",
+        b"example.org 5\n",
+        b"\xff 5\n",
+        b"1.2.3.4 5" + b" " * 80 + b"\n",
+    ):
+        with pytest.raises(wire.BadMessage):
+            wire.parse_observed_line(bad_reply)
+
+
+def test_the_nat_kind_from_two_observations() -> None:
+    local = ("10.1.0.10", 40001)
+    eim = ("203.0.113.11", 40001)
+    assert verdict.mapping([(local, local), (local, local)]) == "none"
+    assert verdict.mapping([(("::ffff:10.1.0.10", 40001), local)] * 2) == "none"
+    assert verdict.mapping([(local, eim), (local, eim)]) == "endpoint-independent"
+    moved = ("203.0.113.11", 51000)  # port-changing, but the same for both: still EIM
+    assert verdict.mapping([(local, moved), (local, moved)]) == "endpoint-independent"
+    assert verdict.mapping([(local, eim), (local, moved)]) == "symmetric"
+    other_ip = ("203.0.113.12", 40001)  # another IP of a pool: depends on the destination
+    assert verdict.mapping([(local, eim), (local, other_ip)]) == "symmetric"
+    assert verdict.mapping([(local, local), (local, eim)]) == "symmetric"
+    assert verdict.mapping([(local, eim)]) == "unknown"  # one observation
+    assert verdict.mapping([]) == "unknown"
+    assert verdict.mapping([(local, eim), (("10.1.0.10", 40002), eim)]) == "unknown"
+    assert verdict.mapping([(local, ("nonsense", 1)), (local, eim)]) == "unknown"
+    assert verdict.mapping([(local, ("1.2.3.4", 0)), (local, eim)]) == "unknown"
+
+    assert verdict.nat_kind("public", "none", "symmetric") == "none"
+    assert verdict.nat_kind("private", "unknown", "symmetric") == "symmetric"
+    assert verdict.nat_kind("private", "unknown", "endpoint-independent") == (
+        "endpoint-independent"
+    )
+    assert verdict.nat_kind("private", "unknown", None) == "unknown"  # no observation
+    assert verdict.nat_kind("private", "none", None) == "none"  # a firewall, no translation
+    assert verdict.nat_kind("unknown", "unknown", "none") == "none"
+    assert verdict.nat_kind("private", "unknown", "unknown") == "unknown"
+
+
+def test_observation_tokens_are_for_two_uses_within_their_lifetime() -> None:
+    now = [100.0]
+    tokens = Tokens(ttl=30, uses=2, limit=3, clock=lambda: now[0])
+    token = tokens.issue()
+    assert wire.is_token(token) and len(tokens) == 1
+    assert tokens.redeem(token) and tokens.redeem(token)
+    assert not tokens.redeem(token) and len(tokens) == 0  # spent
+    assert not tokens.redeem("0" * 32)
+    late = tokens.issue()
+    now[0] += 30
+    assert not tokens.redeem(late) and len(tokens) == 0  # expired
+    issued = [tokens.issue() for _ in range(4)]
+    assert len(tokens) == 3 and not tokens.redeem(issued[0])  # the oldest went first
+    assert all(tokens.redeem(t) for t in issued[1:])
+    now[0] += 31
+    tokens.issue()
+    assert len(tokens) == 1  # expired ones are dropped on the next issue

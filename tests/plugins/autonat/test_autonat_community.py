@@ -5,7 +5,11 @@ alice listens on 127.0.0.1, where the server sees her come from: the server dial
 her back and ``ctl status`` says ``reachability: public``. bob listens on 127.0.0.2
 only, but his connection to the server leaves from 127.0.0.1 (as a member behind a
 router leaves from the router's address): the server refuses to dial another IP
-than the one it sees, and bob is ``private``. A claimed port where nothing listens
+than the one it sees, and bob is ``private``. Yet bob has no NAT, and learns it:
+from his listen port he connects to the server's two observation ports (free ones
+here, ``[autonat] observe_ports = [0, 0]`` in the test server's settings) and both
+times the server sees him as himself, 127.0.0.2 and his listen port: ``nat: none``
+(without observations it would be ``unknown``). A claimed port where nothing listens
 is a dial error, never public; the dial-back never shows up as a peer.
 """
 
@@ -16,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from united_core.testing import free_port, running_community
+from united_core.testing import SERVER_LOOPBACK, free_port, running_community
 
 BOB = '[p2p]\nlisten = ["/ip4/127.0.0.2/tcp/0"]\n'
 
@@ -34,7 +38,11 @@ def test_members_learn_their_reachability_from_the_server(tmp_path: Path) -> Non
             assert status.returncode == 0, status.stderr
             assert "reachability: public" in status.stdout, status.stdout
             assert (await c.call("bob", "status"))["reachability"] == "private"
-            assert bob.p2p.nat == "unknown" and alice.p2p.nat == "none"
+            assert alice.p2p.nat == "none"
+            await c.until(lambda: bob.p2p.nat == "none", 10, "bob's NAT kind observed")
+            bob_status = await c.ctl("bob", "status")
+            assert "reachability: private" in bob_status.stdout, bob_status.stdout
+            assert "nat: none" in bob_status.stdout, bob_status.stdout
             # Each announces its verdict in presence: the other's panel shows it.
             ids = {n: c.node(n).identity.peer_id for n in ("alice", "bob")}
 
@@ -52,6 +60,12 @@ def test_members_learn_their_reachability_from_the_server(tmp_path: Path) -> Non
             [row] = bob_probe["results"]
             assert (row["status"], row["code"]) == ("REFUSED", "other-ip"), bob_probe
             assert bob_probe["observed"].startswith("/ip4/127.0.0.1/tcp/")
+            bob_listen = bob.p2p.announce_addrs[0].split("/p2p/")[0].rsplit("/", 1)[1]
+            himself = f"127.0.0.2:{bob_listen}"
+            assert bob_probe["observation"]["seen"] == [himself, himself], bob_probe
+            assert bob_probe["observation"]["kind"] == "none"
+            shown_bob = await c.ctl("bob", "reachability")
+            assert f"NAT none: {himself} seen as {himself} and {himself}" in shown_bob.stdout
 
             # A claimed port where nothing listens: a dial error, and the node's own
             # verdict stays (a probe of given addresses is only a check).
@@ -66,6 +80,10 @@ def test_members_learn_their_reachability_from_the_server(tmp_path: Path) -> Non
             server_figures = (await c.stats("server"))["autonat"]
             dialer = server_figures["dialer"]
             assert server_figures["answered"] >= 3 and server_figures["dials"]["OK"] >= 1
+            assert "observe_ports = [0, 0]" in SERVER_LOOPBACK  # free ports, not 7422-7423
+            observe = server_figures["observe"]
+            assert len(observe["ports"]) == 2 and 7422 not in observe["ports"], observe
+            assert observe["answered"] >= 2 and observe["refused"] == 0, observe  # bob's
             members = {n.identity.peer_id for n in (c.server, alice, bob)}
             for node in (alice, bob):
                 peers = {p["peer_id"] for p in await node.p2p.peers()}
