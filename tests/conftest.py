@@ -19,6 +19,9 @@ __all__ = ["TOY_PLUGINS", "make_node_dir", "merge_toml_text", "run_cli", "runnin
 
 TOY_PLUGINS = Path(__file__).parent / "fixtures" / "toy_plugins"
 
+# `united init` asks questions at a terminal (`pytest -s` from a shell): never in tests.
+os.environ.setdefault("UNITED_NONINTERACTIVE", "1")
+
 
 @pytest.fixture
 def toy_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

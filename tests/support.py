@@ -23,7 +23,7 @@ from united_directory.client.session import DirectoryClient
 
 from united_core.identity import Identity
 from united_core.node import Node
-from united_core.testing import join, make_node_dir, running_node
+from united_core.testing import join, make_node_dir, merge_toml_text, on_loopback, running_node
 from united_core.wire import frames_pb2 as pb
 
 
@@ -72,11 +72,11 @@ async def server(tmp_path: Path, extra: str = "") -> AsyncIterator[tuple[Node, A
 
 
 async def registered(
-    url: str, service: Any, name: str
+    url: str, service: Any, name: str, tls_fingerprint: str = ""
 ) -> tuple[DirectoryClient, Identity, pb.Welcome, Recorder]:
     identity = Identity.generate()
     pushes = Recorder()
-    client = await DirectoryClient.connect(url, on_push=pushes)
+    client = await DirectoryClient.connect(url, on_push=pushes, tls_fingerprint=tls_fingerprint)
     invite = await service.create_invite()
     welcome = await client.register(identity, name, invite["code"])
     return client, identity, welcome, pushes
@@ -120,6 +120,20 @@ async def community(
             for client in clients:
                 await asyncio.wait_for(client.service("discovery").connected.wait(), 10)
             yield server, clients, configs
+
+
+def init_server_dir(tmp_path: Path, *options: str, port: int | None = None) -> Path:
+    """`united init --role server OPTIONS` as an operator runs it, then only what a
+    test on loopback needs (loopback listeners, free ports); the config's path."""
+    directory = tmp_path / "server"
+    result = run_cli("init", "--role", "server", "--dir", str(directory), *options)
+    assert result.returncode == 0, result.stderr
+    config = directory / "united.toml"
+    on_loopback(config)
+    extra = f'[directory]\nlisten_host = "127.0.0.1"\nlisten_port = {port or free_port()}\n'
+    extra += "[autonat]\nobserve_ports = [0, 0]\n"  # not the fixed 7422-7423
+    config.write_text(merge_toml_text(config.read_text(), extra))
+    return config
 
 
 def free_port() -> int:

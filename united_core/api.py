@@ -35,7 +35,7 @@ from .netaddrs import describe_error, dialable_addrs, expand_wildcards, is_wildc
 if TYPE_CHECKING:
     from dependency_injector import containers
 
-API_VERSION = (1, 2)
+API_VERSION = (1, 3)
 """The plugin API's version: (major, minor). See :func:`check_api_requirement`."""
 
 hookimpl = pluggy.HookimplMarker("united")
@@ -46,6 +46,7 @@ T = TypeVar("T")
 __all__ = [
     "API_VERSION",
     "P2PAPI",
+    "ArgCompleter",
     "CLIError",
     "CliCommand",
     "CliTools",
@@ -55,6 +56,8 @@ __all__ = [
     "ConfigValueError",
     "ControlCommand",
     "DialerAPI",
+    "InitContext",
+    "InitOptions",
     "Judgement",
     "MessageRefused",
     "NodeAPI",
@@ -77,6 +80,8 @@ __all__ = [
     "expand_wildcards",
     "hookimpl",
     "is_wildcard",
+    "render_table",
+    "render_value",
     "setting",
     "validate_multiaddrs",
 ]
@@ -376,12 +381,24 @@ class NodeAPI(Protocol):
 
 
 class CommandError(Exception):
-    """A control command's clean refusal: sent to the client as ``bad_request``."""
+    """A control command's clean refusal: sent to the client as ``bad_request``.
+
+    The message is for people (``united ctl`` prints it, exit 1); ``detail``
+    (API 1.3) is an optional machine code from the layer below, such as the
+    server's ``ERROR_CODE_UNKNOWN_CHANNEL``, shown only by ``--json``.
+    """
 
     code = "bad_request"
 
+    def __init__(self, message: str = "", *, detail: str | None = None) -> None:
+        self.detail = detail
+        super().__init__(message)
+
 
 Handler = Callable[[NodeAPI, list[str]], Awaitable[Any] | AsyncIterator[Any]]
+ArgCompleter = Callable[[NodeAPI, list[str]], Awaitable[list[tuple[str, str]]]]
+"""``complete(node, words)``: candidates for the argument after ``words`` (the
+arguments typed so far), as ``(value, description)`` pairs (API 1.3)."""
 
 
 @dataclass(frozen=True)
@@ -393,6 +410,14 @@ class ControlCommand:
     the client goes away (then set ``streaming=True``). ``render`` turns a
     result (or event) into text for people; ``united ctl --json`` prints the
     JSON instead. Raise :class:`CommandError` for a clean refusal (exit 1).
+
+    ``help`` is the one-line summary (``help``, console completion);
+    ``description`` (API 1.3) says more, such as what each argument of
+    ``usage`` means (``help NAME``, ``united ctl NAME --help``). ``complete``
+    (API 1.3) offers the console candidates for an argument; without it, the
+    arguments of ``usage`` named ``CHANNEL``, ``PEER_ID`` (or ``PEER``) and
+    ``MEMBER`` are completed from the node's live data, ``--options`` and
+    lower-case words of ``usage`` as they are written.
     """
 
     name: str
@@ -401,6 +426,8 @@ class ControlCommand:
     usage: str = ""
     render: Callable[[Any], str] | None = None
     streaming: bool = False
+    description: str = ""
+    complete: ArgCompleter | None = None
 
 
 class CLIError(Exception):
@@ -440,6 +467,33 @@ class CliCommand:
     run: Callable[[argparse.Namespace, CliTools], int]
 
 
+@dataclass(frozen=True)
+class InitContext:
+    """The node ``united init`` is writing, for a plugin's :class:`InitOptions` (API 1.3)."""
+
+    directory: Path  # where united.toml and the key go (files of the plugin's may too)
+    role: str  # the preset: "server" or "client"
+    # A question for the user; None unless at a terminal (and UNITED_NONINTERACTIVE unset).
+    ask: Callable[[str], str] | None
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    """Options a plugin adds to ``united init`` (``united_register_init_options``; API 1.3).
+
+    ``add_arguments(group)`` declares them; every installed plugin's are listed
+    by ``united init --help``. ``apply(args, context)`` runs only when the plugin
+    is enabled in the node being written, before ``united.toml`` is: it may ask
+    (``context.ask``), write files of its own into ``context.directory`` (refusing
+    to overwrite them) and print what it did, and returns the settings to write
+    as ``{section: {key: value}}``. Given to a node without the plugin, the
+    options are refused (exit 2). Raise :class:`CLIError` for expected failures.
+    """
+
+    add_arguments: Callable[[argparse._ArgumentGroup], None]
+    apply: Callable[[argparse.Namespace, InitContext], dict[str, dict[str, Any]]]
+
+
 class RemoteRefusal(Exception):
     """A remote service (the coordination server, a peer) refused a request.
 
@@ -449,6 +503,104 @@ class RemoteRefusal(Exception):
     def __init__(self, code: int | str, message: str) -> None:
         self.code = code
         super().__init__(message)
+
+
+# ---- text for people ---------------------------------------------------------------------
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _cell(value: Any) -> str:
+    """One value, as a table cell or after ``key:`` (never a Python repr)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def render_table(
+    rows: Iterable[Mapping[str, Any]],
+    columns: Iterable[str] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    empty: str = "(none)",
+) -> str:
+    """Rows as an aligned text table with a header line (API 1.3).
+
+    ``columns`` picks and orders the keys (default: every key, first seen
+    first); a header is the key in capitals, ``_`` as a space, unless
+    ``headers`` names it. Lists are joined with commas, ``None`` is ``-``.
+    """
+    rows = list(rows)
+    if not rows:
+        return empty
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns = list(columns)
+    names = {c: (headers or {}).get(c, c.replace("_", " ").upper()) for c in columns}
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(names[c]), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    return "\n".join([line([names[c] for c in columns]), *(line(r) for r in cells)])
+
+
+def _flat(value: Any) -> bool:
+    """A scalar, or a list of scalars: fits after ``key:`` on one line."""
+    return _is_scalar(value) or (
+        isinstance(value, list | tuple) and all(_is_scalar(v) for v in value)
+    )
+
+
+def render_value(value: Any) -> str:
+    """Any JSON result as text for people (API 1.3): what ``united ctl`` and the
+    console print for a command without ``render``.
+
+    A mapping is ``key: value`` lines (nested ones indented under their key), a
+    list of mappings a table, a mapping of flat mappings a table with the key
+    first (``NAME``); no braces, no quotes.
+    """
+    return "\n".join(_value_lines(value)) or "(none)"
+
+
+def _value_lines(value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        if value and all(
+            isinstance(v, Mapping) and v and all(_flat(x) for x in v.values())
+            for v in value.values()
+        ):
+            rows = [{"name": key, **row} for key, row in value.items()]
+            return render_table(rows).splitlines()
+        lines: list[str] = []
+        for key, item in value.items():
+            if _flat(item) or not item:
+                lines.append(f"{key}: {_cell(item)}")
+            else:
+                lines.append(f"{key}:")
+                lines += ["  " + sub for sub in _value_lines(item)]
+        return lines
+    if isinstance(value, list | tuple):
+        if value and all(isinstance(v, Mapping) for v in value):
+            return render_table(value).splitlines()
+        lines = []
+        for item in value:
+            if _flat(item):
+                lines.append(_cell(item))
+            else:
+                lines += _value_lines(item)
+        return lines
+    return [_cell(value)]
 
 
 # ---- stats and the live panel ------------------------------------------------------------

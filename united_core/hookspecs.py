@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         CliCommand,
         ConfigSection,
         ControlCommand,
+        InitOptions,
         NodeAPI,
         Origin,
         PanelSection,
@@ -138,8 +139,25 @@ def united_register_cli_commands() -> list[CliCommand]:
 
 
 @hookspec
+def united_register_init_options() -> list[InitOptions]:
+    """Add options to ``united init`` (the directory's ``--public-url``, ``--self-signed``).
+
+    Collected from every *installed* plugin, so ``united init --help`` lists them;
+    each :class:`~united_core.api.InitOptions`' ``apply`` runs only when its plugin
+    is enabled in the node being written, and returns settings for ``united.toml``
+    (API 1.3).
+
+    :returns: a list of :class:`~united_core.api.InitOptions`.
+    """
+
+
+@hookspec
 def united_register_commands() -> list[ControlCommand]:
     """Add commands to the local control API (``united ctl``, the console).
+
+    Give each a one-line ``help``, and a ``description`` of its arguments
+    (``united ctl NAME --help``, the console's ``help NAME``); raise
+    ``CommandError`` with a message for people (a machine code in ``detail``).
 
     :returns: a list of :class:`~united_core.api.ControlCommand`.
     """
@@ -371,4 +389,21 @@ def united_collect_stats(node: NodeAPI) -> Mapping[str, Any] | None:
 
     :param node: the running node.
     :returns: a JSON-serialisable mapping of this plugin's figures, or ``None``.
+    """
+
+
+@hookspec
+def united_status(node: NodeAPI) -> Mapping[str, Any] | None:
+    """Contribute to ``united ctl status`` what an operator checks first (API 1.3): the
+    state of a connection your plugin keeps (the discovery client's session with the
+    server: to which URL, logged in or not, since when, the last error).
+
+    Keep it short, cheap and synchronous, like ``united_collect_stats`` (figures
+    belong there). What you return appears under your plugin's name
+    (``status["discovery"]``), after the core's fields; a plugin named like a core
+    field is left out, logged. ``status`` answers while the node starts too: the
+    hook is called only once every plugin has started.
+
+    :param node: the running node.
+    :returns: a small JSON-serialisable mapping (times as ISO 8601 text), or ``None``.
     """

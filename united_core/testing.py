@@ -157,6 +157,8 @@ class Community:
         add_to_table(
             config, "directory", f'listen_host = "127.0.0.1"\nlisten_port = {free_port()}\n'
         )
+        add_to_table(config, "autonat", "observe_ports = [0, 0]\n")  # not 7422-7423
+        add_to_table(config, "metrics", f'listen = "{METRICS_LOOPBACK}"\n')  # not 9464
         if self.mesh_settings:
             add_to_table(config, "mesh", self.mesh_settings)
         self.server = NodeProcess("server", config)
@@ -196,12 +198,20 @@ class Community:
 # ---- in process: node directories, nodes in this event loop, communities ----------------
 
 LOOPBACK_LISTEN = "/ip4/127.0.0.1/tcp/0"
-SERVER_LOOPBACK = '[directory]\nlisten_host = "127.0.0.1"\nlisten_port = 0\n'
+METRICS_LOOPBACK = "127.0.0.1:0"
+# Free ports only: the directory's WebSocket, AutoNAT's NAT-observation ports.
+SERVER_LOOPBACK = (
+    '[directory]\nlisten_host = "127.0.0.1"\nlisten_port = 0\n[autonat]\nobserve_ports = [0, 0]\n'
+)
 
 
 def _on_loopback(text: str) -> str:
-    """Listen on loopback, on a free port (never the default 0.0.0.0 or a fixed port)."""
-    return merge_toml_text(text, f'[p2p]\nlisten = ["{LOOPBACK_LISTEN}"]\n')
+    """Listen on loopback, on a free port (never the default 0.0.0.0 or a fixed port);
+    the metrics endpoint too, where the file has its section (not 9464)."""
+    extra = f'[p2p]\nlisten = ["{LOOPBACK_LISTEN}"]\n'
+    if re.search(r"^\[metrics\]\s*$", text, flags=re.M):
+        extra += f'[metrics]\nlisten = "{METRICS_LOOPBACK}"\n'
+    return merge_toml_text(text, extra)
 
 
 def make_node_dir(

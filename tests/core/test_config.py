@@ -32,7 +32,9 @@ def test_defaults_and_preset_values(tmp_path: Path) -> None:
         "archive",
         "relay",
         "autonat",
+        "metrics",
     )
+    assert settings["metrics"].listen == "127.0.0.1:0"  # tests: a free port, not 9464
     assert settings["mesh"].d == 4 and settings["mesh"].heartbeat_interval == 1.0
     assert settings["directory"].registration == "invite"
     assert settings["p2p"].gossipsub_protocols == ("/meshsub/1.1.0", "/meshsub/1.0.0")
@@ -180,7 +182,7 @@ def test_init_with_renders_a_third_party_plugins_section(tmp_path: Path, toy_plu
     assert cli_main([*argv, "--with", "gatekeeper", "--with", "recorder"]) == 0
     text = (directory / "united.toml").read_text()
     assert _plugins_line(text) == [
-        *("ping", "membership", "directory", "mesh", "archive", "relay", "autonat"),
+        *("ping", "membership", "directory", "mesh", "archive", "relay", "autonat", "metrics"),
         *("gatekeeper", "recorder"),
     ]
     for line in ("[gatekeeper]", "# Smallest payload accepted.", "# min_len = 0", "[recorder]"):
