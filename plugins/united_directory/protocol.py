@@ -15,6 +15,7 @@ none of this at run time: it gets a :class:`FrameContext` and returns a
 from __future__ import annotations
 
 import struct
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -130,6 +131,14 @@ def clean_display_name(name: str) -> str:
             f"a display name is 1 to {MAX_DISPLAY_NAME} printable characters",
         )
     return name
+
+
+def name_key(name: str) -> str:
+    """What makes two display names the same within a community: NFKC, then case
+    folding, then NFKC again (Unicode's "NFKC_Casefold" in spirit), so ``Alice``,
+    ``ALICE`` and ``Alice`` written in full-width letters are one name. Applied to a name
+    :func:`clean_display_name` already cleaned (whitespace collapsed)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 def clean_addrs(addrs: list[str]) -> list[str]:

@@ -4,22 +4,28 @@ Why a module of its own: turning a preset, a plugin set and overrides into a
 configuration file is the one job here. The file has a commented section for
 every plugin that is enabled (the preset's, or the ones chosen with
 ``--plugins`` / ``--with``, third-party plugins included): their schemas come
-from a plugin manager built for exactly that plugin list.
+from a plugin manager built for exactly that plugin list. Plugins add options
+of their own (``united_register_init_options``: the directory's public address
+and TLS); the core only routes them to the plugins the new node enables.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.resources
+import os
+import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from ..api import CLIError
-from ..config import ConfigSection, render_section
+from ..api import CLIError, InitContext, InitOptions
+from ..config import ConfigError, ConfigSection, render_section
 from ..identity import Identity, IdentityError, load_key_file, write_key_file
-from .common import EXIT_OK, ROLES
+from .common import EXIT_CONFIG, EXIT_OK, ROLES
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 CORE_SECTIONS = ("node", "p2p", "control")
 
@@ -106,6 +112,71 @@ def chosen_plugins(role: str, plugins: str | None, added: Sequence[str]) -> list
     return names + [n for n in dict.fromkeys(added) if n not in names]
 
 
+def installed_init_options() -> list[tuple[str, InitOptions]]:
+    """(plugin name, options) of every installed plugin's ``united_register_init_options``;
+    a plugin that fails to load is skipped (as for its CLI commands)."""
+    import pluggy
+
+    from .. import hookspecs
+    from ..plugins import available_plugins
+
+    pm = pluggy.PluginManager("united")
+    pm.add_hookspecs(hookspecs)
+    for name, plugin in sorted(available_plugins().items()):
+        try:
+            pm.register(plugin.load(), name=name)
+        except (ConfigError, ValueError, ImportError):
+            continue
+    found: list[tuple[str, InitOptions]] = []
+    for impl in pm.hook.united_register_init_options.get_hookimpls():
+        declared = cast(list[InitOptions], impl.function())
+        found += [(str(impl.plugin_name), options) for options in declared]
+    return found
+
+
+def _add_plugin_options(parser: argparse.ArgumentParser) -> None:
+    """Each installed plugin's ``united init`` options, in a group of its own; which
+    arguments are whose is kept for :func:`apply_plugin_options`."""
+    declared: list[tuple[str, InitOptions, list[argparse.Action]]] = []
+    for plugin, options in installed_init_options():
+        group = parser.add_argument_group(f"options of the {plugin} plugin")
+        before = len(group._group_actions)
+        try:
+            options.add_arguments(group)
+        except argparse.ArgumentError:  # an option another plugin declared: skip it
+            continue
+        declared.append((plugin, options, group._group_actions[before:]))
+    parser.set_defaults(plugin_init_options=declared)
+
+
+def apply_plugin_options(
+    args: argparse.Namespace, enabled: Sequence[str], context: InitContext
+) -> dict[str, dict[str, Any]]:
+    """The settings enabled plugins' ``united init`` options write; an option of a
+    plugin that is not enabled is a usage error."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for plugin, options, actions in getattr(args, "plugin_init_options", []):
+        if plugin not in enabled:
+            given = [a for a in actions if getattr(args, a.dest, a.default) != a.default]
+            if given:
+                raise CLIError(
+                    f"{given[0].option_strings[0]} is an option of the {plugin} plugin, "
+                    f"which this node does not enable",
+                    EXIT_CONFIG,
+                )
+            continue
+        for section, table in options.apply(args, context).items():
+            overrides.setdefault(section, {}).update(table)
+    return overrides
+
+
+def _ask(question: str) -> str:
+    try:
+        return input(question).strip()
+    except EOFError:
+        return ""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--role", choices=ROLES, required=True)
     parser.add_argument("--dir", required=True, help="directory for united.toml and the key")
@@ -122,12 +193,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="also enable plugin NAME (repeatable); its section is written too",
     )
+    _add_plugin_options(parser)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    try:
+        return _init(args)
+    except KeyboardInterrupt:  # at a question
+        raise CLIError("interrupted", EXIT_INTERRUPTED) from None
+
+
+def _init(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     plugins = chosen_plugins(args.role, args.plugins, args.with_plugins)
-    config_path, identity = write_node_dir(directory, args.role, plugins=plugins)
+    enabled = plugins if plugins is not None else preset(args.role)["node"]["plugins"]
+    for existing in (directory / "united.toml", directory / "identity.key"):
+        if existing.exists():  # checked before a plugin writes files of its own
+            raise CLIError(f"{existing} already exists; refusing to overwrite it")
+    interactive = (
+        sys.stdin.isatty()
+        and sys.stdout.isatty()
+        and os.environ.get("UNITED_NONINTERACTIVE", "") in ("", "0")
+    )
+    context = InitContext(directory, args.role, _ask if interactive else None)
+    overrides = apply_plugin_options(args, enabled, context)
+    config_path, identity = write_node_dir(directory, args.role, overrides, plugins=plugins)
     print(f"wrote {config_path}")
     print(f"wrote {directory / 'identity.key'} (owner-only)")
     print(f"peer id: {identity.peer_id}")

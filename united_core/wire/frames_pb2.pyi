@@ -38,6 +38,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_RATE_LIMITED: _ClassVar[ErrorCode]
     ERROR_CODE_UNSUPPORTED_VERSION: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+    ERROR_CODE_NAME_TAKEN: _ClassVar[ErrorCode]
 REFUSAL_REASON_UNSPECIFIED: RefusalReason
 REFUSAL_REASON_MALFORMED: RefusalReason
 REFUSAL_REASON_TOO_LARGE: RefusalReason
@@ -63,6 +64,7 @@ ERROR_CODE_UNKNOWN_CHANNEL: ErrorCode
 ERROR_CODE_RATE_LIMITED: ErrorCode
 ERROR_CODE_UNSUPPORTED_VERSION: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
+ERROR_CODE_NAME_TAKEN: ErrorCode
 
 class Member(_message.Message):
     __slots__ = ("member_id", "display_name", "public_key", "peer_id", "previous_keys")

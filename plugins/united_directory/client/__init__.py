@@ -63,6 +63,11 @@ class DiscoveryHooks:
     def united_collect_stats(self) -> dict[str, Any]:
         return self.discovery.stats()
 
+    @hookimpl
+    def united_status(self) -> dict[str, Any]:
+        """`ctl status`: the session with the server (URL, logged in since, last error)."""
+        return self.discovery.status()
+
 
 class Container(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Config)

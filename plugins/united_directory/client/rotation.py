@@ -39,6 +39,7 @@ from united_core.identity import Identity, write_key_file
 
 from .keyfiles import fsync_path, pending_key_path, swap_key_files
 from .service import DiscoveryService
+from .session import DirectoryError
 
 STOP_DELAY = 0.5  # seconds: the reply reaches the caller before the node stops
 
@@ -62,6 +63,11 @@ async def rotate_key(node: NodeAPI, args: list[str]) -> dict[str, Any]:
         fsync_path(pending)
         try:
             await client.rotate_key(old, new, discovery.cache.you)
+        except DirectoryError as exc:
+            pending.unlink(missing_ok=True)
+            raise CommandError(
+                f"the server refused the rotation: {exc.message}", detail=exc.code_name
+            ) from None
         except Exception as exc:
             pending.unlink(missing_ok=True)
             raise CommandError(f"the server refused the rotation: {exc}") from None

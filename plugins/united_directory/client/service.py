@@ -21,6 +21,7 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -39,7 +40,7 @@ from .. import protocol
 from ..model import Channel, Member, MemberSet, Presence
 from . import keyfiles
 from .config import Config
-from .session import DirectoryClient, DirectoryError
+from .session import DirectoryClient, DirectoryError, TLSFailure, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class DiscoveryService:
         self.peer_nat: dict[str, str] = {}  # peer id -> its announced reachability (panel)
         self._retry_now = asyncio.Event()  # set when the server is seen again (libp2p)
         self.last_error = ""
+        self.last_error_at: float | None = None  # `ctl status`
+        self.session_since = time.time()  # when `connected` last changed (`ctl status`)
         self._task: asyncio.Task[None] | None = None
         self._pushes: set[asyncio.Task[None]] = set()
         self._login_listeners: list[Callable[[], Awaitable[None]]] = []
@@ -246,9 +249,22 @@ class DiscoveryService:
             except DirectoryError as exc:
                 self.last_error = str(exc)
                 log.warning("directory session: %s", exc)
+            except TLSFailure as exc:  # a certificate refused: worth the operator's eye
+                self.last_error = str(exc)
+                log.warning("directory: %s; retrying in %.1f s", exc, delay)
+            except Unreachable as exc:
+                self.last_error = str(exc)
+                log.info("directory unreachable: %s; retrying in %.1f s", exc, delay)
+            except TimeoutError:
+                self.last_error = (
+                    f"the server did not answer within {self.config.request_timeout:g} s"
+                )
+                log.info("directory: %s; retrying in %.1f s", self.last_error, delay)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.info("directory unreachable (%s); retrying in %.1f s", self.last_error, delay)
+            if self.last_error:
+                self.last_error_at = time.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._retry_now.wait(), delay * random.uniform(0.8, 1.2))
             if self._retry_now.is_set():  # the server was just seen: it is coming back
@@ -267,6 +283,7 @@ class DiscoveryService:
             self.config.server_url,
             on_push=self._on_push,
             request_timeout=self.config.request_timeout,
+            tls_fingerprint=self.config.tls_fingerprint,
         )
         try:
             try:
@@ -282,6 +299,7 @@ class DiscoveryService:
             self.sessions += 1
             self.last_error = ""
             self.connected.set()
+            self.session_since = time.time()
             log.info("logged in to %s as %s", self.config.server_url, welcome.you.display_name)
             await self._announce_to_plugins()
             await self.announce_addrs()
@@ -298,6 +316,8 @@ class DiscoveryService:
                 )
             await client.closed.wait()
         finally:
+            if self.connected.is_set():
+                self.session_since = time.time()
             self.connected.clear()
             self.client = None
             await client.close()
@@ -330,7 +350,9 @@ class DiscoveryService:
             log.warning("ignoring unreadable pending key %s: %s", pending, exc)
             return False
         probe = await DirectoryClient.connect(
-            self.config.server_url, request_timeout=self.config.request_timeout
+            self.config.server_url,
+            request_timeout=self.config.request_timeout,
+            tls_fingerprint=self.config.tls_fingerprint,
         )
         try:
             await probe.login(new)  # refused (DirectoryError) if not ours either
@@ -455,6 +477,16 @@ class DiscoveryService:
             for p in reply.directory_answer.online
         ]
 
+    def status(self) -> dict[str, Any]:
+        """The session with the server, for `ctl status` (``united_status``)."""
+        return {
+            "server_url": self.config.server_url,
+            "logged_in": self.connected.is_set(),
+            "since": _iso(self.session_since),
+            "last_error": self.last_error or None,
+            "last_error_at": _iso(self.last_error_at) if self.last_error else None,
+        }
+
     def stats(self) -> dict[str, Any]:
         return {
             "server_url": self.config.server_url,
@@ -477,3 +509,10 @@ async def discovery_service(
         yield service
     finally:
         await service.stop()
+
+
+def _iso(ts: float | None) -> str | None:
+    """A Unix time as local ISO 8601 text, to the second."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")

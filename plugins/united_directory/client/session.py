@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,7 @@ from united_core.identity import Identity
 from united_core.wire import frames_pb2 as pb
 
 from .. import protocol
+from ..tls import FingerprintError, client_ssl, describe_tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,48 @@ class DirectoryError(RemoteRefusal):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(code, f"{pb.ErrorCode.Name(code)}: {message}" if code else message)
         self.code: int = code
+        self.message = message  # for people, without the code (``ctl`` prints this)
+
+    @property
+    def code_name(self) -> str | None:
+        """The protocol's code (``ERROR_CODE_UNKNOWN_CHANNEL``), kept for ``--json``."""
+        return pb.ErrorCode.Name(self.code) if self.code else None
+
+
+class Unreachable(ConnectionError):
+    """The server could not be reached, refused TLS or the WebSocket, or did not
+    answer in time; the message is one line saying which."""
+
+
+class TLSFailure(Unreachable):
+    """The TLS handshake failed or the server's certificate was refused (not the
+    pinned one, not trusted): nothing was sent to the server."""
+
+
+def describe_connect_error(exc: aiohttp.ClientError, url: str) -> str:
+    """One line for a failure (other than TLS) to open a WebSocket to ``url``."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return (
+            f"{url} is not a UNITED directory (the WebSocket upgrade got HTTP {exc.status}"
+            + (f" {exc.message}" if exc.message else "")
+            + ")"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, socket.gaierror):
+            return f"{url}: cannot resolve the host name {exc.host!r} ({os_error.strerror})"
+        errno = getattr(os_error, "errno", None)  # asyncio's own text hides the reason
+        reason = os.strerror(errno) if errno else str(os_error) or type(os_error).__name__
+        return f"{url}: cannot connect to {exc.host} port {exc.port} ({reason})"
+    hint = " (a wss:// server reached with ws://?)" if url.startswith("ws://") else ""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"{url}: the server closed the connection without answering{hint}"
+    if isinstance(exc, aiohttp.ClientOSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return f"{url}: the server closed the connection without answering ({reason}){hint}"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"{url}: not a valid URL"
+    return f"{url}: {type(exc).__name__}: {exc}"
 
 
 class DirectoryClient:
@@ -56,17 +101,69 @@ class DirectoryClient:
 
     @classmethod
     async def connect(
-        cls, url: str, on_push: PushHandler | None = None, request_timeout: float = 10.0
+        cls,
+        url: str,
+        on_push: PushHandler | None = None,
+        request_timeout: float = 10.0,
+        *,
+        tls_fingerprint: str = "",
+        connect_timeout: float | None = None,
     ) -> DirectoryClient:
-        http = aiohttp.ClientSession()
+        """Open a session with the server at ``url``.
+
+        ``wss://`` is verified with the system's CAs and the host name, or, given
+        ``tls_fingerprint``, by that certificate fingerprint alone (never falling
+        back to ``ws://``). The connection, TLS handshake and WebSocket upgrade
+        together take at most ``connect_timeout`` seconds (default
+        ``request_timeout``). Failures raise :class:`Unreachable` with a one-line
+        reason.
+        """
         try:
-            ws = await http.ws_connect(
-                url,
-                max_msg_size=2 * protocol.MAX_FRAME_BYTES,
-                heartbeat=30,
-                timeout=aiohttp.ClientWSTimeout(ws_close=request_timeout),
-                autoping=True,
-            )
+            ssl_param = client_ssl(url, tls_fingerprint)
+        except FingerprintError as exc:
+            raise Unreachable(str(exc)) from None
+        timeout = request_timeout if connect_timeout is None else connect_timeout
+        connected = False
+
+        async def on_connected(*_: Any) -> None:
+            nonlocal connected
+            connected = True
+
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_end.append(on_connected)
+        http = aiohttp.ClientSession(trace_configs=[trace])
+        try:
+            async with asyncio.timeout(timeout):
+                ws = await http.ws_connect(
+                    url,
+                    max_msg_size=2 * protocol.MAX_FRAME_BYTES,
+                    heartbeat=30,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=request_timeout),
+                    autoping=True,
+                    ssl=ssl_param,
+                )
+        except TimeoutError:
+            await http.close()
+            if connected:
+                raise Unreachable(
+                    f"{url}: the server accepted the connection but did not answer the "
+                    f"WebSocket upgrade within {timeout:g} s (is this the directory's port?)"
+                ) from None
+            if url.startswith("wss://"):
+                raise Unreachable(
+                    f"{url}: no TLS connection within {timeout:g} s (the host does not "
+                    "answer, or this port does not complete a TLS handshake)"
+                ) from None
+            raise Unreachable(
+                f"{url}: no connection within {timeout:g} s (the host does not answer: "
+                "a wrong address, or a firewall dropping the port)"
+            ) from None
+        except aiohttp.ClientError as exc:
+            await http.close()
+            tls = describe_tls_failure(exc, url, tls_fingerprint)
+            if tls is not None:
+                raise TLSFailure(f"{url}: {tls}") from None
+            raise Unreachable(describe_connect_error(exc, url)) from None
         except BaseException:
             await http.close()
             raise

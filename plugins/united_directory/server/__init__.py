@@ -16,12 +16,13 @@ from united_core.api import ConfigSection, PluginContainer, hookimpl
 from .. import hookspecs
 from .commands import cli_commands, control_commands
 from .config import Config
+from .init_options import init_options
 from .service import DirectoryService, directory_service
 
 if TYPE_CHECKING:
     import pluggy
 
-    from united_core.api import CliCommand, ControlCommand
+    from united_core.api import CliCommand, ControlCommand, InitOptions
 
 
 class DirectoryHooks:
@@ -73,3 +74,9 @@ def united_register_commands() -> list[ControlCommand]:
 @hookimpl
 def united_register_cli_commands() -> list[CliCommand]:
     return cli_commands()
+
+
+@hookimpl
+def united_register_init_options() -> list[InitOptions]:
+    """``united init --public-url/--public-host``, ``--self-signed``, ``--tls-cert/--tls-key``."""
+    return init_options()

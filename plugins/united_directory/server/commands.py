@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from .registry import RegistryError
 from .service import DirectoryService
 
 JOIN_DIR = "./united-member"
+NAME_PLACEHOLDER = "NAME"
 
 
 def _service(node: NodeAPI) -> DirectoryService:
@@ -22,20 +25,47 @@ def _service(node: NodeAPI) -> DirectoryService:
 
 
 async def _invite(node: NodeAPI, args: list[str]) -> dict[str, Any]:
-    invite = await _service(node).create_invite()
-    invite["join_command"] = f"united join {invite['url']} {invite['code']} --dir {JOIN_DIR}"
+    if len(args) > 1:
+        raise CommandError("usage: invite [NAME]")
+    try:
+        invite = await _service(node).create_invite(args[0] if args else None)
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    invite["join_command"] = join_command(invite)
     return invite
+
+
+def join_command(invite: dict[str, Any]) -> str:
+    """The exact ``united join`` line a new member runs (``NAME`` when the invite
+    names nobody: the member writes their display name there)."""
+    words = ["united", "join", invite["url"], invite["code"]]
+    name = invite.get("name")
+    if name is None:
+        words += ["--name", NAME_PLACEHOLDER]
+    elif name.startswith("-"):  # an option's look-alike: glued to its option
+        words.append(shlex.quote(f"--name={name}"))
+    else:
+        words += ["--name", shlex.quote(name)]
+    words += ["--dir", JOIN_DIR]
+    if invite.get("tls_fingerprint"):
+        words += ["--tls-fingerprint", invite["tls_fingerprint"]]
+    return " ".join(words)
 
 
 def render_invite(result: dict[str, Any]) -> str:
     expires = datetime.datetime.fromtimestamp(result["expires_at"], datetime.UTC)
-    return "\n".join(
-        [
-            f"invite code: {result['code']} (single use, expires {expires:%Y-%m-%d %H:%M} UTC)",
-            "a new member runs:",
-            result["join_command"],
-        ]
+    lines = [f"warning: {result['warning']}"] if result.get("warning") else []
+    lines.append(
+        f"invite code: {result['code']} (single use, expires {expires:%Y-%m-%d %H:%M} UTC)"
     )
+    if result.get("tls_fingerprint"):
+        lines.append(f"server certificate (pinned by the member): {result['tls_fingerprint']}")
+    if "name" in result:
+        lines.append("a new member runs:")
+    else:
+        lines.append(f"a new member runs (with their display name for {NAME_PLACEHOLDER}):")
+    lines.append(result["join_command"])
+    return "\n".join(lines)
 
 
 async def _channel_create(node: NodeAPI, args: list[str]) -> dict[str, str]:
@@ -89,7 +119,13 @@ def _render_rows(key: str) -> Any:
 
 def control_commands() -> list[ControlCommand]:
     return [
-        ControlCommand("invite", _invite, "Create a single-use invite.", render=render_invite),
+        ControlCommand(
+            "invite",
+            _invite,
+            "Create a single-use invite (its join command proposes NAME).",
+            usage="[NAME]",
+            render=render_invite,
+        ),
         ControlCommand("channel-create", _channel_create, "Create a channel.", usage="NAME"),
         ControlCommand("channels", _channels, "All channels.", render=_render_rows("channels")),
         ControlCommand("members", _members, "Registered members.", render=_render_rows("members")),
@@ -107,12 +143,21 @@ def control_commands() -> list[ControlCommand]:
 
 def _add_invite_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, help="the server's united.toml")
+    parser.add_argument(
+        "--name", help="the new member's display name, written into the join command"
+    )
     parser.add_argument("--json", action="store_true")
 
 
 def _run_invite(args: argparse.Namespace, tools: CliTools) -> int:
-    result = tools.call_node(Path(args.config), "invite")
-    print(json.dumps(result) if args.json else render_invite(result))
+    result = tools.call_node(Path(args.config), "invite", [args.name] if args.name else [])
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    if result.get("warning"):  # on stderr: stdout's last line stays the join command
+        print(f"united: warning: {result['warning']}", file=sys.stderr)
+        result = {k: v for k, v in result.items() if k != "warning"}
+    print(render_invite(result))
     return 0
 
 

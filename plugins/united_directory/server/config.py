@@ -14,7 +14,18 @@ class Config:
     listen_host: str = setting("0.0.0.0", "Address the WebSocket endpoint listens on.")
     listen_port: int = setting(7421, "WebSocket port (0 picks a free one).", min=0, max=65535)
     public_url: str = setting(
-        "", "URL members use, printed in join commands (default: ws://<host>:<port>/ws)."
+        "",
+        "URL members reach this server at, printed in invites (ws://HOST:PORT/ws, or"
+        " wss:// with TLS here or at a reverse proxy). Unset: an address of this"
+        " machine, with a warning.",
+    )
+    tls_cert: str = setting(
+        "",
+        "PEM certificate (chain) to serve TLS with; relative to this file. Set with"
+        " tls_key; public_url is then wss://.",
+    )
+    tls_key: str = setting(
+        "", "PEM private key of tls_cert; not readable by others (0600 or 0640)."
     )
     registration: str = setting(
         "invite", "How members register: by single-use invite, or open.", choices=("invite", "open")
@@ -91,8 +102,20 @@ class Config:
     )
     database: str = setting("directory.sqlite3", "Registry database, inside [node] data_dir.")
 
+    @property
+    def tls(self) -> bool:
+        """Whether this server terminates TLS itself."""
+        return bool(self.tls_cert)
+
     def validate(self) -> None:
         if self.public_url and not self.public_url.startswith(("ws://", "wss://")):
             raise ConfigValueError("public_url", "must start with ws:// or wss://")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ConfigValueError(missing, "tls_cert and tls_key are set together")
+        if self.tls and self.public_url.startswith("ws://"):
+            raise ConfigValueError(
+                "public_url", "must be wss:// when the server serves TLS (tls_cert is set)"
+            )
         # Members dial these: each must parse, be TCP, and name a real port.
         validate_multiaddrs("announce_addrs", self.announce_addrs, dialable=True)

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import ipaddress
 import logging
+import ssl
 import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, cast
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 log = logging.getLogger(__name__)
+TLS_SHUTDOWN_TIMEOUT = 2.0  # seconds a closing TLS connection waits for the peer's close_notify
 
 
 def prefixes(host: str) -> tuple[str, ...]:
@@ -269,6 +271,27 @@ class PendingGate:
         """The oldest connection of an address whose login is not being checked."""
         return next((t for t in leaf.members if t not in self._answering), None)
 
+    def rekey(self, old: asyncio.Transport, new: asyncio.Transport) -> None:
+        """``old`` is now reached through ``new`` (its TLS transport): count it,
+        with its age, place and deadline, under the transport aiohttp sees."""
+        group = self._leaf_of.pop(old, None)
+        if group is None:
+            return
+        self._leaf_of[new] = group
+        group.members = collections.OrderedDict(
+            (new if t is old else t, None) for t in group.members
+        )
+        self._since[new] = self._since.pop(old)
+        if old in self._answering:
+            self._answering.discard(old)
+            self._answering.add(new)
+        deadline = self._deadlines.pop(old, None)
+        if deadline is not None:
+            deadline.cancel()
+            self._deadlines[new] = asyncio.get_running_loop().call_at(
+                deadline.when(), self._too_slow, new
+            )
+
     def _too_slow(self, transport: asyncio.Transport) -> None:
         if self._deadlines.pop(transport, None) is not None:
             self.release(transport)
@@ -278,15 +301,38 @@ class PendingGate:
 
 class _GatedProtocol(asyncio.Protocol):
     """aiohttp's protocol for one connection, counted by the gate until it logs in.
-    A connection the gate refuses never reaches aiohttp."""
+    A connection the gate refuses never reaches aiohttp.
 
-    __slots__ = ("_factory", "_gate", "_inner", "_transport")
+    With TLS, the gate counts the plain TCP connection from its accept, the
+    handshake included (``loop.start_tls`` wraps it once admitted), so
+    connections that stall in the handshake are bounded like any other."""
 
-    def __init__(self, gate: PendingGate, factory: Callable[[], asyncio.Protocol]) -> None:
+    __slots__ = (
+        "_early",
+        "_factory",
+        "_gate",
+        "_handshake",
+        "_handshakes",
+        "_inner",
+        "_ssl",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        gate: PendingGate,
+        factory: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext | None = None,
+        handshakes: set[asyncio.Task[None]] | None = None,
+    ) -> None:
         self._gate = gate
         self._factory = factory
+        self._ssl = ssl_context
+        self._handshakes = handshakes if handshakes is not None else set()
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
+        self._handshake: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []  # TLS data that arrived before aiohttp's protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream = cast(asyncio.Transport, transport)
@@ -294,10 +340,50 @@ class _GatedProtocol(asyncio.Protocol):
         if not self._gate.admit(stream, str(peer[0]) if peer else "?"):
             return
         self._transport = stream
+        if self._ssl is None:
+            self._serve(stream)
+            return
+        stream.pause_reading()  # the ClientHello waits for the TLS layer
+        self._handshake = asyncio.get_running_loop().create_task(self._start_tls(stream))
+        self._handshakes.add(self._handshake)
+        self._handshake.add_done_callback(self._handshakes.discard)
+
+    async def _start_tls(self, raw: asyncio.Transport) -> None:
+        assert self._ssl is not None
+        timeout = self._gate.header_timeout or 60.0
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                raw,
+                self,
+                self._ssl,
+                server_side=True,
+                ssl_handshake_timeout=timeout,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
+            )
+        except BaseException as exc:  # a failed handshake, or the server stopping
+            log.debug("TLS handshake failed: %r", exc)
+            self._gate.release(raw)
+            raw.abort()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if tls is None or tls.is_closing():  # gone (evicted, timed out) meanwhile
+            self._gate.release(raw)
+            return
+        self._gate.rekey(raw, tls)
+        self._transport = tls
+        self._serve(tls)
+
+    def _serve(self, transport: asyncio.Transport) -> None:
         self._inner = self._factory()
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self._inner.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.cancel()
         if self._transport is not None:
             self._gate.release(self._transport)
         if self._inner is not None:
@@ -306,6 +392,8 @@ class _GatedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+        elif self._handshake is not None:  # decrypted before start_tls() returned to us
+            self._early.append(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
@@ -320,20 +408,30 @@ class _GatedProtocol(asyncio.Protocol):
 
 
 class GatedSite(web.BaseSite):
-    """A TCP site whose connections go through a :class:`PendingGate`."""
+    """A TCP site whose connections go through a :class:`PendingGate` (and then,
+    given an ``ssl_context``, through TLS)."""
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, gate: PendingGate, backlog: int
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        gate: PendingGate,
+        backlog: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._gate = gate
+        self._ssl = ssl_context
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Server | None = None
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}"
 
     @property
     def port(self) -> int:
@@ -344,15 +442,21 @@ class GatedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        gate = self._gate
+        gate, context, handshakes = self._gate, self._ssl, self._handshakes
 
         def protocol() -> asyncio.Protocol:
-            return _GatedProtocol(gate, server)
+            return _GatedProtocol(gate, server, context, handshakes)
 
         self._listener = await asyncio.get_running_loop().create_server(
             protocol, self._host or None, self._port, backlog=self._backlog, reuse_address=True
         )
         self._server = self._listener  # closed by BaseSite.stop()
+
+    async def stop(self) -> None:
+        for task in list(self._handshakes):  # connections aiohttp has not seen yet
+            task.cancel()
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
+        await super().stop()
 
 
 class FailureWindows:

@@ -24,6 +24,7 @@ from united_core.identity import peer_id_from_public_key
 from united_core.sqlite import open_database
 
 from ..model import Member
+from ..protocol import name_key
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -174,6 +175,13 @@ class Registry:
         )
         if await self._key_known(public_key):
             raise RegistryError("exists", "this key is already registered; log in instead")
+        taken = await self.name_holder(display_name)
+        if taken is not None:  # checked before the invite is used: it stays valid
+            raise RegistryError(
+                "name_taken",
+                f"the display name {display_name!r} is taken in this community"
+                + (f" ({taken!r})" if taken != display_name else ""),
+            )
         try:
             if invite_code is not None:
                 cur = await self._db.execute(
@@ -192,6 +200,19 @@ class Registry:
             await self._db.rollback()
             raise
         return member
+
+    async def name_holder(self, display_name: str) -> str | None:
+        """The current member's name that is the same as ``display_name`` (compared
+        by :func:`~united_directory.protocol.name_key`), or None. Names of removed
+        members are free again."""
+        key = name_key(display_name)
+        async with self._db.execute(
+            "SELECT display_name FROM members WHERE removed_at IS NULL"
+        ) as cur:
+            for (name,) in await cur.fetchall():
+                if name_key(name) == key:
+                    return str(name)
+        return None
 
     async def _key_known(self, public_key: bytes) -> bool:
         async with self._db.execute(

@@ -19,19 +19,32 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import datetime
+import ipaddress
 import logging
+import os
 import secrets
-import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from united_core.api import P2PAPI, NodeAPI, call_async, expand_wildcards, is_wildcard
+from united_core.api import (
+    P2PAPI,
+    ConfigError,
+    NodeAPI,
+    call_async,
+    expand_wildcards,
+    is_wildcard,
+)
 from united_core.wire import frames_pb2 as pb
 
 from .. import protocol
 from ..model import Channel, Member, MemberSet
+from .certs import ServerTLS, load_server_tls
 from .config import Config
 from .limits import LoginLimits
 from .registry import ChannelRecord, Registry, RegistryError
@@ -40,6 +53,7 @@ from .session import Endpoint, Session, SessionClosed
 log = logging.getLogger(__name__)
 E = pb.ErrorCode
 HEAD_PUSH_INTERVAL = 0.5  # seconds between two ChannelHead pushes of one channel, at least
+TLS_CHECK_INTERVAL = 60.0  # seconds between two looks at the certificate files (renewals)
 
 
 class DirectoryService:
@@ -51,6 +65,7 @@ class DirectoryService:
         self.p2p = p2p
         self.db_path = data_dir / config.database
         self.registry: Registry | None = None
+        self.tls: ServerTLS | None = None
         self.server_id = ""
         self.endpoint = Endpoint(config, self)
         self.limits = LoginLimits(config)
@@ -69,10 +84,14 @@ class DirectoryService:
         self._head_pushed_at: dict[str, float] = {}
         self._head_tasks: dict[str, asyncio.Task[None]] = {}
         self.heads_pushed = 0
+        self.tls_reloads = 0
+        self._tls_task: asyncio.Task[None] | None = None
+        self._tls_stamp: tuple[tuple[int, int, int] | None, ...] = ()
 
     # ---- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
+        self.tls = self._load_tls()  # before anything opens: a bad certificate stops the start
         self.registry = await Registry.open(self.db_path)
         self.server_id = await self.registry.server_id()
         for channel in await self.registry.channels():
@@ -82,8 +101,102 @@ class DirectoryService:
             for channel in await self.registry.joined_channels(member.member_id):
                 self._channel_members[channel.channel_id].add(member.member_id)
         self._plugin_handlers = self._collect_frame_handlers()
-        await self.endpoint.start()
+        await self.endpoint.start(self.tls.context if self.tls is not None else None)
         log.info("directory listening on %s (server id %s)", self.url, self.server_id)
+        if self.tls is not None:
+            self._describe_tls("TLS:")
+            self._tls_stamp = self._tls_files_stamp()
+            self._tls_task = asyncio.get_running_loop().create_task(
+                self._watch_tls(TLS_CHECK_INTERVAL), name="united-directory-tls"
+            )
+        problem = self.public_address_problem()
+        if problem:
+            log.warning("%s", problem)
+
+    def _load_tls(self) -> ServerTLS | None:
+        """The certificate and key of ``[directory] tls_cert``/``tls_key``, checked
+        (a ConfigError, exit 2, when they cannot serve)."""
+        if not self.config.tls:
+            return None
+        settings = self.node.settings
+        return load_server_tls(
+            settings.resolve(self.config.tls_cert),
+            settings.resolve(self.config.tls_key),
+            settings.path,
+        )
+
+    def _describe_tls(self, what: str) -> None:
+        assert self.tls is not None
+        log.info(
+            "%s %s certificate %s, valid until %s",
+            what,
+            "self-signed" if self.tls.self_signed else "CA-issued",
+            self.tls.fingerprint,
+            f"{self.tls.not_after:%Y-%m-%d}",
+        )
+        left = self.tls.not_after - datetime.datetime.now(datetime.UTC)
+        if not self.tls.self_signed and left < datetime.timedelta(days=14):
+            log.warning(
+                "the TLS certificate %s expires in %d days: renew it (the server picks "
+                "the renewed files up by itself)",
+                self.config.tls_cert,
+                left.days,
+            )
+
+    def _tls_files_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """What changes when the certificate or key files are replaced (a renewal;
+        certbot swaps symlinks, which ``stat`` follows)."""
+        settings = self.node.settings
+        stamps: list[tuple[int, int, int] | None] = []
+        for name in (self.config.tls_cert, self.config.tls_key):
+            try:
+                st = os.stat(settings.resolve(name))
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(stamps)
+
+    async def _watch_tls(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            stamp = self._tls_files_stamp()
+            if stamp != self._tls_stamp:
+                self._tls_stamp = stamp
+                self.reload_tls()
+
+    def reload_tls(self) -> bool:
+        """Serve the certificate now in the files (new handshakes; sessions keep
+        theirs). A pair that cannot serve is logged and the current one kept."""
+        current = self.tls
+        assert current is not None
+        try:
+            fresh = self._load_tls()
+            assert fresh is not None
+            if fresh.fingerprint == current.fingerprint:
+                return False
+            settings = self.node.settings
+            current.context.load_cert_chain(
+                settings.resolve(self.config.tls_cert), settings.resolve(self.config.tls_key)
+            )
+        except (ConfigError, OSError, ssl.SSLError) as exc:
+            log.error(
+                "TLS: the changed certificate files cannot be served (%s); still serving %s",
+                exc.message if isinstance(exc, ConfigError) else exc,
+                current.fingerprint,
+            )
+            return False
+        self.tls = dataclasses.replace(fresh, context=current.context)
+        self.tls_reloads += 1
+        self._describe_tls("TLS: now serving the new")
+        if current.self_signed:
+            log.warning(
+                "TLS: the self-signed certificate changed: members pinned %s and refuse the "
+                "new one until their [discovery] tls_fingerprint is %s",
+                current.fingerprint,
+                self.tls.fingerprint,
+            )
+        return True
 
     def _collect_frame_handlers(self) -> dict[str, protocol.FrameHandlerFn]:
         """Every plugin's frame handlers, by kind (``united_register_frame_handlers``)."""
@@ -111,18 +224,53 @@ class DirectoryService:
         for task in list(self._head_tasks.values()):
             task.cancel()
         self._head_tasks.clear()
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_task
         await self.endpoint.stop()
         if self.registry is not None:
             await self.registry.close()
 
     @property
     def url(self) -> str:
+        """The URL invites name: ``public_url``; unset, one this machine serves
+        (the listen address, a wildcard replaced by an interface's address, never
+        the host name, which other machines rarely resolve)."""
         if self.config.public_url:
             return self.config.public_url
+        scheme = "wss" if self.config.tls else "ws"
         host = self.config.listen_host
-        if host in ("0.0.0.0", "::", ""):
-            host = socket.gethostname()
-        return f"ws://{host}:{self.port}/ws"
+        if _is_wildcard_host(host):
+            host = _interface_address(host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}/ws"
+
+    def public_address_problem(self) -> str | None:
+        """Why members on other machines may not reach :attr:`url` (one line), or None."""
+        public = self.config.public_url
+        hint = "set [directory] public_url to the address members reach this server at"
+        if not public:
+            return f"[directory] public_url is not set: invites name {self.url}; {hint}"
+        host = urlparse(public).hostname or ""
+        if _is_wildcard_host(host):
+            return f"[directory] public_url {public} names no reachable host; {hint}"
+        if _is_loopback(host) and not _is_loopback(self.config.listen_host):
+            return (
+                f"[directory] public_url {public} is a loopback address: only this machine "
+                f"can use its invites, while the server listens on "
+                f"{self.config.listen_host or '0.0.0.0'}; {hint}"
+            )
+        return None
+
+    @property
+    def invite_fingerprint(self) -> str:
+        """The certificate fingerprint invites carry: a self-signed certificate this
+        server serves itself (a CA-issued one is verified normally, and renewed)."""
+        if self.tls is not None and self.tls.self_signed:
+            return self.tls.fingerprint
+        return ""
 
     # ---- views ---------------------------------------------------------------------
 
@@ -176,6 +324,7 @@ class DirectoryService:
         return {
             "server_id": self.server_id,
             "url": self.url,
+            "tls": self.tls.fingerprint if self.tls is not None else "",
             "members": len(self._members),
             "online": len(self._online),
             "sessions": len(self.endpoint.sessions),
@@ -191,10 +340,33 @@ class DirectoryService:
 
     # ---- admin operations (control API) --------------------------------------------
 
-    async def create_invite(self) -> dict[str, Any]:
+    async def create_invite(self, name: str | None = None) -> dict[str, Any]:
+        """A single-use invite: its code, expiry, the URL, the certificate fingerprint
+        to pin (if any), and ``warning`` when the URL may not reach this server.
+
+        ``name`` (optional) is the display name the invite's command line proposes;
+        a name another member holds is refused (RegistryError ``name_taken``)."""
         assert self.registry is not None
+        if name is not None:
+            try:
+                name = protocol.clean_display_name(name)
+            except protocol.FrameError as exc:
+                raise RegistryError("name", str(exc)) from None
+            holder = await self.registry.name_holder(name)
+            if holder is not None:
+                raise RegistryError(
+                    "name_taken", f"the display name {name!r} is taken ({holder!r})"
+                )
         code, expires = await self.registry.create_invite(self.config.invite_ttl)
-        return {"code": code, "expires_at": expires, "url": self.url}
+        invite: dict[str, Any] = {"code": code, "expires_at": expires, "url": self.url}
+        if name is not None:
+            invite["name"] = name
+        if self.invite_fingerprint:
+            invite["tls_fingerprint"] = self.invite_fingerprint
+        problem = self.public_address_problem()
+        if problem:
+            invite["warning"] = problem
+        return invite
 
     async def create_channel(self, name: str) -> Channel:
         assert self.registry is not None
@@ -295,10 +467,7 @@ class DirectoryService:
         except protocol.FrameError as exc:
             await self._error(session, rid, exc.code, str(exc))
         except RegistryError as exc:
-            code = (
-                E.ERROR_CODE_INVITE_INVALID if exc.reason == "invite" else E.ERROR_CODE_UNEXPECTED
-            )
-            await self._error(session, rid, code, str(exc))
+            await self._error(session, rid, registry_code(exc), str(exc))
 
     async def _on_plugin_frame(
         self,
@@ -425,12 +594,7 @@ class DirectoryService:
             try:
                 member = await self.registry.register(key, name, code)
             except RegistryError as exc:
-                reason = (
-                    E.ERROR_CODE_INVITE_INVALID
-                    if exc.reason == "invite"
-                    else E.ERROR_CODE_UNEXPECTED
-                )
-                await fail(reason, str(exc))
+                await fail(registry_code(exc), str(exc))
                 return
             self._set_member(member)
             log.info("registered member %s (%s)", member.display_name, member.peer_id)
@@ -712,6 +876,39 @@ async def directory_service(
         yield service
     finally:
         await service.stop()
+
+
+def _is_wildcard_host(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::", "[::]")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _interface_address(wildcard: str) -> str:
+    """An address of this machine's for a wildcard listener: a non-loopback
+    interface's if there is one (netaddrs' order), else loopback."""
+    family = "ip6" if ":" in wildcard else "ip4"
+    probe = f"/{family}/{'::' if family == 'ip6' else '0.0.0.0'}/tcp/1"
+    for addr in expand_wildcards([probe]):
+        parts = addr.split("/")
+        if len(parts) > 2 and parts[1] == family:
+            return parts[2]
+    return "::1" if family == "ip6" else "127.0.0.1"
+
+
+def registry_code(exc: RegistryError) -> int:
+    """The error code a refused registry operation is answered with."""
+    return {
+        "invite": E.ERROR_CODE_INVITE_INVALID,
+        "name_taken": E.ERROR_CODE_NAME_TAKEN,
+    }.get(exc.reason, E.ERROR_CODE_UNEXPECTED)
 
 
 def local_ip(session: Session) -> str | None:

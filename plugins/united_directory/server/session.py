@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -104,7 +105,8 @@ class Endpoint:
         self._runner: web.AppRunner | None = None
         self._closers: set[asyncio.Task[Any]] = set()
 
-    async def start(self) -> None:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listen; with ``ssl_context``, every connection is TLS (``wss://``)."""
         app = web.Application(middlewares=[self._request_arrived])
         app.router.add_get("/ws", self._handle_ws)
         # The gate drops a connection whose first request is not complete within
@@ -126,6 +128,7 @@ class Endpoint:
             self.config.listen_port,
             self.gate,
             backlog=min(4096, max(128, self.config.max_pending_sessions)),
+            ssl_context=ssl_context,
         )
         await site.start()
         self.port = site.port

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +355,9 @@ def test_fuzzed_frames_never_break_the_server(
         client = await DirectoryClient.connect(url)
         try:
             code = (await service.create_invite())["code"]
-            welcome = await client.register(Identity.generate(), "fuzz-check", code)
+            # Display names are unique: one per example.
+            name = f"fuzz-check-{secrets.token_hex(4)}"
+            welcome = await client.register(Identity.generate(), name, code)
             assert welcome.you.member_id
             reply = await client.request(pb.ClientFrame(list_channels=pb.ListChannels()))
             assert reply.WhichOneof("body") == "channel_list"
