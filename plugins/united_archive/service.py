@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -75,6 +76,7 @@ class ArchiveStats:
     write_errors: int = 0
     lookups: int = 0
     history_pages: int = 0
+    ingested: int = 0  # gossip messages handed to the archive
 
 
 class ArchiveService:
@@ -99,6 +101,10 @@ class ArchiveService:
         self._reconciled: set[bytes] = set()
         # Set once every plugin has started: heads are announced through it.
         self.node: NodeAPI | None = None
+        # What the directory says (absent without it): channels by topic, as
+        # (channel id, name), and members' names by key, for the operator's views.
+        self.channels: dict[str, tuple[str, str]] = {}
+        self.names: dict[bytes, str] = {}
 
     async def start(self) -> None:
         self._started_ms = time.time() * 1000
@@ -129,6 +135,7 @@ class ArchiveService:
         started, or long ago: sent while it was away and replayed or gossiped to it
         when it came back) waits briefly to be numbered in Lamport
         order with the other late ones and with the reconciling members' uploads."""
+        self.stats.ingested += 1
         if message.id in self._submitted_ids:  # a member's upload got here before gossip
             return
         now_ms = time.time() * 1000
@@ -443,7 +450,14 @@ class ArchiveService:
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
+        heads = self.store.heads() if self.store is not None else {}
+        counts = self.store.counts() if self.store is not None else {}
         return {
+            # What the archive holds: messages, channels with messages, and each
+            # channel's highest sequence number (by name where the directory says).
+            "messages": sum(counts.values()),
+            "channels": len(heads),
+            "last_seq": {self.channel_label(topic): seq for topic, seq in sorted(heads.items())},
             "stored": s.stored,
             "duplicates": s.duplicates,
             "batches": s.batches,
@@ -455,7 +469,76 @@ class ArchiveService:
             "write_errors": s.write_errors,
             "lookups": s.lookups,
             "history_pages": s.history_pages,
+            "ingested": s.ingested,
+            "late_waiting": len(self._late),
+            "write_seconds": round(s.write_seconds, 6),
         }
+
+    def status(self) -> dict[str, Any]:
+        """For ``ctl status``: what the archive holds and its newest message."""
+        if self.store is None:
+            return {}
+        counts = self.store.counts()
+        status: dict[str, Any] = {
+            "messages": sum(counts.values()),
+            "channels": len(self.store.heads()),
+        }
+        if self.store.last_stored is not None:
+            topic, seq, stored_at = self.store.last_stored
+            status["last_channel"] = self.channel_label(topic)
+            status["last_seq"] = seq
+            status["last_stored_at"] = datetime.datetime.fromtimestamp(
+                stored_at, datetime.UTC
+            ).isoformat(timespec="seconds")
+        return status
+
+    # ---- the operator's view (ctl history) -----------------------------------------------
+
+    def channel_label(self, topic: str) -> str:
+        """A topic's channel name where known, else the topic."""
+        known = self.channels.get(topic)
+        return known[1] if known else topic
+
+    def resolve(self, channel: str) -> str | None:
+        """The topic of ``channel``: a channel name, a channel id, or a topic the
+        archive holds (a channel since deleted, a node without the directory)."""
+        for topic, (channel_id, name) in self.channels.items():
+            if channel in (name, channel_id, topic):
+                return topic
+        assert self.store is not None
+        return channel if channel in self.store.heads() else None
+
+    async def history_rows(
+        self, channel: str, *, limit: int, from_seq: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` messages of ``channel`` (or ``limit`` from
+        ``from_seq`` on), oldest first, as rows for people and scripts."""
+        assert self.store is not None
+        topic = self.resolve(channel)
+        if topic is None:
+            raise KeyError(channel)
+        if from_seq is None:
+            messages = await self.store.latest(topic, limit)
+        else:
+            messages = (await self.store.page(topic, from_seq, limit)).messages
+        own = self.node.identity.public_key if self.node is not None else b""
+        rows = []
+        for seq, wire in messages:
+            env = envelope_pb2.Envelope.FromString(wire)
+            key = bytes(env.sender_pubkey)
+            sender = "server" if key == own else self.names.get(key) or f"key:{key.hex()[:12]}"
+            rows.append(
+                {
+                    "seq": seq,
+                    "channel": self.channel_label(topic),
+                    "sender": sender,
+                    "text": env.payload.decode("utf-8", errors="replace"),
+                    "timestamp": env.timestamp,
+                    "sequence_hint": env.sequence_hint,
+                    "id": message_id_from_wire(wire).hex(),
+                }
+            )
+        return rows
 
 
 class _ChannelTopics:

@@ -52,9 +52,13 @@ class Page:
 
 
 class ArchiveStore:
-    def __init__(self, db: aiosqlite.Connection, heads: dict[str, int]) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, heads: dict[str, int], counts: dict[str, int] | None = None
+    ) -> None:
         self._db = db
         self._heads = heads
+        self._counts = dict(counts if counts is not None else heads)  # messages held, by topic
+        self.last_stored: tuple[str, int, float] | None = None  # (topic, seq, stored_at)
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -62,13 +66,31 @@ class ArchiveStore:
         db = await open_database(path, SCHEMA)
         async with db.execute("SELECT topic, last_seq FROM heads") as cur:
             heads = {row[0]: int(row[1]) for row in await cur.fetchall()}
-        return cls(db, heads)
+        # Counted once (the (topic, seq) index); kept up to date by append().
+        async with db.execute("SELECT topic, COUNT(*) FROM messages GROUP BY topic") as cur:
+            counts = {row[0]: int(row[1]) for row in await cur.fetchall()}
+        store = cls(db, heads, counts)
+        async with db.execute(
+            "SELECT topic, seq, stored_at FROM messages ORDER BY rowid DESC LIMIT 1"
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            store.last_stored = (row[0], int(row[1]), float(row[2]))
+        return store
 
     async def close(self) -> None:
         await self._db.close()
 
     def last_seq(self, topic: str) -> int:
         return self._heads.get(topic, 0)
+
+    def heads(self) -> dict[str, int]:
+        """Each topic's highest sequence number."""
+        return dict(self._heads)
+
+    def counts(self) -> dict[str, int]:
+        """How many messages the archive holds, by topic."""
+        return dict(self._counts)
 
     async def append(self, messages: list[SignedMessage]) -> list[Stored]:
         """Store ``messages`` in the given order, in one transaction; idempotent by id.
@@ -111,6 +133,9 @@ class ArchiveStore:
                 await self._db.rollback()
                 raise
             self._heads = heads
+            for row in rows:
+                self._counts[row[1]] = self._counts.get(row[1], 0) + 1
+            self.last_stored = (rows[-1][1], rows[-1][2], now)
             return out
 
     async def known(self, ids: list[bytes]) -> dict[bytes, tuple[str, int]]:
@@ -140,3 +165,12 @@ class ArchiveStore:
         last = self.last_seq(topic)
         next_seq = rows[-1][0] + 1 if len(rows) == limit and rows[-1][0] < last else 0
         return Page(rows, next_seq, last)
+
+    async def latest(self, topic: str, limit: int) -> list[tuple[int, bytes]]:
+        """The newest ``limit`` messages of ``topic``, oldest first: (seq, wire)."""
+        async with self._db.execute(
+            "SELECT seq, wire FROM messages WHERE topic=? ORDER BY seq DESC LIMIT ?",
+            (topic, limit),
+        ) as cur:
+            rows = [(int(r[0]), bytes(r[1])) for r in await cur.fetchall()]
+        return rows[::-1]
