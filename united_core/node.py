@@ -15,13 +15,20 @@ aiohttp's cleanup contexts do it (an explicit order, not dependency-injector's
    ``united_node_stopping``, the gates close and hook objects are unregistered,
    then every Resource stops in reverse order. A failure part-way through
    start-up still stops what did start (``finally``).
+
+Before anything starts, the node locks its data directory (``node.lock``,
+``flock``): a second node on the same directory (a node started twice, two
+configs sharing ``data_dir``) stops right there, with one line, before it
+opens a port, a socket or a database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import inspect
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -33,7 +40,7 @@ from dependency_injector import containers, providers
 from .api import NodeState, call_async
 from .config import ConfigError, ConfigSection, Settings, build_settings, read_toml
 from .containers import CoreContainer, collect_commands, compose
-from .identity import Identity, tighten_private_dir
+from .identity import Identity, make_private_dir
 from .plugins import available_plugins, get_plugin_manager
 
 if TYPE_CHECKING:
@@ -69,6 +76,58 @@ def _is_instance(value: object, kind: type) -> bool:
 
 class P2PRuntimeDied(RuntimeError):
     """The libp2p thread ended on its own: the node stops (exit status 1)."""
+
+
+class NodeAlreadyRunning(RuntimeError):
+    """Another node holds the lock of this data directory (exit status 1)."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+LOCK_FILE = "node.lock"
+# A node of this same process still stopping on the directory (a test, an embedding
+# application restarting its node) is waited for, at most this long.
+OWN_LOCK_WAIT = 10.0
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take ``data_dir/node.lock`` (``flock``, released when the fd closes, even on a
+    crash) and write our pid in it; the fd. :class:`NodeAlreadyRunning` if it is held."""
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        pid = int(holder) if holder.isdigit() else None
+        raise NodeAlreadyRunning(
+            f"{data_dir}: another node is already running with this data directory"
+            + (f" (pid {pid})" if pid else ""),
+            pid,
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+async def acquire_data_dir(data_dir: Path, own_wait: float = OWN_LOCK_WAIT) -> int:
+    """:func:`lock_data_dir`; if the holder is a node of this process (stopping, since
+    ``running_node`` or an application restarts it), wait for it, up to ``own_wait``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + own_wait
+    while True:
+        try:
+            return lock_data_dir(data_dir)
+        except NodeAlreadyRunning as exc:
+            if exc.pid != os.getpid() or loop.time() >= deadline:
+                raise
+        await asyncio.sleep(0.05)
 
 
 def declared_sections(pm: pluggy.PluginManager) -> dict[str, ConfigSection]:
@@ -133,6 +192,7 @@ class Node:
         # hooks run: a validator never sees half a plugin set.
         self.hooks_lock = threading.RLock()
         self._hooks_ready = False
+        self._lock_fd: int | None = None
 
     @property
     def _core(self) -> Any:
@@ -207,6 +267,10 @@ class Node:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    async def wait_stop_requested(self) -> None:
+        """Return once a stop was asked for (SIGINT, SIGTERM, ``ctl stop``)."""
+        await self._stop.wait()
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -287,13 +351,17 @@ class Node:
         3. ``united_node_started`` (state-change hooks may fire from here on);
         4. on stop: ``united_node_stopping``, hook objects unregistered, every
            Resource stopped in reverse. A failure part-way through start-up
-           still stops what did start.
+           still stops what did start, and logs nothing more: the caller
+           reports the failure (``united run``: one line).
+
+        First of all the data directory is locked (:func:`lock_data_dir`).
         """
         started = False
         self._state = NodeState.STARTING
         try:
-            # core.data_dir creates it 0700; one found looser (with its files) is tightened.
-            tighten_private_dir(self.settings.resolve(self.settings["node"].data_dir))
+            # Created 0700; one found looser (with its files) is tightened.
+            data_dir = make_private_dir(self.settings.resolve(self.settings["node"].data_dir))
+            self._lock_fd = await acquire_data_dir(data_dir)
             await self._start()
             self.started_at = time.time()
             self._state = NodeState.RUNNING
@@ -326,8 +394,12 @@ class Node:
                 except Exception:
                     log.exception("a united_node_stopping hook failed")
             await self._stop_started()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the lock
+                self._lock_fd = None
             self._state = NodeState.STOPPED
-            log.info("node stopped")
+            if started:
+                log.info("node stopped")
 
     def control_ready(self) -> None:
         """Let the control API serve every command (plugin hook objects add theirs)."""

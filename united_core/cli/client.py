@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +19,35 @@ from ..api import CLIError
 from ..identity import create_private_file, make_private_dir
 from .common import EXIT_CONFIG, EXIT_OK
 
+HELP_WORDS = ("--help", "-h")
+
 
 def cmd_ctl(args: argparse.Namespace) -> int:
+    from ..api import render_value
+    from ..builtin import command_help, render_command_help
     from ..containers import collect_commands
     from ..control import ControlClient, ControlClientError
     from ..node import load_settings
 
     words = list(args.words)
-    as_json = args.json or "--json" in words
-    words = [w for w in words if w != "--json"]
+    # Words from `literal_from` on came after `--`: text, never options.
+    literal_from = getattr(args, "literal_from", len(words))
+    flags, literal = words[:literal_from], words[literal_from:]
+    as_json = args.json or "--json" in flags
+    asks_help = any(w in HELP_WORDS for w in flags[1:])
+    words = [w for w in flags if w != "--json"] + literal
     if not words:
         raise CLIError("usage: united ctl -c CONFIG COMMAND [ARGS...] [--json]", EXIT_CONFIG)
     settings, pm, _ = load_settings(Path(args.config))
     commands = collect_commands(pm)
     command = commands.get(words[0])
+    if asks_help:
+        # `united ctl NAME --help`: described from the command itself, no node needed.
+        if command is None:
+            known = ", ".join(sorted(commands))
+            raise CLIError(f"no command {words[0]!r}; commands: {known}", EXIT_CONFIG)
+        print(render_command_help(command_help(command), "united ctl -c CONFIG", "[--json]"))
+        return EXIT_OK
     socket_path = settings.resolve(settings["control"].socket)
 
     def show(value: Any) -> None:
@@ -39,30 +55,28 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             print(json.dumps(value), flush=True)
         elif command is not None and command.render is not None:
             print(command.render(value), flush=True)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                shown = " ".join(map(str, item)) if isinstance(item, list) else item
-                print(f"{key}: {shown}", flush=True)
-        elif isinstance(value, list):
-            for item in value:
-                print(json.dumps(item) if isinstance(item, dict) else item, flush=True)
         else:
-            print(value, flush=True)
+            print(render_value(value), flush=True)
 
-    async def main() -> None:
+    async def main() -> str:
         client = await ControlClient.connect(socket_path)
         try:
             async for item in client.stream(words[0], words[1:]):
                 show(item)
         finally:
             await client.close()
+        return client.end_reason
 
     try:
-        asyncio.run(main())
+        ended = asyncio.run(main())
     except ControlClientError as exc:
+        if as_json:  # scripts get the codes; people get the message (on stderr)
+            print(json.dumps(exc.as_json()), flush=True)
         raise CLIError(str(exc)) from None
     except KeyboardInterrupt:
-        pass
+        return EXIT_OK
+    if ended:
+        print(f"united: the stream ended: {ended}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -4,12 +4,18 @@ Why a module of its own: it only wires sub-commands to the modules that do the
 work (``init``, ``run``, ``info``, ``client``) and adds every installed
 plugin's CLI commands (``united_register_cli_commands``); :func:`main` maps
 expected failures to one line on stderr and an exit status.
+
+Global options (``-c``, ``--log-level``, ``-v``, ``--log-format``) are accepted
+before the sub-command and after it, for every sub-command, plugins' included
+(``united ctl status -c CONFIG`` too: ``ctl`` takes ``-c`` among its words).
+Without ``-c`` the config is found by :func:`~.common.default_config`.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +26,15 @@ from ..api import CliCommand, CLIError
 from ..config import ConfigError
 from ..identity import Identity
 from . import client, info, init, run
-from .common import EXIT_CONFIG
+from .common import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    NO_CONFIG,
+    default_config,
+    setup_logging,
+)
 
 
 class _Tools:
@@ -62,38 +76,126 @@ def plugin_cli_commands() -> list[CliCommand]:
     return [c for batch in pm.hook.united_register_cli_commands() for c in batch]
 
 
+CONFIG_HELP = (
+    "the node's united.toml (default: $UNITED_CONFIG, else ./united.toml, "
+    "else $XDG_CONFIG_HOME/united/united.toml)"
+)
+CONFIG_OPTIONS = ("-c", "--config")
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--log-level``, ``-v``, ``--log-format``: on the main parser (with defaults) and
+    on each sub-command's (``SUPPRESS``: not given there, the main parser's value stays).
+    An option string a plugin's command already uses is left to it."""
+    taken = set(parser._option_string_actions)
+    group = parser.add_argument_group("global options") if not top else parser
+    sub_default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    options: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+        (
+            ("--log-level",),
+            {
+                "choices": LOG_LEVELS,
+                "metavar": "LEVEL",
+                "help": "log level: debug, info, warning, error (overrides [node] log_level)",
+            },
+        ),
+        (
+            ("-v", "--verbose"),
+            {
+                "action": "count",
+                "help": "-v: debug logs of UNITED; -vv: of every library too (py-libp2p)",
+            },
+        ),
+        (
+            ("--log-format",),
+            {
+                "choices": LOG_FORMATS,
+                "help": "text (timestamped), journal (syslog priorities, no timestamps), "
+                "auto (the default: journal when stderr is the journal)",
+            },
+        ),
+    ]
+    for flags, kwargs in options:
+        if not taken & set(flags):
+            group.add_argument(*flags, **kwargs, **sub_default)
+
+
+def _add_config_option(parser: argparse.ArgumentParser, uses: str) -> None:
+    """``-c CONFIG``, optional everywhere: :func:`main` finds the default, and
+    ``uses`` (``required`` or ``optional``) says whether the command needs one."""
+    parser.add_argument(
+        *CONFIG_OPTIONS, metavar="CONFIG", default=argparse.SUPPRESS, help=CONFIG_HELP
+    )
+    parser.set_defaults(config_use=uses)
+
+
+def _adopt_config_option(parser: argparse.ArgumentParser) -> None:
+    """A plugin's command declaring its own ``-c``/``--config``: make it optional
+    (the default config applies) and not overwrite a ``-c`` given before the
+    sub-command."""
+    for flag in CONFIG_OPTIONS:
+        action = parser._option_string_actions.get(flag)
+        if action is not None and action.dest == "config":
+            parser.set_defaults(config_use="required" if action.required else "optional")
+            action.required = False
+            action.default = argparse.SUPPRESS
+            action.help = f"{action.help or 'the config'} (default: see `united --help`)"
+            return
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="united", description="UNITED peer-to-peer chat node.")
+    parser = argparse.ArgumentParser(
+        prog="united",
+        description="UNITED peer-to-peer chat node.",
+        epilog="Without -c, the config is $UNITED_CONFIG, else ./united.toml, else "
+        "$XDG_CONFIG_HOME/united/united.toml (~/.config/united/). -c and the log "
+        "options go before or after COMMAND.",
+    )
     parser.add_argument("--version", action="version", version=f"united {__version__}")
+    parser.add_argument(*CONFIG_OPTIONS, metavar="CONFIG", help=CONFIG_HELP)
+    _add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="write a commented united.toml and a new identity key")
     init.add_arguments(p)
     p.set_defaults(func=init.cmd_init)
 
-    p = sub.add_parser("run", help="run a node until SIGINT/SIGTERM or `united ctl stop`")
-    p.add_argument("-c", "--config", required=True)
+    p = sub.add_parser(
+        "run",
+        help="run a node until SIGINT/SIGTERM or `united ctl stop` (SIGHUP: reload)",
+        description="Run a node in the foreground until SIGINT, SIGTERM or `united ctl "
+        "stop` (exit 0). SIGHUP reads the config again: [node] log_level applies at "
+        "once; other changes are named in the log and apply at the next start. Under "
+        "systemd (Type=notify) it sends READY=1, WATCHDOG=1 and STOPPING=1.",
+    )
+    _add_config_option(p, "required")
     p.set_defaults(func=run.cmd_run)
 
     p = sub.add_parser("id", help="print the node's public key and PeerId")
-    p.add_argument("-c", "--config", required=True)
+    _add_config_option(p, "required")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=info.cmd_id)
 
     p = sub.add_parser("plugins", help="list installed plugins and which are enabled")
-    p.add_argument("-c", "--config")
+    _add_config_option(p, "optional")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=info.cmd_plugins)
 
     p = sub.add_parser("console", help="the developer console of a running node (F2: live panel)")
-    p.add_argument("-c", "--config", required=True)
+    _add_config_option(p, "required")
     p.set_defaults(func=client.cmd_console)
 
-    p = sub.add_parser("ctl", help="send one command to a running node")
-    p.add_argument("-c", "--config", required=True)
+    p = sub.add_parser(
+        "ctl",
+        help="send one command to a running node",
+        description="Send COMMAND to the running node (`united ctl help` lists them). "
+        "-c CONFIG and --json may come anywhere; words after -- are passed as they are.",
+    )
+    _add_config_option(p, "required")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("words", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
-    p.set_defaults(func=client.cmd_ctl)
+    p.set_defaults(func=client.cmd_ctl, prepare=_take_ctl_config)
 
     builtin = set(sub.choices)
     for command in plugin_cli_commands():
@@ -101,14 +203,62 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p = sub.add_parser(command.name, help=command.help)
         command.add_arguments(p)
+        _adopt_config_option(p)
         p.set_defaults(func=functools.partial(_run_plugin_command, command))
         builtin.add(command.name)
+    for p in sub.choices.values():
+        _add_global_options(p)
     return parser
 
 
+def _take_ctl_config(args: argparse.Namespace) -> None:
+    """``-c CONFIG``/``--config CONFIG`` among ``ctl``'s words (after COMMAND): taken
+    out, like ``--json``. Words after ``--`` are left as they are."""
+    words: list[str] = list(args.words)
+    end = words.index("--") if "--" in words else len(words)
+    head, tail = words[:end], words[end + 1 :]
+    kept: list[str] = []
+    i = 0
+    while i < len(head):
+        word = head[i]
+        if word in CONFIG_OPTIONS:
+            if i + 1 >= len(head):
+                raise CLIError(f"{word} needs a value: the node's united.toml", EXIT_CONFIG)
+            args.config = head[i + 1]
+            i += 2
+            continue
+        if word.startswith("--config="):
+            args.config = word.split("=", 1)[1]
+        else:
+            kept.append(word)
+        i += 1
+    args.words = kept + tail
+
+
+def _resolve_config(args: argparse.Namespace) -> None:
+    """``args.config``: as given, else :func:`default_config` for a command that
+    uses one (``CLIError``, exit 2, if it needs one and there is none)."""
+    uses = getattr(args, "config_use", None)
+    if getattr(args, "config", None) is not None or uses is None:
+        return
+    found = default_config()
+    if found is None and uses == "required":
+        raise CLIError(NO_CONFIG, EXIT_CONFIG)
+    args.config = str(found) if found is not None else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
+        prepare = getattr(args, "prepare", None)
+        if prepare is not None:
+            prepare(args)
+        _resolve_config(args)
+        if args.command != "run":  # `run` sets up logging itself, with the config's level
+            options = run.log_options(args)
+            if options.overrides_config:
+                level, libraries = options.resolve("warning")
+                setup_logging(level, libraries=libraries, fmt=options.format)
         status: int = args.func(args)
     except ConfigError as exc:
         print(f"united: {exc}", file=sys.stderr)
@@ -116,4 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"united: {exc}", file=sys.stderr)
         return exc.status
+    except KeyboardInterrupt:  # Ctrl-C while loading plugins or reading a config
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `united ctl peers | head -1`: the reader left; so do we
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return EXIT_BROKEN_PIPE
     return status

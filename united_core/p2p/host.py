@@ -163,25 +163,28 @@ def disable_auto_connector(host: IHost) -> None:
 
 
 def check_ports_free(listen_addrs: tuple[str, ...]) -> None:
-    """Fail with EADDRINUSE if a fixed listen port is taken.
+    """Fail with EADDRINUSE if a fixed listen port is taken, EADDRNOTAVAIL if the
+    address is not one of this host's (port 0 too).
 
     py-libp2p 0.8.1 binds with SO_REUSEPORT, so a second node on the same port
     "starts" and the kernel splits incoming connections between the two. A
     plain bind (no reuse flags) detects the conflict before that can happen.
+    And a listener py-libp2p fails to open is not an error there: the node
+    would run listening on nothing.
     """
     for addr in listen_addrs:
         ma = multiaddr.Multiaddr(addr)
         protocols = {p.name for p in ma.protocols()}
-        if "tcp" not in protocols or int(ma.value_for_protocol("tcp")) == 0:
+        if "tcp" not in protocols:
             continue
         family = socket.AF_INET6 if "ip6" in protocols else socket.AF_INET
         ip = ma.value_for_protocol("ip6" if "ip6" in protocols else "ip4")
         port = int(ma.value_for_protocol("tcp"))
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            # SO_REUSEADDR: TIME_WAIT leftovers of a previous run are fine; an
-            # active listener (with or without reuse flags) still conflicts.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # SO_REUSEADDR: TIME_WAIT leftovers of a previous run are fine; an
+                # active listener (with or without reuse flags) still conflicts.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((ip, port))
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None

@@ -21,6 +21,7 @@ pending, or made afterwards, fail with :class:`RuntimeStopped`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 import time
@@ -166,6 +167,12 @@ class P2PRuntime:
         self.options.listen_addrs = sticky_listen(requested, self.options.port_file)
         check_ports_free(self.options.listen_addrs)
         await self._bridge.start(self._trio_main, f"united-p2p-{self.peer_id[-6:]}")
+        if not self.listen_addrs:  # py-libp2p logs a failed listen and goes on
+            await self.stop()
+            raise OSError(
+                errno.EADDRNOTAVAIL,
+                f"cannot listen on {' '.join(self.options.listen_addrs)}: no listener opened",
+            )
         self.started_at = time.time()
         remember_ports(self.options.port_file, requested, self.listen_addrs)
 
