@@ -1,11 +1,16 @@
 """``united console``: a prompt-toolkit developer console attached to a running node.
 
-A REPL over the control API (completion of commands, peers and channels;
-persistent history; ``help``), and a live full-screen panel (the core's Peers
-section and each plugin's sections, ``united_register_panel_sections``)
-toggled with **F2** (or ``panel``), refreshed from the node's
-``subscribe`` stream. The panel holds the subscription only while it is open,
-so a node nobody watches does no stats work at all.
+A REPL over the control API, as comfortable as pgcli: Ctrl-C clears the line,
+Ctrl-D quits; completion by context with descriptions (commands with their
+help line; arguments from the node's ``complete`` command: channels, peers,
+members, options); persistent history; ``help`` and ``help NAME``; streaming
+commands (``tail``) as a live view until Ctrl-C. It survives its node: when the
+node goes away it says so in one line and reconnects when it is back.
+
+The live full-screen panel (the core's Peers section and each plugin's
+sections, ``united_register_panel_sections``) is toggled with **F2** (or
+``panel``), refreshed from the node's ``subscribe`` stream. The panel holds the
+subscription only while it is open, so a node nobody watches does no stats work.
 """
 
 from __future__ import annotations
@@ -13,16 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
+import functools
 import logging
 import shlex
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import signal
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pluggy
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import Application
+from prompt_toolkit.application import Application, get_app_or_none, run_in_terminal
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, InMemoryHistory
@@ -32,7 +40,8 @@ from prompt_toolkit.layout import HSplit, Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
 from prompt_toolkit.output import Output
 
-from .api import PanelSection
+from .api import NodeState, PanelSection, render_value
+from .builtin import render_command_help
 from .control import ControlClient, ControlClientError, ControlCommand
 
 log = logging.getLogger(__name__)
@@ -124,25 +133,61 @@ def render_panel(
     return "\n".join(lines)
 
 
+# Commands the console does not list: the live panel reads `subscribe` (F2), Tab
+# uses `complete`. Both still run if typed.
+CONSOLE_HIDDEN = frozenset({"subscribe", "complete"})
+# The console's own words: name -> (usage, one line).
+LOCAL_COMMANDS = {
+    "panel": (
+        "",
+        f"The live panel ({PANEL_KEY.upper()}; {PANEL_KEY.upper()}, q or Esc closes it).",
+    ),
+    "quit": ("", "Leave the console (also `exit` or Ctrl-D)."),
+    "exit": ("", "Leave the console (also `quit` or Ctrl-D)."),
+}
+COMPLETION_TTL = 2.0  # seconds an argument's candidates are reused while typing
+
+
 class ConsoleCompleter(Completer):
-    """Commands first; then peers (PeerIds) and channels as arguments."""
+    """Commands with their one-line help; then each argument by context, from the
+    node's ``complete`` command (channels for a channel, peers for a peer, ...)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
 
     def get_completions(self, document: Document, complete_event: object) -> Iterable[Completion]:
-        words = document.text_before_cursor.split()
-        current = document.get_word_before_cursor()
-        if len(words) == 0 or (len(words) == 1 and not document.text_before_cursor.endswith(" ")):
-            pool: Iterable[str] = [*self.console.commands, "panel", "quit"]
-        else:
-            pool = [*self.console.peers, *self.console.channels]
-        for word in sorted(pool):
-            if word.startswith(current):
-                yield Completion(word, start_position=-len(current))
+        text = document.text_before_cursor.lstrip()
+        if " " not in text:
+            yield from self.console.command_completions(text)
+
+    async def get_completions_async(
+        self, document: Document, complete_event: object
+    ) -> AsyncGenerator[Completion, None]:
+        text = document.text_before_cursor.lstrip()
+        if " " not in text:
+            for completion in self.console.command_completions(text):
+                yield completion
+            return
+        try:
+            words = shlex.split(text)
+        except ValueError:  # an open quote: complete as if split on spaces
+            words = text.split()
+        current = "" if text[-1].isspace() or not words else words.pop()
+        if not words:
+            return
+        if words == ["help"]:  # help NAME
+            for completion in self.console.command_completions(current):
+                yield completion
+            return
+        for value, meta in await self.console.argument_candidates(words[0], words[1:]):
+            if value.startswith(current):
+                yield Completion(value, start_position=-len(current), display_meta=meta)
 
 
 class Console:
+    """The REPL. It survives its node: when the node goes away it says so in one
+    line, waits for it, and reconnects when it is back (a restart, ``rotate-key``)."""
+
     def __init__(
         self,
         socket_path: Path,
@@ -153,6 +198,7 @@ class Console:
         output: Output | None = None,
         write: Callable[[str], None] = print,
         sections: Sequence[PanelSection] = CORE_SECTIONS,
+        retry_interval: float = 0.5,
     ) -> None:
         self.socket_path = socket_path
         self.sections = list(sections)
@@ -161,16 +207,111 @@ class Console:
         self.input = input
         self.output = output
         self.write = write
+        self.retry_interval = retry_interval
         self.commands: dict[str, dict[str, Any]] = {}
-        self.peers: list[str] = []
-        self.channels: list[str] = []
         self.client: ControlClient | None = None
+        self.connected = False
+        self._watch_client: ControlClient | None = None
+        self._lock = asyncio.Lock()  # one request at a time on self.client
+        self._candidates: dict[tuple[str, ...], tuple[float, list[tuple[str, str]]]] = {}
+
+    # ---- the connection ---------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        """Connect to a running node (ControlClientError if there is none, or it is
+        still starting), learn its commands, and open the connection that tells
+        when it goes away."""
+        client = await ControlClient.connect(self.socket_path)
+        try:
+            state = (await client.call("status")).get("state")
+            if state != NodeState.RUNNING.value:
+                raise ControlClientError(f"the node is {state}", str(state))
+            rows = await client.call("help")
+            watch = await ControlClient.connect(self.socket_path)
+        except BaseException:
+            await client.close()
+            raise
+        self.client, self._watch_client = client, watch
+        self.commands = {row["name"]: row for row in rows}
+        self._candidates.clear()
+        self.connected = True
+
+    async def _close(self) -> None:
+        for client in (self.client, self._watch_client):
+            if client is not None:
+                await client.close()
+        self.client = self._watch_client = None
+
+    async def _replace_client(self) -> None:
+        """A new connection for the next commands: the interrupted command's reply
+        would come on the old one (which its closing ends, and the lock with it)."""
+        old = self.client
+        try:
+            self.client = await ControlClient.connect(self.socket_path)
+        except ControlClientError:
+            self.client = None
+            await self._gone()
+        if old is not None:
+            await old.close()
+
+    async def _gone(self) -> None:
+        """The node went away: say so once; the watcher reconnects."""
+        if not self.connected:
+            return
+        self.connected = False
+        await self._close()
+        await self.say("the node went away; reconnecting when it is back (Ctrl-D quits)")
+
+    async def _watch(self) -> None:
+        """Wait for the node to go away, then for it to come back; forever."""
+        while True:
+            if self._watch_client is not None:
+                await self._watch_client.wait_closed()
+            await self._gone()
+            while True:
+                await asyncio.sleep(self.retry_interval)
+                try:
+                    await self._connect()
+                    break
+                except ControlClientError:
+                    continue
+            await self.say(f"the node is back: reconnected to {self.socket_path}")
+
+    async def say(self, text: str) -> None:
+        """Write a line, above the prompt if one is showing."""
+        app = get_app_or_none()
+        if app is None or not app.is_running:
+            self.write(text)
+            return
+        try:
+            await run_in_terminal(functools.partial(self.write, text))
+        except OSError:  # the terminal went away meanwhile (the console is ending)
+            self.write(text)
+        app.invalidate()
+
+    async def _call(self, name: str, args: list[str]) -> Any:
+        """One request on the console's connection. Shielded: a caller cancelled
+        half-way (a completion overtaken by typing, Ctrl-C) leaves the reply to be
+        read, so the next request does not get this one's answer."""
+        if self.client is None or not self.connected:
+            raise ControlClientError("the node went away", "disconnected")
+
+        async def locked() -> Any:
+            async with self._lock:
+                if self.client is None:
+                    raise ControlClientError("the node went away", "disconnected")
+                return await self.client.call(name, args)
+
+        task = asyncio.ensure_future(locked())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(task)
+
+    # ---- the REPL -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.client = await ControlClient.connect(self.socket_path)
+        await self._connect()
+        watcher = asyncio.create_task(self._watch())
         try:
-            self.commands = {c["name"]: c for c in await self.client.call("help")}
-            await self._refresh_words()
             bindings = KeyBindings()
 
             @bindings.add(PANEL_KEY)
@@ -189,12 +330,14 @@ class Console:
             )
             self.write(
                 f"connected to {self.socket_path}; `help` lists commands, "
-                f"{PANEL_KEY.upper()} opens the live panel"
+                f"{PANEL_KEY.upper()} opens the live panel, Ctrl-D quits"
             )
             while True:
                 try:
-                    line = await session.prompt_async("united> ")
-                except (EOFError, KeyboardInterrupt):
+                    line = await session.prompt_async(self._prompt)
+                except KeyboardInterrupt:
+                    continue  # Ctrl-C clears the line (pgcli, ptpython); Ctrl-D quits
+                except EOFError:
                     break
                 if line == _PANEL or line.strip() == "panel":
                     await self.panel()
@@ -210,52 +353,166 @@ class Console:
                     break
                 await self.execute(words)
         finally:
-            await self.client.close()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await watcher
+            await self._close()
 
-    async def _refresh_words(self) -> None:
-        assert self.client is not None
-        with contextlib.suppress(ControlClientError):
-            self.peers = [p["peer_id"] for p in await self.client.call("peers")]
-        for command in ("topics", "channels"):
-            if command in self.commands:
-                with contextlib.suppress(ControlClientError):
-                    result = await self.client.call(command)
-                    names = (
-                        result.keys()
-                        if isinstance(result, dict)
-                        else [c.get("name", "") for c in result]
-                    )
-                    self.channels = sorted(set(self.channels) | {n for n in names if n})
+    def _prompt(self) -> str:
+        return "united> " if self.connected else "united (no node)> "
+
+    def command_completions(self, prefix: str) -> Iterator[Completion]:
+        rows = [
+            (name, row.get("help", ""))
+            for name, row in self.commands.items()
+            if name not in CONSOLE_HIDDEN
+        ]
+        rows += [(name, line) for name, (_, line) in LOCAL_COMMANDS.items()]
+        for name, line in sorted(rows):
+            if name.startswith(prefix):
+                yield Completion(name, start_position=-len(prefix), display_meta=line)
+
+    async def argument_candidates(self, command: str, words: list[str]) -> list[tuple[str, str]]:
+        """The node's candidates for the argument after ``words``, reused for a moment
+        (typing asks again at every key)."""
+        if not self.connected or command not in self.commands:
+            return []
+        key = (command, *words)
+        now = time.monotonic()
+        cached = self._candidates.get(key)
+        if cached is not None and now - cached[0] < COMPLETION_TTL:
+            return cached[1]
+        try:
+            rows = await self._call("complete", [command, *words])
+        except ControlClientError:
+            return []
+        pairs = [(str(r.get("value", "")), str(r.get("meta", ""))) for r in rows]
+        self._candidates[key] = (now, pairs)
+        return pairs
+
+    def help_text(self, args: list[str]) -> str:
+        if not args:
+            rows = [
+                ((r["name"] + " " + r.get("usage", "")).strip(), r.get("help", ""))
+                for name, r in sorted(self.commands.items())
+                if name not in CONSOLE_HIDDEN
+            ]
+            rows += [("quit | exit", LOCAL_COMMANDS["quit"][1])]
+            rows += [("panel", LOCAL_COMMANDS["panel"][1])]
+            return "\n".join(f"{usage:<34} {line}" for usage, line in rows)
+        name = args[0]
+        if name in LOCAL_COMMANDS:
+            usage, line = LOCAL_COMMANDS[name]
+            return f"usage: {(name + ' ' + usage).strip()}\n\n{line}"
+        row = self.commands.get(name)
+        if row is None:
+            return f"no command {name!r}; `help` lists them"
+        return render_command_help(row)
+
+    def render(self, name: str, result: Any) -> str:
+        renderer = self.renderers.get(name)
+        if renderer is not None and renderer.render is not None:
+            return renderer.render(result)
+        return render_value(result)
 
     async def execute(self, words: list[str]) -> None:
-        assert self.client is not None
         name = words[0]
         if name == "help":
-            for command in self.commands.values():
-                self.write(
-                    f"{(command['name'] + ' ' + command['usage']).strip():<34} {command['help']}"
-                )
-            self.write(f"{'panel':<34} The live panel ({PANEL_KEY.upper()}).")
+            self.write(self.help_text(words[1:]))
             return
-        if self.commands.get(name, {}).get("streaming"):
-            self.write(
-                f"`{name}` streams: use the live panel ({PANEL_KEY.upper()}) or `united ctl {name}`"
-            )
+        if not self.connected:
+            self.write("no node to talk to: reconnecting when it is back (Ctrl-D quits)")
             return
+        if name not in self.commands:
+            self.write(f"no command {name!r}; `help` lists them")
+            return
+        if name == "subscribe":
+            self.write(f"`subscribe` feeds the live panel: press {PANEL_KEY.upper()}")
+            return
+        if self.commands[name].get("streaming"):
+            await self.live(name, words[1:])
+            return
+        task = asyncio.ensure_future(self._call(name, words[1:]))
         try:
-            result = await self.client.call(name, words[1:])
+            with _interrupts(task):
+                result = await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            await self._replace_client()
+            self.write("interrupted")
+            return
+        except ControlClientError as exc:
+            if exc.node_gone:
+                await self._gone()
+            else:
+                self.write(f"error: {exc}")
+            return
+        self.write(self.render(name, result))
+
+    async def live(self, name: str, args: list[str]) -> None:
+        """A streaming command (``tail``) as a live view: its events printed as they
+        come, until Ctrl-C (or q, Esc) returns to the prompt."""
+        try:
+            client = await ControlClient.connect(self.socket_path)
         except ControlClientError as exc:
             self.write(f"error: {exc}")
             return
-        renderer = self.renderers.get(name)
-        if renderer is not None and renderer.render is not None:
-            self.write(renderer.render(result))
-        else:
-            self.write(json.dumps(result, indent=2, default=str))
-        await self._refresh_words()
+        shown = " ".join([name, *args])
+        control = FormattedTextControl(f"[{shown}: live, Ctrl-C returns to the prompt]")
+        bindings = KeyBindings()
+
+        @bindings.add("c-c")
+        @bindings.add("c-d")
+        @bindings.add("q")
+        @bindings.add("escape")
+        def _(event: Any) -> None:
+            event.app.exit()
+
+        app: Application[None] = Application(
+            layout=Layout(HSplit([Window(control, height=1)])),
+            key_bindings=bindings,
+            full_screen=False,
+            input=self.input,
+            output=self.output,
+        )
+
+        def stop_app() -> None:
+            if app.future is not None and not app.future.done():
+                app.exit()
+
+        async def feed() -> None:
+            try:
+                async for event in client.stream(name, args):
+                    text = self.render(name, event)
+                    await run_in_terminal(functools.partial(self.write, text))
+                ended = client.end_reason or "the stream ended"
+                await run_in_terminal(lambda: self.write(f"({ended})"))
+            except ControlClientError as exc:
+                message = "the node went away" if exc.node_gone else f"error: {exc}"
+                await run_in_terminal(lambda: self.write(message))
+            except Exception as exc:  # a rendering bug must not kill the console
+                log.exception("live view of %s failed", name)
+                failed = f"the live view failed: {type(exc).__name__}: {exc}"
+                await run_in_terminal(functools.partial(self.write, failed))
+            finally:
+                stop_app()
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await app.run_async(pre_run=lambda: tasks.append(asyncio.create_task(feed())))
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await client.close()
 
     async def panel(self) -> None:
         """The full-screen live panel, fed by its own `subscribe` stream."""
+        if not self.connected:
+            self.write("no node to watch: reconnecting when it is back (Ctrl-D quits)")
+            return
         text = {"value": "waiting for the first snapshot…"}
         control = FormattedTextControl(lambda: text["value"])
         bindings = KeyBindings()
@@ -275,12 +532,19 @@ class Console:
         )
 
         async def feed() -> None:
-            client = await ControlClient.connect(self.socket_path)
+            try:
+                client = await ControlClient.connect(self.socket_path)
+            except ControlClientError as exc:
+                text["value"] = f"no live stream: {exc}"
+                app.invalidate()
+                return
             try:
                 async for snapshot in client.stream("subscribe"):
                     text["value"] = render_panel(snapshot, self.sections)
                     self.last_panel = text["value"]
                     app.invalidate()
+                text["value"] = f"the live stream ended ({client.end_reason or 'ended'})"
+                app.invalidate()
             except ControlClientError as exc:
                 text["value"] = f"the live stream ended: {exc}"
                 app.invalidate()
@@ -301,3 +565,19 @@ class Console:
                 await task
 
     last_panel = ""
+
+
+@contextlib.contextmanager
+def _interrupts(task: asyncio.Future[Any]) -> Iterator[None]:
+    """While a command runs there is no prompt, so the terminal sends Ctrl-C as
+    SIGINT: cancel the command (pgcli cancels the query) instead of the console."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda *_: loop.call_soon_threadsafe(task.cancel))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

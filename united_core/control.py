@@ -12,6 +12,11 @@ followed by an end marker::
     {"v": 1, "id": 7, "ok": true, "end": true}
     {"v": 1, "id": 7, "ok": false, "error": {"code": "bad_request", "message": "..."}}
 
+An error may carry ``"detail"``: a machine code from the layer below (the
+server's ``ERROR_CODE_UNKNOWN_CHANNEL``), for ``--json``; the message is for
+people. A stream the node ends because it stops ends with
+``{"ok": true, "end": true, "reason": "the node is stopping"}``.
+
 The socket is created with a 0177 umask (so it is never reachable by others,
 not even briefly) inside the config directory. Plugins add commands through
 ``united_register_commands``.
@@ -58,6 +63,8 @@ class ControlServer:
         self.commands = dict(commands)
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()  # ends every stream with an end marker
+        self._streams: set[asyncio.Future[None]] = set()  # each done when its stream ends
 
     def set_commands(self, commands: Mapping[str, ControlCommand]) -> None:
         """The full command set, once every plugin's hook object is registered."""
@@ -83,6 +90,11 @@ class ControlServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Streams end first, each with its end marker (a `ctl tail` attached to a
+            # stopping node ends cleanly); then the idle connections are cancelled.
+            self._closing.set()
+            if self._streams:
+                await asyncio.wait(list(self._streams), timeout=1.0)
             for task in list(self._clients):
                 task.cancel()
             await asyncio.gather(*self._clients, return_exceptions=True)
@@ -110,6 +122,11 @@ class ControlServer:
                     break
                 await self._handle_line(line, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            # close() cancels the connections. This task is asyncio's own (the
+            # streams' client_connected_cb): ending it cancelled makes asyncio log
+            # a CancelledError traceback, so it ends normally; close() awaits it.
             pass
         finally:
             self._clients.discard(task)
@@ -166,7 +183,7 @@ class ControlServer:
                     writer, {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": result}
                 )
         except CommandError as exc:
-            await _send(writer, _error(req_id, exc.code, str(exc)))
+            await _send(writer, _error(req_id, exc.code, str(exc), getattr(exc, "detail", None)))
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -188,26 +205,40 @@ class ControlServer:
                 await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "event": event})
             await _send(writer, {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "end": True})
 
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._streams.add(ended)
         pumping = asyncio.create_task(pump())
         leaving = asyncio.create_task(reader.read(1))
+        closing = asyncio.create_task(self._closing.wait())
+        done: set[asyncio.Task[Any]] = set()
         try:
-            await asyncio.wait({pumping, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {pumping, leaving, closing}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if closing in done and pumping not in done:
+                # The node stops: say so, then end like any stream (not a dropped line).
+                end = {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "end": True}
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await _send(writer, {**end, "reason": "the node is stopping"})
         finally:
-            for task in (pumping, leaving):
-                task.cancel()
-            await asyncio.gather(pumping, leaving, return_exceptions=True)
-            await events.aclose()
-        if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
+            for waiter in (pumping, leaving, closing):
+                waiter.cancel()
+            await asyncio.gather(pumping, leaving, closing, return_exceptions=True)
+            try:
+                await events.aclose()
+            finally:
+                self._streams.discard(ended)
+                ended.set_result(None)
+        if pumping in done and not pumping.cancelled() and pumping.exception() is not None:
             raise pumping.exception()  # type: ignore[misc]
 
 
-def _error(req_id: Any, code: str, message: str) -> dict[str, Any]:
-    return {
-        "v": PROTOCOL_VERSION,
-        "id": req_id,
-        "ok": False,
-        "error": {"code": code, "message": message},
-    }
+def _error(req_id: Any, code: str, message: str, detail: str | None = None) -> dict[str, Any]:
+    error = {"code": code, "message": message}
+    if detail:
+        error["detail"] = detail
+    return {"v": PROTOCOL_VERSION, "id": req_id, "ok": False, "error": error}
 
 
 async def _send(writer: asyncio.StreamWriter, obj: Mapping[str, Any]) -> None:
@@ -229,11 +260,33 @@ def _socket_answers(path: Path) -> bool:
 
 
 class ControlClientError(Exception):
-    """The node is unreachable, or answered with an error."""
+    """The node is unreachable, or answered with an error.
 
-    def __init__(self, message: str, code: str = "unreachable") -> None:
+    ``code`` is the control API's (``bad_request``, ``unknown_command``, ...),
+    ``unreachable`` when no node answers and ``disconnected`` when the node
+    closed the connection (it stopped); ``detail`` is the error's machine code
+    from the layer below, if any.
+    """
+
+    def __init__(self, message: str, code: str = "unreachable", detail: str | None = None) -> None:
         self.code = code
+        self.detail = detail
         super().__init__(message)
+
+    @property
+    def node_gone(self) -> bool:
+        """No node to talk to: none runs, or it went away mid-way."""
+        return self.code in ("unreachable", "disconnected")
+
+    def as_json(self) -> dict[str, Any]:
+        """The error as ``--json`` prints it."""
+        error: dict[str, Any] = {"code": self.code, "message": str(self)}
+        if self.detail:
+            error["detail"] = self.detail
+        return {"error": error}
+
+
+_GONE = "the node closed the connection"
 
 
 class ControlClient:
@@ -243,6 +296,7 @@ class ControlClient:
         self._reader = reader
         self._writer = writer
         self._next_id = 0
+        self.end_reason = ""  # why the node ended the last stream, if it said
 
     @classmethod
     async def connect(cls, path: Path) -> ControlClient:
@@ -263,21 +317,35 @@ class ControlClient:
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
 
+    async def wait_closed(self) -> None:
+        """Return when the node closes this connection (sends nothing to it meanwhile)."""
+        with contextlib.suppress(ConnectionError, OSError):
+            while await self._reader.read(4096):
+                pass
+
     async def _request(self, command: str, args: list[str]) -> int:
         self._next_id += 1
         line = {"v": PROTOCOL_VERSION, "id": self._next_id, "command": command, "args": args}
-        self._writer.write(json.dumps(line).encode() + b"\n")
-        await self._writer.drain()
+        try:
+            self._writer.write(json.dumps(line).encode() + b"\n")
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            raise ControlClientError(_GONE, "disconnected") from None
         return self._next_id
 
     async def _reply(self) -> dict[str, Any]:
-        line = await self._reader.readline()
+        try:
+            line = await self._reader.readline()
+        except (ConnectionError, OSError):
+            raise ControlClientError(_GONE, "disconnected") from None
         if not line:
-            raise ControlClientError("the node closed the connection")
+            raise ControlClientError(_GONE, "disconnected")
         reply: dict[str, Any] = json.loads(line)
         if reply.get("ok") is False:
             err = reply.get("error", {})
-            raise ControlClientError(err.get("message", "error"), err.get("code", "error"))
+            raise ControlClientError(
+                err.get("message", "error"), err.get("code", "error"), err.get("detail")
+            )
         return reply
 
     async def call(self, command: str, args: list[str] | None = None) -> Any:
@@ -286,11 +354,14 @@ class ControlClient:
         return (await self._reply()).get("result")
 
     async def stream(self, command: str, args: list[str] | None = None) -> AsyncIterator[Any]:
-        """Send a streaming command and yield its events until it ends."""
+        """Send a streaming command and yield its events until it ends (``end_reason``
+        then says why, if the node said: it is stopping)."""
+        self.end_reason = ""
         await self._request(command, args or [])
         while True:
             reply = await self._reply()
             if reply.get("end"):
+                self.end_reason = str(reply.get("reason") or "")
                 return
             if "event" in reply:
                 yield reply["event"]

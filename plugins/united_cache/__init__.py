@@ -64,7 +64,7 @@ async def _history(node: NodeAPI, args: list[str]) -> list[dict[str, Any]]:
     if not args:
         raise CommandError(usage)
     channel, rest = args[0], args[1:]
-    options = {"--from": 1, "--limit": 50}
+    options: dict[str, int | None] = {"--from": None, "--limit": 50}
     while rest:
         if len(rest) < 2 or rest[0] not in options:
             raise CommandError(usage)
@@ -73,10 +73,12 @@ async def _history(node: NodeAPI, args: list[str]) -> list[dict[str, Any]]:
         except ValueError:
             raise CommandError(f"{rest[0]} takes a number") from None
         rest = rest[2:]
-    if not 1 <= options["--limit"] <= 10_000:
+    limit = options["--limit"]
+    assert limit is not None
+    if not 1 <= limit <= 10_000:
         raise CommandError("--limit must be between 1 and 10000")
     try:
-        return await _cache(node).history(channel, options["--from"], options["--limit"])
+        return await _cache(node).history(channel, options["--from"], limit)
     except KeyError:
         raise CommandError(f"not in channel {channel!r}") from None
 
@@ -99,5 +101,9 @@ def united_register_commands() -> list[ControlCommand]:
             "Messages of a channel from the local cache (unconfirmed marked).",
             usage="CHANNEL [--from SEQ] [--limit N]",
             render=_render,
+            description="CHANNEL: a joined channel. --limit N: how many messages "
+            "(default 50, at most 10000): the newest N, oldest first; with --from SEQ, "
+            "N messages from server number SEQ on (paging forward). Unconfirmed "
+            "messages (not yet numbered by the server) come last.",
         )
     ]

@@ -371,7 +371,7 @@ class CacheService:
 
     # ---- reading ----------------------------------------------------------------------
 
-    async def history(self, channel: str, from_seq: int, limit: int) -> list[dict[str, Any]]:
+    async def history(self, channel: str, from_seq: int | None, limit: int) -> list[dict[str, Any]]:
         assert self.store is not None
         channel_id = self.discovery.resolve(channel)
         joined = {c.channel_id: c for c in self.discovery.cache.joined}

@@ -204,8 +204,24 @@ class CacheStore:
             )
             await self._db.commit()
 
-    async def history(self, topic: str, from_seq: int, limit: int) -> list[CachedMessage]:
-        """Confirmed messages from ``from_seq`` in server order, then the unconfirmed."""
+    async def history(self, topic: str, from_seq: int | None, limit: int) -> list[CachedMessage]:
+        """Confirmed messages in server order, then the unconfirmed: ``limit`` of them
+        from ``from_seq`` on, or (``from_seq`` None) the newest ``limit``, oldest first."""
+        if from_seq is None:
+            pending = await self._select(
+                "WHERE topic=? AND seq IS NULL AND refused IS NULL "
+                "ORDER BY sequence_hint DESC, sender DESC LIMIT ?",
+                (topic, limit),
+            )
+            room = limit - len(pending)
+            newest = (
+                await self._select(
+                    "WHERE topic=? AND seq IS NOT NULL ORDER BY seq DESC LIMIT ?", (topic, room)
+                )
+                if room > 0
+                else []
+            )
+            return newest[::-1] + pending[::-1]
         confirmed = await self._select(
             "WHERE topic=? AND seq>=? ORDER BY seq LIMIT ?", (topic, from_seq, limit)
         )

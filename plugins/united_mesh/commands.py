@@ -9,7 +9,7 @@ from typing import Any
 
 from united_core import envelope
 from united_core.acceptance import MessageRefused
-from united_core.api import CommandError, ControlCommand, NodeAPI
+from united_core.api import CommandError, ControlCommand, NodeAPI, render_table
 from united_core.envelope import EnvelopeError
 
 from .service import MeshService
@@ -100,8 +100,31 @@ async def _topics(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     return out
 
 
+def render_topics(result: dict[str, Any]) -> str:
+    rows = [
+        {
+            "channel": f"#{name}",
+            "mesh_peers": len(row["mesh_peers"]),
+            "messages": row["messages"],
+            "last": _clock(row["last_received"]),
+            "topic": row["topic"],
+        }
+        for name, row in sorted(result.items())
+    ]
+    return render_table(rows, empty="no channel subscribed")
+
+
+def _clock(ts: float | None) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else "-"
+
+
 async def _scores(node: NodeAPI, args: list[str]) -> dict[str, float]:
     return await node.p2p.scores()
+
+
+def render_scores(result: dict[str, float]) -> str:
+    rows = [{"peer": peer, "score": f"{score:.2f}"} for peer, score in sorted(result.items())]
+    return render_table(rows, empty="no connected peer")
 
 
 async def _send_invalid(node: NodeAPI, args: list[str]) -> dict[str, str]:
@@ -126,6 +149,7 @@ def control_commands() -> list[ControlCommand]:
             "Publish a text message to a channel (warns when no peer is connected).",
             usage="CHANNEL TEXT",
             render=render_send,
+            description="CHANNEL: a joined channel; TEXT: the message (the rest of the line).",
         ),
         ControlCommand(
             "tail",
@@ -134,16 +158,35 @@ def control_commands() -> list[ControlCommand]:
             usage="[CHANNEL]",
             render=render_line,
             streaming=True,
+            description="CHANNEL: only this joined channel (default: every joined channel). "
+            "In the console, a live view: Ctrl-C returns to the prompt.",
         ),
-        ControlCommand("topics", _topics, "Subscribed channels: topic, mesh peers, messages."),
         ControlCommand(
-            "send-test", _send_test, "Publish a test message to a channel.", usage="CHANNEL"
+            "topics",
+            _topics,
+            "Subscribed channels: topic, mesh peers, messages.",
+            render=render_topics,
+            description="Per channel: gossipsub mesh peers, messages received, "
+            "the last arrival, the topic.",
         ),
-        ControlCommand("scores", _scores, "Gossipsub score of each connected peer."),
+        ControlCommand(
+            "send-test",
+            _send_test,
+            "Publish a test message to a channel.",
+            usage="CHANNEL",
+            description="CHANNEL: a joined channel. The message is a TEST-type envelope.",
+        ),
+        ControlCommand(
+            "scores",
+            _scores,
+            "Gossipsub score of each connected peer.",
+            render=render_scores,
+        ),
         ControlCommand(
             "send-invalid",
             _send_invalid,
             "Test action: publish an envelope with a broken signature.",
             usage="CHANNEL",
+            description="CHANNEL: a joined channel. Needs [mesh] allow_test_actions = true.",
         ),
     ]

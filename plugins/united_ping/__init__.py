@@ -45,5 +45,7 @@ def united_register_commands() -> list[ControlCommand]:
             "Ping a peer (libp2p ping) and report RTT in ms.",
             usage="PEER_ID [COUNT]",
             render=render_ping,
+            description="PEER_ID: a connected peer (`peers` lists them); "
+            "COUNT: how many round trips (default 1). Prints each RTT and the median.",
         )
     ]
