@@ -123,22 +123,121 @@ def error_frame(request_id: int, code: int, message: str) -> frames_pb2.ServerFr
     )
 
 
+# Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties.txt): characters
+# that render as nothing, so ``alice`` and ``alice`` + U+034F would look alike.
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+# Not default-ignorable, yet drawn as a blank: fillers and empty patterns.
+_BLANK_FILLERS = frozenset(
+    {
+        0x2800,  # BRAILLE PATTERN BLANK
+        0x1D159,  # MUSICAL SYMBOL NULL NOTEHEAD
+        0x16FE4,  # KHITAN SMALL SCRIPT FILLER
+    }
+)
+
+# Scripts that may share one name (UTS #39 "highly restrictive"): Japanese, Chinese
+# with Bopomofo and Korean are written mixing them, and with Latin letters.
+_SCRIPT_MIXES = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
+# The first word of a letter's Unicode name is its script, but for these.
+_SCRIPT_ALIASES = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "TURNED": "LATIN"}
+_NO_SCRIPT = ("MODIFIER ", "KATAKANA-HIRAGANA ")  # shared by scripts (Common)
+
+
+def is_invisible(char: str) -> bool:
+    """A character that draws nothing: Default_Ignorable_Code_Point, or a blank filler."""
+    cp = ord(char)
+    return cp in _BLANK_FILLERS or any(lo <= cp <= hi for lo, hi in _DEFAULT_IGNORABLE)
+
+
+def _describe(char: str) -> str:
+    return f"U+{ord(char):04X} {unicodedata.name(char, 'unnamed')}"
+
+
+def letter_script(char: str) -> str | None:
+    """The script of a letter (or of a non-ASCII digit), judged by the first word of
+    its Unicode name (``LATIN``, ``CYRILLIC``, ``GREEK``, ``HAN``...); None for what
+    belongs to no one script (ASCII digits, punctuation, spaces, combining marks,
+    modifier letters). Python has no Script property: this is the approximation."""
+    category = unicodedata.category(char)
+    if not (category.startswith("L") or (category == "Nd" and not char.isascii())):
+        return None
+    name = unicodedata.name(char, "")
+    if not name or name.startswith(_NO_SCRIPT):
+        return None
+    words = name.replace("-", " ").split()
+    if words[0] in ("FULLWIDTH", "HALFWIDTH", "EXTENDED") and len(words) > 1:
+        words = words[1:]
+    return _SCRIPT_ALIASES.get(words[0], words[0])
+
+
 def clean_display_name(name: str) -> str:
+    """``name`` with its whitespace collapsed, or a FrameError saying why it cannot be
+    a display name: empty or too long, unprintable, an invisible character (which
+    would make two names look alike), or letters of several scripts (``alice`` with
+    its ``a`` the Cyrillic U+0430). A name wholly in another script that looks Latin
+    (``ace`` spelt in Cyrillic letters) is not caught: that needs Unicode's
+    confusables table (UTS #39 skeletons)."""
     name = " ".join(name.split())
     if not 1 <= len(name) <= MAX_DISPLAY_NAME or not name.isprintable():
         raise FrameError(
             frames_pb2.ERROR_CODE_MALFORMED,
             f"a display name is 1 to {MAX_DISPLAY_NAME} printable characters",
         )
+    normal = unicodedata.normalize("NFKC", name)
+    invisible = next((c for c in name + normal if is_invisible(c)), None)
+    if invisible is not None:
+        raise FrameError(
+            frames_pb2.ERROR_CODE_MALFORMED,
+            f"a display name may not contain invisible characters ({_describe(invisible)})",
+        )
+    first: dict[str, str] = {}  # script -> its first letter in the name
+    for char in normal:
+        script = letter_script(char)
+        if script is not None:
+            first.setdefault(script, char)
+    scripts = frozenset(first)
+    if len(scripts) > 1 and not any(scripts <= mix for mix in _SCRIPT_MIXES):
+        found = ", ".join(
+            f"{s.title()} ({_describe(c)})" for s, c in sorted(first.items(), key=lambda i: i[0])
+        )
+        raise FrameError(
+            frames_pb2.ERROR_CODE_MALFORMED,
+            f"a display name is written in one script; this one mixes {found}",
+        )
     return name
 
 
 def name_key(name: str) -> str:
     """What makes two display names the same within a community: NFKC, then case
-    folding, then NFKC again (Unicode's "NFKC_Casefold" in spirit), so ``Alice``,
-    ``ALICE`` and ``Alice`` written in full-width letters are one name. Applied to a name
-    :func:`clean_display_name` already cleaned (whitespace collapsed)."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    folding, then NFKC again, without default-ignorable characters (Unicode's
+    "NFKC_Casefold" in spirit), so ``Alice``, ``ALICE`` and ``Alice`` written in
+    full-width letters are one name. Applied to a name :func:`clean_display_name`
+    already cleaned (whitespace collapsed); dropping the invisible characters it
+    refuses keeps names registered before it refused them from shadowing others."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return "".join(c for c in folded if not is_invisible(c))
 
 
 def clean_addrs(addrs: list[str]) -> list[str]:

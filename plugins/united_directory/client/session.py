@@ -48,6 +48,24 @@ class Unreachable(ConnectionError):
     answer in time; the message is one line saying which."""
 
 
+class _Redirected(Exception):
+    """Raised from aiohttp's redirect trace: a directory is never followed elsewhere."""
+
+    def __init__(self, status: int, location: str) -> None:
+        super().__init__(status, location)
+        self.status = status
+        self.location = location
+
+
+def describe_redirect(url: str, status: int, location: str) -> str:
+    return (
+        f"{url}: the server answered the WebSocket upgrade with a redirect (HTTP {status}"
+        + (f" to {location}" if location else "")
+        + "); redirects are not followed (a pinned wss:// connection could end up in "
+        "plain text): use the directory's own URL"
+    )
+
+
 class TLSFailure(Unreachable):
     """The TLS handshake failed or the server's certificate was refused (not the
     pinned one, not trusted): nothing was sent to the server."""
@@ -129,8 +147,15 @@ class DirectoryClient:
             nonlocal connected
             connected = True
 
+        async def on_redirect(_: Any, __: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
+            # Before aiohttp follows it: nothing is sent to the Location named.
+            location = params.response.headers.get("Location", "")
+            params.response.close()
+            raise _Redirected(params.response.status, location)
+
         trace = aiohttp.TraceConfig()
         trace.on_connection_create_end.append(on_connected)
+        trace.on_request_redirect.append(on_redirect)
         http = aiohttp.ClientSession(trace_configs=[trace])
         try:
             async with asyncio.timeout(timeout):
@@ -158,6 +183,9 @@ class DirectoryClient:
                 f"{url}: no connection within {timeout:g} s (the host does not answer: "
                 "a wrong address, or a firewall dropping the port)"
             ) from None
+        except _Redirected as exc:
+            await http.close()
+            raise Unreachable(describe_redirect(url, exc.status, exc.location)) from None
         except aiohttp.ClientError as exc:
             await http.close()
             tls = describe_tls_failure(exc, url, tls_fingerprint)
@@ -167,6 +195,13 @@ class DirectoryClient:
         except BaseException:
             await http.close()
             raise
+        history = ws._response.history  # empty unless a redirect got past the trace
+        if history:
+            await ws.close()
+            await http.close()
+            raise Unreachable(
+                describe_redirect(url, history[0].status, history[0].headers.get("Location", ""))
+            )
         return cls(http, ws, on_push, request_timeout)
 
     async def close(self) -> None:

@@ -4,17 +4,22 @@ Why a module of its own: reading and checking a certificate and its key, and
 making a self-signed one, is X.509 work (the ``cryptography`` package) that
 nothing else in the directory needs. :func:`load_server_tls` turns
 ``[directory] tls_cert``/``tls_key`` into an ``ssl.SSLContext`` or one clear
-:class:`~united_core.api.ConfigError`; :func:`make_self_signed` writes a
-certificate for a server that has no domain or CA.
+:class:`~united_core.api.ConfigError`; :class:`ServedCertificate` is what the
+listener serves, its certificate replaced for new handshakes when the files are
+renewed; :func:`make_self_signed` writes a certificate for a server that has no
+domain or CA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
 import ssl
 import stat
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,29 +58,31 @@ def load_server_tls(cert_path: Path, key_path: Path, config_file: Path | None = 
     def error(key: str, message: str) -> ConfigError:
         return ConfigError(message, file=config_file, section="directory", key=key)
 
+    # Each file is read once: the fingerprint and the context come from the same
+    # bytes, whatever a renewal does to the files meanwhile.
     try:
         pem = cert_path.read_bytes()
     except OSError as exc:
         raise error("tls_cert", f"cannot read the certificate {cert_path}: {_why(exc)}") from None
     try:
+        mode = key_path.stat().st_mode
+        key_pem = key_path.read_bytes()
+    except OSError as exc:
+        raise error("tls_key", f"cannot read the key {key_path}: {_why(exc)}") from None
+    try:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
         raise error("tls_cert", f"{cert_path} is not a PEM certificate") from None
-    try:
-        mode = key_path.stat().st_mode
-        key_path.read_bytes()
-    except OSError as exc:
-        raise error("tls_key", f"cannot read the key {key_path}: {_why(exc)}") from None
     if mode & stat.S_IRWXO:
         raise error(
             "tls_key",
             f"{key_path}: permissions {stat.S_IMODE(mode):04o} are too open; the key must "
             "not be readable by others (chmod 600, or 640 with a group such as ssl-cert)",
         )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = _server_context()
     try:
-        context.load_cert_chain(cert_path, key_path)
+        with _private_file(pem) as chain, _private_file(key_pem) as key_file:
+            context.load_cert_chain(chain, key_file)
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
             raise error(
@@ -92,6 +99,69 @@ def load_server_tls(cert_path: Path, key_path: Path, config_file: Path | None = 
         self_signed=_self_signed(cert),
         not_after=cert.not_valid_after_utc,
     )
+
+
+def _server_context() -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+@contextlib.contextmanager
+def _private_file(data: bytes) -> Iterator[str]:
+    """A path holding ``data`` for ``load_cert_chain`` (which reads only paths): an
+    anonymous in-memory file where the system has them, else an owner-only file in
+    an owner-only temporary directory; gone afterwards."""
+    fd = _memory_file()
+    if fd is not None:
+        try:
+            with open(fd, "wb", closefd=False) as handle:
+                handle.write(data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="united-tls-") as directory:
+        path = os.path.join(directory, "pem")
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            out.write(data)
+        yield path
+
+
+def _memory_file() -> int | None:
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return int(memfd_create("united-tls", os.MFD_CLOEXEC))
+    except OSError:
+        return None
+
+
+class ServedCertificate:
+    """What the listener serves: the certificate of :attr:`current`, replaced for new
+    handshakes by :meth:`serve` (connections already up keep theirs).
+
+    The listener's own context (:attr:`listener`) holds no certificate: every
+    ClientHello goes through its ``sni_callback`` (OpenSSL calls it with or without
+    a server name), which hands the connection the current context. Loading a
+    renewed pair into the live context instead would *add* it: OpenSSL keeps one
+    certificate per key type, so after an RSA to ECDSA renewal the old RSA one
+    would still be served to clients that only speak RSA.
+    """
+
+    def __init__(self, current: ssl.SSLContext) -> None:
+        self.current = current
+        self.listener = _server_context()
+        self.listener.sni_callback = self._choose
+
+    def serve(self, context: ssl.SSLContext) -> None:
+        self.current = context
+
+    def _choose(
+        self, ssl_object: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext
+    ) -> None:
+        ssl_object.context = self.current
 
 
 def _why(exc: OSError) -> str:

@@ -175,12 +175,15 @@ class Registry:
         )
         if await self._key_known(public_key):
             raise RegistryError("exists", "this key is already registered; log in instead")
-        taken = await self.name_holder(display_name)
-        if taken is not None:  # checked before the invite is used: it stays valid
+        # The invite first, then the name: without a valid invite nobody learns
+        # whether a name is taken. Both are looked at before anything is written
+        # (this runs alone, _serialized), so a taken name leaves the invite valid.
+        if invite_code is not None and not await self._invite_usable(invite_code, now):
+            raise RegistryError("invite", "the invite is unknown, used or expired")
+        if await self.name_holder(display_name) is not None:
+            # Not the holder's spelling: only that the name is taken.
             raise RegistryError(
-                "name_taken",
-                f"the display name {display_name!r} is taken in this community"
-                + (f" ({taken!r})" if taken != display_name else ""),
+                "name_taken", f"the display name {display_name!r} is taken in this community"
             )
         try:
             if invite_code is not None:
@@ -200,6 +203,13 @@ class Registry:
             await self._db.rollback()
             raise
         return member
+
+    async def _invite_usable(self, invite_code: str, now: float) -> bool:
+        async with self._db.execute(
+            "SELECT 1 FROM invites WHERE code_hash=? AND used_at IS NULL AND expires_at>?",
+            (_hash_code(invite_code), now),
+        ) as cur:
+            return await cur.fetchone() is not None
 
     async def name_holder(self, display_name: str) -> str | None:
         """The current member's name that is the same as ``display_name`` (compared

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import datetime
 import ipaddress
 import logging
@@ -44,7 +43,7 @@ from united_core.wire import frames_pb2 as pb
 
 from .. import protocol
 from ..model import Channel, Member, MemberSet
-from .certs import ServerTLS, load_server_tls
+from .certs import ServedCertificate, ServerTLS, load_server_tls
 from .config import Config
 from .limits import LoginLimits
 from .registry import ChannelRecord, Registry, RegistryError
@@ -66,6 +65,7 @@ class DirectoryService:
         self.db_path = data_dir / config.database
         self.registry: Registry | None = None
         self.tls: ServerTLS | None = None
+        self._served: ServedCertificate | None = None  # the listener's, renewals swapped in
         self.server_id = ""
         self.endpoint = Endpoint(config, self)
         self.limits = LoginLimits(config)
@@ -101,7 +101,9 @@ class DirectoryService:
             for channel in await self.registry.joined_channels(member.member_id):
                 self._channel_members[channel.channel_id].add(member.member_id)
         self._plugin_handlers = self._collect_frame_handlers()
-        await self.endpoint.start(self.tls.context if self.tls is not None else None)
+        if self.tls is not None:
+            self._served = ServedCertificate(self.tls.context)
+        await self.endpoint.start(self._served.listener if self._served is not None else None)
         log.info("directory listening on %s (server id %s)", self.url, self.server_id)
         if self.tls is not None:
             self._describe_tls("TLS:")
@@ -169,16 +171,12 @@ class DirectoryService:
         """Serve the certificate now in the files (new handshakes; sessions keep
         theirs). A pair that cannot serve is logged and the current one kept."""
         current = self.tls
-        assert current is not None
+        assert current is not None and self._served is not None
         try:
+            # A context of its own, from one read of the files: the fingerprint is
+            # the certificate it serves, and nothing of the old pair stays in it.
             fresh = self._load_tls()
             assert fresh is not None
-            if fresh.fingerprint == current.fingerprint:
-                return False
-            settings = self.node.settings
-            current.context.load_cert_chain(
-                settings.resolve(self.config.tls_cert), settings.resolve(self.config.tls_key)
-            )
         except (ConfigError, OSError, ssl.SSLError) as exc:
             log.error(
                 "TLS: the changed certificate files cannot be served (%s); still serving %s",
@@ -186,7 +184,10 @@ class DirectoryService:
                 current.fingerprint,
             )
             return False
-        self.tls = dataclasses.replace(fresh, context=current.context)
+        if fresh.fingerprint == current.fingerprint:
+            return False
+        self._served.serve(fresh.context)
+        self.tls = fresh
         self.tls_reloads += 1
         self._describe_tls("TLS: now serving the new")
         if current.self_signed:

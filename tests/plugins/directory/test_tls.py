@@ -9,27 +9,88 @@ client verifies certificates as a browser does; ``wss://`` never falls back to
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from conftest import run_cli
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from support import registered, server, server_config
 from united_directory.client.session import DirectoryClient, TLSFailure, Unreachable
+from united_directory.server import certs as certs_module
 from united_directory.server import service as service_module
 from united_directory.server.certs import load_server_tls, make_self_signed
-from united_directory.tls import normalize_fingerprint, parse_fingerprint
+from united_directory.tls import der_fingerprint, normalize_fingerprint, parse_fingerprint
 
 from united_core.api import ConfigError
 from united_core.identity import Identity
 from united_core.testing import running_node, until
+from united_core.wire import frames_pb2 as pb
 
 
 def self_signed(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, str]:
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "tls.crt", directory / "tls.key"
     return cert, key, make_self_signed(host, cert, key)
+
+
+def rsa_self_signed(directory: Path) -> tuple[Path, Path, str]:
+    """Like make_self_signed, with an RSA key (make_self_signed makes ECDSA ones)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path, der_fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+async def served_fingerprint(port: int, rsa_only: bool = False) -> str | None:
+    """The fingerprint of the certificate a TLS client gets from 127.0.0.1:``port``;
+    None if the handshake fails. ``rsa_only``: a client that can only take an RSA
+    certificate (TLS 1.2, RSA-authenticated cipher suites)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if rsa_only:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256:AES128-GCM-SHA256")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=context), 5
+        )
+    except (ssl.SSLError, ConnectionError):
+        return None
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return der_fingerprint(der)
 
 
 def tls_settings(cert: Path, key: Path) -> str:
@@ -259,3 +320,133 @@ def test_a_renewed_certificate_is_served_without_a_restart(
 
     with caplog.at_level(logging.INFO, "united_directory"):
         asyncio.run(scenario())
+
+
+def test_a_renewal_to_another_key_type_serves_only_the_new_certificate(tmp_path: Path) -> None:
+    """RSA renewed as ECDSA: a client that only takes RSA gets the new certificate or
+    none, never the old one (OpenSSL keeps one certificate per key type in a
+    context: the renewal must not be added to the old). Sessions already up stay."""
+    cert, key, old = rsa_self_signed(tmp_path / "certs")
+    new_cert, new_key, new = self_signed(tmp_path / "renewed")
+
+    async def scenario() -> None:
+        async with server(tmp_path, tls_settings(cert, key)) as (_, service, _):
+            port = service.port
+            assert await served_fingerprint(port) == old
+            assert await served_fingerprint(port, rsa_only=True) == old  # the probe works
+            member, identity, _, _ = await registered(service.url, service, "alice", old)
+
+            os.replace(new_key, key)
+            os.replace(new_cert, cert)
+            assert service.reload_tls()
+            assert service.stats()["tls"] == new
+            assert await served_fingerprint(port) == new
+            assert await served_fingerprint(port, rsa_only=True) in (None, new)
+            # The session opened before the renewal goes on over its handshake.
+            reply = await member.request(pb.ClientFrame(list_channels=pb.ListChannels()))
+            assert reply.WhichOneof("body") == "channel_list"
+            await member.close()
+            again = await DirectoryClient.connect(service.url, tls_fingerprint=new)
+            await again.login(identity)
+            await again.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_reported_fingerprint_is_the_served_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files are read once per reload: a renewal landing while the server reads
+    them cannot make it report one certificate and serve another."""
+    cert, key, old = self_signed(tmp_path / "certs")
+    second_cert, second_key, second = self_signed(tmp_path / "second")
+    third_cert, third_key, third = self_signed(tmp_path / "third")
+    parse = certs_module.x509.load_pem_x509_certificate
+    armed = False
+
+    def renewed_meanwhile(data: bytes) -> x509.Certificate:
+        nonlocal armed
+        if armed:  # the next renewal lands while this one is being read
+            armed = False
+            os.replace(third_key, key)
+            os.replace(third_cert, cert)
+        return parse(data)
+
+    monkeypatch.setattr(certs_module.x509, "load_pem_x509_certificate", renewed_meanwhile)
+
+    async def scenario() -> None:
+        nonlocal armed
+        async with server(tmp_path, tls_settings(cert, key)) as (_, service, _):
+            assert await served_fingerprint(service.port) == old
+            os.replace(second_key, key)
+            os.replace(second_cert, cert)
+            armed = True
+            assert service.reload_tls()
+            reported = service.stats()["tls"]
+            assert reported in (second, third)
+            assert await served_fingerprint(service.port) == reported
+            service.reload_tls()  # the third pair, now whole in the files
+            assert service.stats()["tls"] == third
+            assert await served_fingerprint(service.port) == third
+
+    asyncio.run(scenario())
+
+
+@asynccontextmanager
+async def redirecting_server(
+    location: str, ssl_context: ssl.SSLContext | None
+) -> AsyncIterator[int]:
+    """A server answering every request with ``307 Location: location``; its port."""
+
+    async def redirect(_: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(location)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+def test_a_redirect_is_never_followed(tmp_path: Path) -> None:
+    """A server with the pinned certificate that redirects wss:// to plain http://
+    would have the member speak plain text to wherever it points: refused, and the
+    target hears nothing. No redirect is followed, TLS or not."""
+    cert, key, fingerprint = self_signed(tmp_path / "certs")
+    pinned = load_server_tls(cert, key).context
+
+    async def scenario() -> None:
+        async with server(tmp_path) as (_, plain, plain_url):
+            opened = plain.session_opened
+            sessions = 0
+
+            async def counting(session: object) -> None:
+                nonlocal sessions
+                sessions += 1
+                await opened(session)
+
+            plain.session_opened = counting
+            target = plain_url.replace("ws://", "http://")
+            async with redirecting_server(target, pinned) as port:
+                url = f"wss://127.0.0.1:{port}/ws"
+                with pytest.raises(Unreachable) as info:
+                    await DirectoryClient.connect(url, tls_fingerprint=fingerprint)
+                message = str(info.value)
+                assert "redirect (HTTP 307 to " + target in message
+                assert "not followed" in message
+            async with redirecting_server(target, None) as port:
+                with pytest.raises(Unreachable, match="redirects are not followed"):
+                    await DirectoryClient.connect(f"ws://127.0.0.1:{port}/ws")
+            await asyncio.sleep(0.2)
+            assert sessions == 0 and plain.frames_handled == 0
+            # The target itself is a working directory: only the redirect was refused.
+            client = await DirectoryClient.connect(plain_url)
+            await client.close()
+            assert sessions == 1
+
+    asyncio.run(scenario())
