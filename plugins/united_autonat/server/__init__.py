@@ -88,6 +88,7 @@ def render_panel(snapshot: Mapping[str, Any]) -> list[str]:
     lines.append(
         f"  NAT observations on TCP {', '.join(str(p) for p in ports)}:"
         f" answered {observe.get('answered', 0)}, refused {observe.get('refused', 0)}"
+        + (f", busy {observe['busy']}" if observe.get("busy") else "")
         if ports
         else "  NAT observations: off"
     )

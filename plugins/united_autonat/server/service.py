@@ -30,14 +30,19 @@ NAT observations: the service also listens on ``observe_ports`` (two plain TCP
 "reflectors", on the host of the node's first TCP listen address). Each
 ``result`` carries those ports and a token (:mod:`.observe`); a connection
 whose one line is a live token gets ``"<ip> <port>\n"``, the address it came
-from, and the server closes it. Anything else (no line within 2 s, a wrong
-token, a line above 64 bytes) is closed without a word. A port that cannot be
-bound is one warning, and the service runs on without observations.
+from, and the server closes it. Anything else (no line within 0.5 s, a wrong
+token, a line above 64 bytes) is closed without a word. At most
+``OBSERVE_PER_SOURCE`` connections per source (an IPv4 address, an IPv6 /64) and
+``OBSERVE_HANDLERS`` in all are served at once; one above either is accepted and
+closed at once (``busy``), never left in the listen backlog, where it would hold
+up everyone's and be answered only after its member gave up. A port that cannot
+be bound is one warning, and the service runs on without observations.
 """
 
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import threading
 import time
@@ -74,8 +79,10 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 10.0  # the request, and the member's "ready", must come this soon
 CLOSE_TIMEOUT = 2.0
 RECENT = 16  # probes kept for the panel and tests
-OBSERVE_TIMEOUT = 2.0  # an observation connection: its line, the answer, within this
-OBSERVE_HANDLERS = 64  # observation connections served at once, at most
+OBSERVE_TIMEOUT = 0.5  # an observation connection: its line, the answer, within this
+# (the token comes in the connection's first segment)
+OBSERVE_HANDLERS = 64  # observation connections served at once, at most, in all
+OBSERVE_PER_SOURCE = 4  # ... and per source (an IPv4 address, an IPv6 /64)
 OBSERVE_BACKLOG = 64
 
 
@@ -123,6 +130,7 @@ class AutonatServer:
         self.observe_ports: tuple[int, ...] = ()  # bound reflector ports (none: off)
         self.observations: collections.Counter[str] = collections.Counter()
         self._tokens = Tokens()
+        self._observing: collections.Counter[str] = collections.Counter()  # by source
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -135,9 +143,8 @@ class AutonatServer:
             self.dialer_id = dialer.get_id().to_base58()
             try:
                 listeners = await self._open_reflectors(_listen_ip(tools.host))
-                limiter = trio.CapacityLimiter(OBSERVE_HANDLERS)
                 for listener in listeners:
-                    nursery.start_soon(self._reflect, listener, limiter, nursery)
+                    nursery.start_soon(self._reflect, listener, nursery)
                 tools.host.set_stream_handler(TProtocol(wire.PROTOCOL), self._handle)
                 log.info(
                     "AutoNAT: answering probes, dialing back as %s%s",
@@ -174,6 +181,7 @@ class AutonatServer:
                     "ports": list(self.observe_ports),
                     "answered": self.observations["answered"],
                     "refused": self.observations["refused"],
+                    "busy": self.observations["busy"],
                     "tokens": len(self._tokens),
                 },
                 "limits": {
@@ -374,31 +382,36 @@ class AutonatServer:
         self.observe_ports = tuple(int(ln.socket.getsockname()[1]) for ln in listeners)
         return listeners
 
-    async def _reflect(
-        self, listener: trio.SocketListener, limiter: trio.CapacityLimiter, nursery: trio.Nursery
-    ) -> None:
-        """Accept observation connections, at most ``OBSERVE_HANDLERS`` served at once."""
+    async def _reflect(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept observation connections as they come; serve at most
+        ``OBSERVE_PER_SOURCE`` per source and ``OBSERVE_HANDLERS`` in all at once, and
+        close any other at once (``busy``)."""
         while True:
-            ticket = object()
-            await limiter.acquire_on_behalf_of(ticket)
             try:
                 stream = await listener.accept()
             except trio.ClosedResourceError:
-                limiter.release_on_behalf_of(ticket)
                 return
             except Exception as exc:  # out of file descriptors and the like: wait, go on
-                limiter.release_on_behalf_of(ticket)
                 log.debug("AutoNAT: accepting an observation failed: %r", exc)
                 await trio.sleep(0.1)
                 continue
-            except BaseException:
-                limiter.release_on_behalf_of(ticket)
-                raise
-            nursery.start_soon(self._observation, stream, limiter, ticket)
+            try:
+                source = _source(stream.socket.getpeername()[0])
+            except Exception:  # reset before we looked
+                source = ""
+            if (
+                not source
+                or self._observing[source] >= OBSERVE_PER_SOURCE
+                or self._observing.total() >= OBSERVE_HANDLERS
+            ):
+                with self._lock:
+                    self.observations["busy"] += 1
+                stream.socket.close()  # at once: no await, nothing read, nothing written
+                continue
+            self._observing[source] += 1
+            nursery.start_soon(self._observation, stream, source)
 
-    async def _observation(
-        self, stream: trio.SocketStream, limiter: trio.CapacityLimiter, ticket: object
-    ) -> None:
+    async def _observation(self, stream: trio.SocketStream, source: str) -> None:
         """One line, a live token: answer where the connection came from, then close."""
         answered = False
         try:
@@ -418,9 +431,11 @@ class AutonatServer:
         finally:
             with self._lock:
                 self.observations["answered" if answered else "refused"] += 1
+            self._observing[source] -= 1
+            if self._observing[source] <= 0:
+                del self._observing[source]
             with trio.CancelScope(shield=True):
                 await stream.aclose()  # the server closes first: its side keeps TIME_WAIT
-            limiter.release_on_behalf_of(ticket)
 
 
 async def _tcp_listener(ip: str, port: int) -> trio.SocketListener:
@@ -436,6 +451,17 @@ async def _tcp_listener(ip: str, port: int) -> trio.SocketListener:
         sock.close()
         raise
     return trio.SocketListener(sock)
+
+
+def _source(ip: str) -> str:
+    """Whom an observation connection counts against: its IPv4 address (also when
+    IPv4-mapped), or its IPv6 /64 (one host commonly holds a whole /64)."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _listen_ip(host: IHost) -> str:

@@ -33,6 +33,7 @@ from united_autonat.client import render_panel as client_panel
 from united_autonat.client.config import Config as ClientConfig
 from united_autonat.client.service import AutonatClient
 from united_autonat.server import render_panel as server_panel
+from united_autonat.server import service
 from united_autonat.server.config import Config as ServerConfig
 from united_autonat.server.observe import Tokens
 from united_autonat.server.service import AutonatServer
@@ -422,7 +423,7 @@ def test_a_private_member_learns_its_nat_kind_and_the_reflectors_answer_only_tok
             assert (await _raw(ports[1], line))[0] == b""  # a third use
 
             # Nothing answered: a wrong token, an oversized line, garbage, silence (the
-            # server closes it after 2 s). Each is closed without a byte.
+            # server closes it after 0.5 s). Each is closed without a byte.
             quiet = time.monotonic()
             replies = await asyncio.gather(
                 _raw(ports[0], b"0" * 32 + b"\n"),
@@ -432,7 +433,7 @@ def test_a_private_member_learns_its_nat_kind_and_the_reflectors_answer_only_tok
             )
             waited = time.monotonic() - quiet
             assert [reply for reply, _ in replies] == [b""] * 4, replies
-            assert 1.5 < waited < 4, waited  # silence is closed after 2 s, not earlier
+            assert 0.4 < waited < 2, waited  # silence is closed after 0.5 s, not earlier
             figures = L.server.snapshot()["observe"]
             assert (figures["answered"], figures["refused"]) == (4, 5), figures
             panel = "\n".join(server_panel({"plugins": {"autonat": dict(L.server.snapshot())}}))
@@ -471,10 +472,54 @@ def test_a_busy_observe_port_is_one_warning_and_no_observations(
     assert f"port {port}" in warnings[0] and "will not learn their NAT kind" in warnings[0]
 
 
-async def _raw(port: int, data: bytes) -> tuple[bytes, int]:
-    """Connect to 127.0.0.1:``port``, send ``data``, read until the server closes:
-    ``(what came back, our local port)``. A reset counts as nothing back."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def test_idle_connections_from_one_source_do_not_hold_up_another_members_observation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More idle connections from 127.0.0.1 than the server serves at once in all: it
+    serves 4 of them (per source), closes the others at once, and a member connecting
+    from 127.0.0.2 gets its answer at once, not when the idle ones time out."""
+    monkeypatch.setattr(service, "OBSERVE_TIMEOUT", 3.0)  # idle ones held long: no race
+
+    async def scenario() -> None:
+        async with lab(("a",)) as L:
+            ports = L.server.snapshot()["observe"]["ports"]
+            stream = await L.runtimes["a"].open_stream(L.server_rt.peer_id, [wire.PROTOCOL])
+            await stream.write(wire.encode(wire.Request(b"\x03" * 8, ()).to_message()))
+            offer = wire.parse_observe(await _read_frame(stream))
+            assert offer is not None
+            idle = [
+                await asyncio.open_connection("127.0.0.1", ports[i % 2])
+                for i in range(service.OBSERVE_HANDLERS + 6)
+            ]
+            try:
+                started = time.monotonic()
+                reply, local = await _raw(
+                    ports[0], wire.observe_request(offer.token), source="127.0.0.2"
+                )
+                took = time.monotonic() - started
+                assert reply == f"127.0.0.2 {local}\n".encode(), reply
+                assert took < 1.0, took
+                # Those above 4 are closed at once, without a byte.
+                closed = await asyncio.wait_for(
+                    asyncio.gather(*(reader.read() for reader, _ in idle[4:])), 1
+                )
+                assert closed == [b""] * (len(idle) - 4)
+                assert L.server.snapshot()["observe"]["busy"] == len(idle) - 4
+                assert all(not reader.at_eof() for reader, _ in idle[:4])  # still held
+            finally:
+                for _, writer in idle:
+                    writer.close()
+            panel = "\n".join(server_panel({"plugins": {"autonat": dict(L.server.snapshot())}}))
+            assert f"busy {len(idle) - 4}" in panel, panel
+            print(f"[autonat] observation answered in {took * 1000:.0f} ms beside idle ones")
+
+    asyncio.run(scenario())
+
+
+async def _raw(port: int, data: bytes, source: str = "127.0.0.1") -> tuple[bytes, int]:
+    """Connect from ``source`` to 127.0.0.1:``port``, send ``data``, read until the
+    server closes: ``(what came back, our local port)``. A reset counts as nothing back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     local = writer.get_extra_info("sockname")[1]
     try:
         if data:
@@ -690,6 +735,15 @@ def test_the_nat_kind_from_two_observations() -> None:
     assert verdict.nat_kind("private", "none", None) == "none"  # a firewall, no translation
     assert verdict.nat_kind("unknown", "unknown", "none") == "none"
     assert verdict.nat_kind("private", "unknown", "unknown") == "unknown"
+
+
+def test_observation_connections_count_per_ipv4_address_or_ipv6_64() -> None:
+    source = service._source
+    assert source("203.0.113.7") == "203.0.113.7"
+    assert source("::ffff:203.0.113.7") == "203.0.113.7"  # a dual-stack listener
+    assert source("2001:db8:1:2::5") == source("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source("2001:db8:1:3::5") != source("2001:db8:1:2::5")
+    assert source("fe80::1%eth0") == "fe80::/64"
 
 
 def test_observation_tokens_are_for_two_uses_within_their_lifetime() -> None:
