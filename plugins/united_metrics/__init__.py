@@ -32,6 +32,8 @@ class MetricsHooks:
     def united_status(self) -> dict[str, Any]:
         """``ctl status``: where the endpoint is served (or that it is off)."""
         if self.server.url is None:
+            if self.server.error is not None:  # enabled, the port taken
+                return {"enabled": True, "error": self.server.error}
             return {"enabled": False}
         return {"url": f"{self.server.url}/metrics", "health": f"{self.server.url}/health"}
 

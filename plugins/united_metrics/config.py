@@ -20,9 +20,37 @@ class Config:
     enabled: bool = setting(
         True, "Serve /metrics and /health; false keeps the plugin loaded and serves nothing."
     )
+    allowed_hosts: tuple[str, ...] = setting(
+        (),
+        "Host names (besides localhost, the listen host and any IP address) that a request's "
+        "Host header may name, e.g. the name Prometheus scrapes this node by; others get 421 "
+        "(a defence against DNS rebinding from a browser).",
+    )
 
     def validate(self) -> None:
         parse_listen(self.listen)
+        for name in self.allowed_hosts:
+            host_name(name)
+
+
+def host_name(value: str) -> str:
+    """An ``allowed_hosts`` entry as compared: lowercase, no trailing dot, no port;
+    ConfigValueError unless it is a plain host name or address."""
+    name = value.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if not name or not all(c.isascii() and (c.isalnum() or c in "-._:") for c in name):
+        raise ConfigValueError(
+            "allowed_hosts", f"{value!r} is not a host name (e.g. metrics.example.org)"
+        )
+    if ":" in name:
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            raise ConfigValueError(
+                "allowed_hosts", f"{value!r}: a host name, without a port"
+            ) from None
+    return name
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -17,11 +21,13 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from united_metrics import server as metrics_server
 from united_metrics.collector import CATALOG, Scrape, families
-from united_metrics.config import parse_listen
-from united_metrics.server import MetricsServer, readiness
+from united_metrics.config import Config, parse_listen
+from united_metrics.server import MetricsServer, host_allowed, readiness
 
-from united_core.api import ConfigValueError, NodeState
+from united_core.api import ConfigSection, ConfigValueError, NodeState
+from united_core.config import ConfigError, build_section
 from united_core.testing import free_port, running_community, until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -163,7 +169,7 @@ def test_health_and_metrics_of_a_node_without_the_directory(tmp_path: Path) -> N
     """A node with the plugin alone: ready once running; a third-party plugin's figures
     come out generically; ``enabled = false`` serves nothing."""
     port = free_port()
-    extra = f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    extra = f'[metrics]\nlisten = "127.0.0.1:{port}"\nallowed_hosts = ["united.example.org"]\n'
     config = make_node_dir(tmp_path, "n", plugins=("ping", "metrics"), extra=extra)
 
     async def scenario() -> None:
@@ -178,6 +184,9 @@ def test_health_and_metrics_of_a_node_without_the_directory(tmp_path: Path) -> N
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{url}/") as response:
                     assert "/metrics" in await response.text()
+            # The Host a scraper names this node by: the setting's, not any other.
+            assert (await _get(port, "/health", "united.example.org"))[0] == 200
+            assert (await _get(port, "/health", "other.example.org"))[0] == 421
         with pytest.raises(aiohttp.ClientConnectionError):  # stopped with the node
             await health(f"http://127.0.0.1:{port}")
 
@@ -271,19 +280,190 @@ def test_a_bad_listen_setting_is_a_one_line_config_error(tmp_path: Path) -> None
     assert len(lines) == 1 and "[metrics] listen" in lines[0] and "HOST:PORT" in lines[0], lines
 
 
-def test_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+def test_a_taken_port_is_one_warning_and_the_node_runs_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another program on the port (an upgraded server whose 9464 is used): metrics are
+    not worth a server that stays down."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         extra = f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
-        config = make_node_dir(tmp_path, plugins=("metrics",), extra=extra)
-        result = run_cli("run", "-c", str(config))
-    assert result.returncode == 1, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if "cannot start" in line]
-    assert len(lines) == 1, result.stderr
-    assert f"metrics: cannot listen on 127.0.0.1:{port} ([metrics] listen)" in lines[0]
-    assert "Traceback" not in result.stderr
+        config = make_node_dir(tmp_path, plugins=("ping", "metrics"), extra=extra)
+
+        async def scenario() -> None:
+            async with running_node(config) as node:
+                assert node.state is NodeState.RUNNING
+                server = node.require(MetricsServer)
+                assert server.url is None
+                error = f"cannot listen on 127.0.0.1:{port}: address already in use"
+                assert server.stats()["error"] == error
+                assert node.p2p.listen_addrs  # the rest of the node serves
+
+        with caplog.at_level(logging.WARNING):
+            asyncio.run(scenario())
+    warnings = [r for r in caplog.records if r.name.startswith("united_metrics")]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    line = warnings[0].getMessage()
+    assert f"metrics: cannot listen on 127.0.0.1:{port} ([metrics] listen)" in line, line
+    assert "\n" not in line and "runs on without" in line, line
+
+
+# ---- one endpoint on a stand-in node: Host checks, shared snapshots, quiet warnings ----
+
+
+def _stub_node(snapshot: Callable[[], Awaitable[Mapping[str, Any]]]) -> Any:
+    """Just what the endpoint reads of a node; its stats are ``snapshot``."""
+    return SimpleNamespace(
+        state=NodeState.RUNNING,
+        started_at=time.time(),
+        identity=SimpleNamespace(peer_id="12D3KooWStub"),
+        settings={"node": SimpleNamespace(plugin_set="server")},
+        plugin_names=[],
+        stats=SimpleNamespace(snapshot=snapshot),
+    )
+
+
+async def _listening() -> Mapping[str, Any]:
+    return {"p2p": {"listen_addrs": ["/ip4/127.0.0.1/tcp/1"]}}
+
+
+async def _get(port: int, path: str, host: str | None) -> tuple[int, bytes]:
+    """A raw HTTP/1.1 GET to 127.0.0.1:``port`` with this ``Host`` header (None: an
+    HTTP/1.0 one with none); ``(status, body)``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = f"GET {path} HTTP/1.0\r\n" if host is None else f"GET {path} HTTP/1.1\r\n"
+        head += f"Host: {host}\r\n" if host is not None else ""
+        writer.write(f"{head}Connection: close\r\n\r\n".encode())
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line, _, rest = response.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def test_only_requests_for_this_host_are_served() -> None:
+    """DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 sends
+    ``Host: evil.example``: refused (421), as is every name but localhost and
+    ``allowed_hosts``; an IP address, with or without a port, is served."""
+    config = Config(listen="127.0.0.1:0", allowed_hosts=("Metrics.Example.org.",))
+
+    async def scenario() -> None:
+        server = MetricsServer(config, _stub_node(_listening))
+        await server.start()
+        try:
+            port = server.port
+            served = [
+                f"127.0.0.1:{port}",
+                "127.0.0.1",
+                "localhost",
+                f"LocalHost:{port}",
+                f"[::1]:{port}",
+                "[::1]",
+                "192.0.2.7:9464",  # an address: no DNS name to rebind
+                f"metrics.example.org:{port}",
+                "metrics.example.org.",
+                None,  # HTTP/1.0 without a Host: no browser
+            ]
+            for host in served:
+                for path in ("/health", "/metrics"):
+                    status, _ = await _get(port, path, host)
+                    assert status == 200, (host, path, status)
+            refused = [
+                f"evil.example:{port}",
+                "evil.example",
+                "localhost.evil.example",
+                f"127.0.0.1.nip.io:{port}",
+                "127.0.0.1:http",
+                "[::1",
+                "[evil.example]:80",
+                "",
+            ]
+            for host in refused:
+                for path in ("/health", "/metrics", "/"):
+                    status, body = await _get(port, path, host)
+                    assert status == 421, (host, path, status)
+                    assert b"allowed_hosts" in body and b"united_" not in body, body
+            assert server.stats()["hosts_refused"] == 3 * len(refused)
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_host_header_rules_and_the_allowed_hosts_setting() -> None:
+    names = frozenset({"localhost", "a.example"})
+    assert host_allowed("A.Example:80", names) and host_allowed("10.0.0.1:1", names)
+    assert not host_allowed("b.example", names) and not host_allowed("[::1]x", names)
+    section = ConfigSection("metrics", Config, "")
+    assert build_section(section, {"allowed_hosts": ["m.example.org"]}).allowed_hosts == (
+        "m.example.org",
+    )
+    assert Config().allowed_hosts == ()
+    for bad in (["m.example.org:9464"], ["https://m.example.org"], [""], ["a b"]):
+        with pytest.raises(ConfigError, match="allowed_hosts"):
+            build_section(section, {"allowed_hosts": bad})
+
+
+def test_concurrent_scrapes_share_one_snapshot() -> None:
+    """Scrapes and health checks that come while a snapshot is taken wait for it; the
+    next one after it takes a new one."""
+    taken = 0
+
+    async def slow() -> Mapping[str, Any]:
+        nonlocal taken
+        taken += 1
+        await asyncio.sleep(0.3)
+        return await _listening()
+
+    async def scenario() -> None:
+        server = MetricsServer(Config(listen="127.0.0.1:0"), _stub_node(slow))
+        await server.start()
+        try:
+            port = server.port
+            paths = ["/metrics"] * 6 + ["/health"] * 2
+            replies = await asyncio.gather(*(_get(port, p, "localhost") for p in paths))
+            assert [status for status, _ in replies] == [200] * len(paths)
+            assert b"united_node_ready 1.0" in replies[0][1]
+            assert taken == 1, taken
+            await _get(port, "/metrics", "localhost")
+            assert taken == 2, taken
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_snapshot_warns_at_most_once_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing() -> Mapping[str, Any]:
+        raise RuntimeError("stuck")
+
+    async def scenario() -> None:
+        server = MetricsServer(Config(listen="127.0.0.1:0"), _stub_node(failing))
+        await server.start()
+        try:
+            for _ in range(3):
+                status, body = await _get(server.port, "/health", "localhost")
+                assert status == 503 and b'"stats": "unavailable"' in body, body
+            assert server.stats()["snapshot_failures"] == 3
+            monkeypatch.setattr(metrics_server, "WARN_EVERY", 0.2)  # "a minute" later
+            await asyncio.sleep(0.3)
+            assert (await _get(server.port, "/metrics", "localhost"))[0] == 200
+        finally:
+            await server.stop()
+
+    with caplog.at_level(logging.WARNING, logger="united_metrics"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("united_metrics")]
+    assert warnings == [
+        "metrics: the stats snapshot failed: RuntimeError: stuck",
+        "metrics: the stats snapshot failed: RuntimeError: stuck (2 more since the last warning)",
+    ], warnings
 
 
 def _exprs(node: Any) -> list[str]:
