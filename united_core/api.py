@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import enum
 import inspect
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ __all__ = [
     "expand_wildcards",
     "hookimpl",
     "is_wildcard",
+    "printable",
     "render_table",
     "render_value",
     "setting",
@@ -508,12 +510,67 @@ class RemoteRefusal(Exception):
 # ---- text for people ---------------------------------------------------------------------
 
 
+_LINE_BREAK = " \u21b5 "  # " ↵ ": a line break inside a one-line field
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _visible(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+# Zero-width (non-)joiners are text, not control: Persian, Indic scripts and emoji
+# sequences (a family emoji) need them, and they cannot move or reorder anything.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def printable(text: str, *, multiline: bool = False) -> str:
+    """``text`` safe to print to a terminal (API 1.3): what a peer, the server or
+    any other party wrote cannot retitle, clear or move the cursor of the
+    reader's terminal, nor reorder what is shown.
+
+    Control characters (C0, DEL and C1; all but TAB), format characters (Unicode
+    category Cf: the bidi overrides such as U+202E, zero-width spaces; not the
+    joiners U+200C/U+200D, which scripts and emoji need), line
+    and paragraph separators and lone surrogates become visible escapes such as
+    ``\\x1b``, ``\\u202e``. A line break (CR LF, LF or CR) becomes `` ↵ ``: a
+    one-line field stays one line; with ``multiline=True`` an LF (or CR LF) is
+    kept as a line break (for text that is several lines on purpose). Anything
+    else, TAB included, is left as it is; the result is printable again unchanged.
+    Use it for every peer-supplied string in text for people, never in ``--json``.
+    """
+    if text.isprintable():  # the common case, at C speed
+        return text
+    out: list[str] = []
+    i, end = 0, len(text)
+    while i < end:
+        char = text[i]
+        if char in "\r\n":
+            pair = text.startswith("\r\n", i)
+            out.append("\n" if multiline and (pair or char == "\n") else _LINE_BREAK)
+            i += 2 if pair else 1
+            continue
+        if char == "\t" or char.isprintable() or char in _JOINERS:
+            out.append(char)
+        elif unicodedata.category(char) in _HIDDEN_CATEGORIES:
+            out.append(_visible(char))
+        else:  # spaces other than " " (U+00A0...), private use, unassigned: harmless
+            out.append(char)
+        i += 1
+    return "".join(out)
+
+
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
 
 
 def _cell(value: Any) -> str:
-    """One value, as a table cell or after ``key:`` (never a Python repr)."""
+    """One value, as a table cell or after ``key:`` (never a Python repr), on one
+    line and :func:`printable`."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -521,10 +578,10 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".")
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "-"
+        return ", ".join(f"{printable(str(k))}={_cell(v)}" for k, v in value.items()) or "-"
     if isinstance(value, list | tuple | set | frozenset):
         return ", ".join(_cell(v) for v in value) or "-"
-    return str(value)
+    return printable(str(value))
 
 
 def render_table(
@@ -538,7 +595,8 @@ def render_table(
 
     ``columns`` picks and orders the keys (default: every key, first seen
     first); a header is the key in capitals, ``_`` as a space, unless
-    ``headers`` names it. Lists are joined with commas, ``None`` is ``-``.
+    ``headers`` names it. Lists are joined with commas, ``None`` is ``-``; every
+    cell is :func:`printable` (one line, no control characters).
     """
     rows = list(rows)
     if not rows:
@@ -546,7 +604,7 @@ def render_table(
     if columns is None:
         columns = list(dict.fromkeys(key for row in rows for key in row))
     columns = list(columns)
-    names = {c: (headers or {}).get(c, c.replace("_", " ").upper()) for c in columns}
+    names = {c: printable((headers or {}).get(c, c.replace("_", " ").upper())) for c in columns}
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(names[c]), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
 
@@ -585,9 +643,9 @@ def _value_lines(value: Any) -> list[str]:
         lines: list[str] = []
         for key, item in value.items():
             if _flat(item) or not item:
-                lines.append(f"{key}: {_cell(item)}")
+                lines.append(f"{printable(str(key))}: {_cell(item)}")
             else:
-                lines.append(f"{key}:")
+                lines.append(f"{printable(str(key))}:")
                 lines += ["  " + sub for sub in _value_lines(item)]
         return lines
     if isinstance(value, list | tuple):

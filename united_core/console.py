@@ -40,7 +40,7 @@ from prompt_toolkit.layout import HSplit, Layout, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
 from prompt_toolkit.output import Output
 
-from .api import NodeState, PanelSection, render_value
+from .api import NodeState, PanelSection, printable, render_value
 from .builtin import render_command_help
 from .control import ControlClient, ControlClientError, ControlCommand
 
@@ -86,17 +86,21 @@ def render_peers(snapshot: Mapping[str, Any]) -> list[str]:
         f"  {len(peers)} connected",
         f"  {'PEER':<14} {'NAME':<12} {'CONN':<12} {'RTT ms':>8}  {'NAT':<11} MESH",
     ]
-    for peer in sorted(peers, key=lambda p: names.get(p["peer_id"], "~")):
+    for peer in sorted(peers, key=lambda p: str(names.get(p["peer_id"], "~"))):
         pid = peer["peer_id"]
         rtt = rtts.get(pid)
         conn = peer.get("kind") or ("relayed" if peer.get("relayed") else "direct")
         lines.append(
-            f"  {_short(pid):<14} {str(names.get(pid, '?'))[:12]:<12} {conn:<12} "
+            f"  {_short(pid):<14} {printable(str(names.get(pid, '?')))[:12]:<12} {conn:<12} "
             f"{(f'{rtt:.3f}' if rtt is not None else '-'):>8}  "
-            f"{str(nats.get(pid, 'unknown'))[:11]:<11} "
+            f"{printable(str(nats.get(pid, 'unknown')))[:11]:<11} "
             + (
                 ", ".join(
-                    sorted(topic_names.get(t, t) for t, ps in topic_mesh.items() if pid in ps)
+                    sorted(
+                        printable(str(topic_names.get(t, t)))
+                        for t, ps in topic_mesh.items()
+                        if pid in ps
+                    )
                 )
                 or "-"
             )
@@ -118,7 +122,8 @@ def panel_sections(pm: pluggy.PluginManager) -> list[PanelSection]:
 def render_panel(
     snapshot: Mapping[str, Any], sections: Sequence[PanelSection] = CORE_SECTIONS
 ) -> str:
-    """The live panel as text: a header, then each section's lines."""
+    """The live panel as text: a header, then each section's lines (each
+    :func:`~united_core.api.printable`: names and channels are the members')."""
     lines = [
         f"UNITED node {_short(snapshot.get('peer_id', '?'))}   "
         f"live, {PANEL_KEY.upper()} or q closes"
@@ -129,7 +134,7 @@ def render_panel(
             body = section.render(snapshot)
         except Exception as exc:  # one plugin's bug must not blank the panel
             body = [f"  cannot render: {type(exc).__name__}: {exc}"]
-        lines += ["", section.title, *body]
+        lines += ["", printable(section.title), *(printable(str(line)) for line in body)]
     return "\n".join(lines)
 
 
@@ -181,7 +186,12 @@ class ConsoleCompleter(Completer):
             return
         for value, meta in await self.console.argument_candidates(words[0], words[1:]):
             if value.startswith(current):
-                yield Completion(value, start_position=-len(current), display_meta=meta)
+                yield Completion(
+                    value,
+                    start_position=-len(current),
+                    display=printable(value),
+                    display_meta=printable(meta),
+                )
 
 
 class Console:
@@ -206,7 +216,10 @@ class Console:
         self.history_path = history_path
         self.input = input
         self.output = output
-        self.write = write
+        # Everything shown goes through printable(): what the node relays (message
+        # text, names, the server's errors) cannot drive the terminal. Renderers
+        # already make each field one line; the lines they join stay lines.
+        self.write: Callable[[str], None] = lambda text: write(printable(text, multiline=True))
         self.retry_interval = retry_interval
         self.commands: dict[str, dict[str, Any]] = {}
         self.client: ControlClient | None = None
@@ -345,7 +358,7 @@ class Console:
                 try:
                     words = shlex.split(line)
                 except ValueError as exc:
-                    self.write(f"error: {exc}")
+                    self.write(f"error: {printable(str(exc))}")
                     continue
                 if not words:
                     continue
@@ -446,7 +459,7 @@ class Console:
             if exc.node_gone:
                 await self._gone()
             else:
-                self.write(f"error: {exc}")
+                self.write(f"error: {printable(str(exc))}")
             return
         self.write(self.render(name, result))
 
@@ -456,7 +469,7 @@ class Console:
         try:
             client = await ControlClient.connect(self.socket_path)
         except ControlClientError as exc:
-            self.write(f"error: {exc}")
+            self.write(f"error: {printable(str(exc))}")
             return
         shown = " ".join([name, *args])
         control = FormattedTextControl(f"[{shown}: live, Ctrl-C returns to the prompt]")
@@ -486,14 +499,14 @@ class Console:
                 async for event in client.stream(name, args):
                     text = self.render(name, event)
                     await run_in_terminal(functools.partial(self.write, text))
-                ended = client.end_reason or "the stream ended"
+                ended = printable(client.end_reason or "the stream ended")
                 await run_in_terminal(lambda: self.write(f"({ended})"))
             except ControlClientError as exc:
-                message = "the node went away" if exc.node_gone else f"error: {exc}"
+                message = "the node went away" if exc.node_gone else f"error: {printable(str(exc))}"
                 await run_in_terminal(lambda: self.write(message))
             except Exception as exc:  # a rendering bug must not kill the console
                 log.exception("live view of %s failed", name)
-                failed = f"the live view failed: {type(exc).__name__}: {exc}"
+                failed = f"the live view failed: {type(exc).__name__}: {printable(str(exc))}"
                 await run_in_terminal(functools.partial(self.write, failed))
             finally:
                 stop_app()
@@ -535,7 +548,7 @@ class Console:
             try:
                 client = await ControlClient.connect(self.socket_path)
             except ControlClientError as exc:
-                text["value"] = f"no live stream: {exc}"
+                text["value"] = f"no live stream: {printable(str(exc))}"
                 app.invalidate()
                 return
             try:
@@ -543,10 +556,11 @@ class Console:
                     text["value"] = render_panel(snapshot, self.sections)
                     self.last_panel = text["value"]
                     app.invalidate()
-                text["value"] = f"the live stream ended ({client.end_reason or 'ended'})"
+                ended = printable(client.end_reason or "ended")
+                text["value"] = f"the live stream ended ({ended})"
                 app.invalidate()
             except ControlClientError as exc:
-                text["value"] = f"the live stream ended: {exc}"
+                text["value"] = f"the live stream ended: {printable(str(exc))}"
                 app.invalidate()
             except Exception as exc:  # a rendering bug must not kill the console
                 log.exception("live panel failed")

@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Set
 from typing import Any
 
-from united_core.api import CommandError, ControlCommand, NodeAPI
+from united_core.api import CommandError, ControlCommand, NodeAPI, printable
 
 from .service import ArchiveService
 
@@ -75,15 +75,16 @@ async def _history(node: NodeAPI, args: list[str], usage: str) -> list[dict[str,
 
 
 def render_history(rows: list[dict[str, Any]]) -> str:
-    """A table for people: sequence number, local time, sender, text (one line each)."""
+    """A table for people: sequence number, local time, sender, text (one line each,
+    :func:`~united_core.api.printable`: members wrote them)."""
     if not rows:
         return "(no messages)"
     table = [
         (
             str(r["seq"]),
             datetime.datetime.fromtimestamp(r["timestamp"] / 1000).strftime("%Y-%m-%d %H:%M:%S"),
-            str(r["sender"]),
-            " \u21b5 ".join(str(r["text"]).splitlines()),  # one line a message
+            printable(str(r["sender"])),
+            printable(str(r["text"])),  # one line a message, no control characters
         )
         for r in rows
     ]

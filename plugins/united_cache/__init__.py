@@ -15,6 +15,7 @@ from united_core.api import (
     PluginContainer,
     SignedMessage,
     hookimpl,
+    printable,
 )
 
 from .config import Config
@@ -88,7 +89,8 @@ def _render(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         when = datetime.datetime.fromtimestamp(r["timestamp"] / 1000).strftime("%H:%M:%S")
         mark = f"#{r['seq']}" if r["confirmed"] else "(unconfirmed)"
-        lines.append(f"{mark:>14} {when} <{r['sender']}> {r['text']}")
+        sender, text = printable(str(r["sender"])), printable(str(r["text"]))
+        lines.append(f"{mark:>14} {when} <{sender}> {text}")
     return "\n".join(lines) or "(no messages)"
 
 

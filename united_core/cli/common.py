@@ -22,6 +22,7 @@ log = logging.getLogger("united")
 
 # ---- the config file ---------------------------------------------------------------
 
+CONFIG_OPTIONS = ("-c", "--config")
 CONFIG_ENV = "UNITED_CONFIG"
 CONFIG_NAME = "united.toml"
 NO_CONFIG = (

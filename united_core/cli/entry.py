@@ -6,8 +6,10 @@ plugin's CLI commands (``united_register_cli_commands``); :func:`main` maps
 expected failures to one line on stderr and an exit status.
 
 Global options (``-c``, ``--log-level``, ``-v``, ``--log-format``) are accepted
-before the sub-command and after it, for every sub-command, plugins' included
-(``united ctl status -c CONFIG`` too: ``ctl`` takes ``-c`` among its words).
+before the sub-command and after it, for every sub-command, plugins' included;
+``-c`` once. For ``ctl`` "after it" means before the control COMMAND (``united ctl
+-c CONFIG status``): the words after COMMAND are the command's own, passed on as
+they are (``united ctl send general use -c to compile`` sends that text).
 Without ``-c`` the config is found by :func:`~.common.default_config`.
 """
 
@@ -22,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..api import CliCommand, CLIError
+from ..api import CliCommand, CLIError, printable
 from ..config import ConfigError
 from ..identity import Identity
 from . import client, info, init, run
 from .common import (
+    CONFIG_OPTIONS,
     EXIT_CONFIG,
     EXIT_INTERRUPTED,
     LOG_FORMATS,
@@ -80,8 +83,39 @@ CONFIG_HELP = (
     "the node's united.toml (default: $UNITED_CONFIG, else ./united.toml, "
     "else $XDG_CONFIG_HOME/united/united.toml)"
 )
-CONFIG_OPTIONS = ("-c", "--config")
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
+TWICE = "-c/--config given twice: give the node's united.toml once"
+
+
+class _ConfigOption(argparse.Action):
+    """``-c CONFIG``, at most once: stored as ``config``, and ``marker`` set to say
+    where it was given (before the sub-command or after it; see :func:`_config_once`)."""
+
+    def __init__(self, *args: Any, marker: str = "config_after", **kwargs: Any) -> None:
+        self.marker = marker
+        super().__init__(*args, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.marker, None) is not None:  # twice in one place
+            raise CLIError(TWICE, EXIT_CONFIG)
+        setattr(namespace, self.dest, values)
+        setattr(namespace, self.marker, values)
+
+
+def _config_once(args: argparse.Namespace) -> None:
+    """``united -c A COMMAND -c B`` is an error (exit 2), not B silently: the
+    sub-command's parser fills ``config`` over the main one's."""
+    before = getattr(args, "config_before", None)
+    if before is None:
+        return
+    if getattr(args, "config_after", None) is not None or args.config != before:
+        raise CLIError(TWICE, EXIT_CONFIG)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
@@ -125,7 +159,11 @@ def _add_config_option(parser: argparse.ArgumentParser, uses: str) -> None:
     """``-c CONFIG``, optional everywhere: :func:`main` finds the default, and
     ``uses`` (``required`` or ``optional``) says whether the command needs one."""
     parser.add_argument(
-        *CONFIG_OPTIONS, metavar="CONFIG", default=argparse.SUPPRESS, help=CONFIG_HELP
+        *CONFIG_OPTIONS,
+        action=_ConfigOption,
+        metavar="CONFIG",
+        default=argparse.SUPPRESS,
+        help=CONFIG_HELP,
     )
     parser.set_defaults(config_use=uses)
 
@@ -149,11 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="united",
         description="UNITED peer-to-peer chat node.",
         epilog="Without -c, the config is $UNITED_CONFIG, else ./united.toml, else "
-        "$XDG_CONFIG_HOME/united/united.toml (~/.config/united/). -c and the log "
-        "options go before or after COMMAND.",
+        "$XDG_CONFIG_HOME/united/united.toml (~/.config/united/). -c (once) and the "
+        "log options go before or after COMMAND; for ctl, before the control command.",
     )
     parser.add_argument("--version", action="version", version=f"united {__version__}")
-    parser.add_argument(*CONFIG_OPTIONS, metavar="CONFIG", help=CONFIG_HELP)
+    parser.add_argument(
+        *CONFIG_OPTIONS,
+        action=_ConfigOption,
+        marker="config_before",
+        metavar="CONFIG",
+        help=CONFIG_HELP,
+    )
     _add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -190,12 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         "ctl",
         help="send one command to a running node",
         description="Send COMMAND to the running node (`united ctl help` lists them). "
-        "-c CONFIG and --json may come anywhere; words after -- are passed as they are.",
+        "-c CONFIG comes before COMMAND (`united ctl -c CONFIG status`): the words after "
+        "COMMAND are its own. --json may come anywhere; words after -- are passed as "
+        "they are.",
     )
     _add_config_option(p, "required")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("words", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
-    p.set_defaults(func=client.cmd_ctl, prepare=_take_ctl_config)
+    p.set_defaults(func=client.cmd_ctl, prepare=_split_ctl_words)
 
     builtin = set(sub.choices)
     for command in plugin_cli_commands():
@@ -211,28 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _take_ctl_config(args: argparse.Namespace) -> None:
-    """``-c CONFIG``/``--config CONFIG`` among ``ctl``'s words (after COMMAND): taken
-    out, like ``--json``. Words after ``--`` are left as they are."""
+def _split_ctl_words(args: argparse.Namespace) -> None:
+    """``ctl``'s words: COMMAND and its own words (``-c`` is not among them: the
+    parser took it before COMMAND). The first ``--`` is dropped, and the words
+    after it are marked literal (``literal_from``): ``--json``, ``--help`` there
+    are text."""
     words: list[str] = list(args.words)
     end = words.index("--") if "--" in words else len(words)
-    head, tail = words[:end], words[end + 1 :]
-    kept: list[str] = []
-    i = 0
-    while i < len(head):
-        word = head[i]
-        if word in CONFIG_OPTIONS:
-            if i + 1 >= len(head):
-                raise CLIError(f"{word} needs a value: the node's united.toml", EXIT_CONFIG)
-            args.config = head[i + 1]
-            i += 2
-            continue
-        if word.startswith("--config="):
-            args.config = word.split("=", 1)[1]
-        else:
-            kept.append(word)
-        i += 1
-    args.words = kept + tail
+    args.words = words[:end] + words[end + 1 :]
+    args.literal_from = end
 
 
 def _resolve_config(args: argparse.Namespace) -> None:
@@ -250,6 +283,7 @@ def _resolve_config(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        _config_once(args)
         prepare = getattr(args, "prepare", None)
         if prepare is not None:
             prepare(args)
@@ -261,10 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 setup_logging(level, libraries=libraries, fmt=options.format)
         status: int = args.func(args)
     except ConfigError as exc:
-        print(f"united: {exc}", file=sys.stderr)
+        print(f"united: {printable(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
-    except CLIError as exc:
-        print(f"united: {exc}", file=sys.stderr)
+    except CLIError as exc:  # one line; its text may be the server's or a peer's
+        print(f"united: {printable(str(exc))}", file=sys.stderr)
         return exc.status
     except KeyboardInterrupt:  # Ctrl-C while loading plugins or reading a config
         return EXIT_INTERRUPTED
