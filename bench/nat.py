@@ -7,7 +7,8 @@ preset), alice and bob each behind a home router of the given kind ("eim":
 endpoint-independent, port-preserving; "symmetric": a new port per flow). For each
 combination and run: seconds from the members' start until they are connected
 (through the relay), until alice's first message is at bob, and until a direct
-connection replaces the relayed one (hole punching), or the failed attempt.
+connection replaces the relayed one (hole punching), or the failed attempt; and the
+NAT kind each member learnt from the server (AutoNAT's observation ports) and when.
 
 Usage (root): python bench/nat.py [--runs 3] [--combos eim/eim,eim/symmetric,symmetric/symmetric]
 """
@@ -19,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +39,39 @@ def one_run(homes: tuple[str, str], base: Path) -> dict[str, Any]:
         started = time.monotonic()
         alice, bob = members["alice"], members["bob"]
         ids = {name: peer_id(node) for name, node in members.items()}
-        wait_for(lambda: ids["bob"] in connected_ids(alice.try_ctl("peers")), 30, "alice-bob")
+        kinds: dict[str, tuple[str, float]] = {}
+
+        def kinds_known() -> bool:
+            for name, node in members.items():
+                nat = (node.try_ctl("status") or {}).get("nat")
+                if name not in kinds and nat not in (None, "unknown"):
+                    kinds[name] = (str(nat), time.monotonic() - started)
+            return len(kinds) == len(members)
+
+        def watching(check: Callable[[], bool]) -> Callable[[], bool]:
+            """``check``, noting meanwhile when each member first knew its NAT kind."""
+
+            def both() -> bool:
+                kinds_known()
+                return check()
+
+            return both
+
+        wait_for(
+            watching(lambda: ids["bob"] in connected_ids(alice.try_ctl("peers"))), 30, "alice-bob"
+        )
         connected = time.monotonic() - started
         alice.ctl("send", CHANNEL, "first")
-        wait_for(lambda: "first" in texts(bob, confirmed=False), 15, "first message at bob")
+        wait_for(
+            watching(lambda: "first" in texts(bob, confirmed=False)), 15, "first message at bob"
+        )
         first = time.monotonic() - started
         wait_for(
             lambda: (p := punch_figures(alice, bob))["punch_successes"] + p["punch_failures"] >= 1,
             20,
             "the hole-punch attempt to end",
         )
+        wait_for(kinds_known, 20, "both members' NAT kinds")
         figures = punch_figures(alice, bob)
         direct = None
         if figures["punch_successes"]:
@@ -58,6 +83,7 @@ def one_run(homes: tuple[str, str], base: Path) -> dict[str, Any]:
             "direct": direct,
             "met_relayed": figures["relayed_out"] >= 1,
             "attempts": figures["punch_attempts"],
+            "kinds": kinds,
         }
 
 
@@ -82,7 +108,8 @@ def main() -> int:
             print(
                 f"{homes[0]}/{homes[1]} run {run}/{args.runs}: connected {r['connected']:.2f} s "
                 f"(through the relay: {r['met_relayed']}), first message {r['first']:.2f} s, "
-                f"direct: {direct}, attempts {r['attempts']}"
+                f"direct: {direct}, attempts {r['attempts']}; NAT kinds "
+                + ", ".join(f"{n} {k} (known at {t:.2f} s)" for n, (k, t) in r["kinds"].items())
             )
         ok = [r["direct"] for r in results if r["direct"] is not None]
         summary.append(

@@ -169,7 +169,13 @@ def test_a_restarted_member_is_redialed_and_a_failing_peer_shows_why(tmp_path: P
                 row = next((r for r in rows if r["peer_id"] == carol_id), None)
                 return row if row and not row["connected"] and row["last_error"] else None
 
-            row = await until(failing, 20, "alice to record a failed redial of carol")
+            try:
+                row = await until(failing, 20, "alice to record a failed redial of carol")
+            except TimeoutError as exc:  # say what alice did know of carol
+                rows = await c.call("alice", "peers")
+                known = [r for r in rows if r["peer_id"] == carol_id]
+                stats = (await c.stats("alice")).get("reconnect")
+                raise AssertionError(f"{exc}; alice's row: {known}; reconnect: {stats}") from exc
             assert row["next_retry_at"] and row["next_retry_at"] > row["last_error_at"]
             text = (await c.ctl("alice", "peers")).stdout
             assert carol_id in text and "last error" in text and "next retry" in text
