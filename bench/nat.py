@@ -7,8 +7,9 @@ preset), alice and bob each behind a home router of the given kind ("eim":
 endpoint-independent, port-preserving; "symmetric": a new port per flow). For each
 combination and run: seconds from the members' start until they are connected
 (through the relay), until alice's first message is at bob, and until a direct
-connection replaces the relayed one (hole punching), or the failed attempt; and the
-NAT kind each member learnt from the server (AutoNAT's observation ports) and when.
+connection replaces the relayed one (hole punching: when the initiator's attempt
+ended, by its own clock, ``punch_last_at``), or the failed attempt; and the NAT kind
+each member learnt from the server (AutoNAT's observation ports) and when.
 
 Usage (root): python bench/nat.py [--runs 3] [--combos eim/eim,eim/symmetric,symmetric/symmetric]
 """
@@ -20,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,50 +33,51 @@ from netns import CHANNEL, connected_ids, peer_id, texts, wait_for  # noqa: E402
 from test_holepunch_natlab import direct_ids, punch_figures  # noqa: E402
 
 
+def punch_ended(node: Any) -> float | None:
+    """When ``node``'s last hole-punch attempt ended (epoch seconds), if it made one."""
+    plugins = (node.try_ctl("snapshot") or {}).get("plugins", {})
+    at = plugins.get("relay-client", {}).get("punch_last_at")
+    return float(at) if at is not None else None
+
+
 def one_run(homes: tuple[str, str], base: Path) -> dict[str, Any]:
     with NatLab(homes=homes, peer=False) as lab:
         _server, members = natlab_community(lab, base)
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         alice, bob = members["alice"], members["bob"]
         ids = {name: peer_id(node) for name, node in members.items()}
-        kinds: dict[str, tuple[str, float]] = {}
-
-        def kinds_known() -> bool:
-            for name, node in members.items():
-                nat = (node.try_ctl("status") or {}).get("nat")
-                if name not in kinds and nat not in (None, "unknown"):
-                    kinds[name] = (str(nat), time.monotonic() - started)
-            return len(kinds) == len(members)
-
-        def watching(check: Callable[[], bool]) -> Callable[[], bool]:
-            """``check``, noting meanwhile when each member first knew its NAT kind."""
-
-            def both() -> bool:
-                kinds_known()
-                return check()
-
-            return both
-
-        wait_for(
-            watching(lambda: ids["bob"] in connected_ids(alice.try_ctl("peers"))), 30, "alice-bob"
-        )
+        wait_for(lambda: ids["bob"] in connected_ids(alice.try_ctl("peers")), 30, "alice-bob")
         connected = time.monotonic() - started
         alice.ctl("send", CHANNEL, "first")
-        wait_for(
-            watching(lambda: "first" in texts(bob, confirmed=False)), 15, "first message at bob"
-        )
+        wait_for(lambda: "first" in texts(bob, confirmed=False), 15, "first message at bob")
         first = time.monotonic() - started
         wait_for(
             lambda: (p := punch_figures(alice, bob))["punch_successes"] + p["punch_failures"] >= 1,
             20,
             "the hole-punch attempt to end",
         )
-        wait_for(kinds_known, 20, "both members' NAT kinds")
+        kinds: dict[str, tuple[str, float]] = {}
+
+        def kinds_known() -> bool:
+            """Each member's kind, and when its probe concluded after the node was up."""
+            for name, node in members.items():
+                status = node.try_ctl("status") or {}
+                up_since = time.time() - float(status.get("uptime_s") or 0)
+                plugins = (node.try_ctl("snapshot") or {}).get("plugins", {})
+                last = plugins.get("autonat-client", {}).get("last") or {}
+                nat = status.get("nat")
+                if name not in kinds and nat not in (None, "unknown") and last.get("at"):
+                    done = float(last["at"]) + float(last.get("ms") or 0) / 1000
+                    kinds[name] = (str(nat), done - up_since)
+            return len(kinds) == len(members)
+
         figures = punch_figures(alice, bob)
         direct = None
-        if figures["punch_successes"]:
+        if figures["punch_successes"]:  # when the initiator's attempt ended (its clock)
             wait_for(lambda: ids["bob"] in direct_ids(alice), 10, "the direct connection")
-            direct = time.monotonic() - started
+            ended = [punch_ended(node) for node in (alice, bob)]
+            direct = max(t for t in ended if t is not None) - started_wall
+        wait_for(kinds_known, 20, "both members' NAT kinds")
         return {
             "connected": connected,
             "first": first,
@@ -109,7 +110,10 @@ def main() -> int:
                 f"{homes[0]}/{homes[1]} run {run}/{args.runs}: connected {r['connected']:.2f} s "
                 f"(through the relay: {r['met_relayed']}), first message {r['first']:.2f} s, "
                 f"direct: {direct}, attempts {r['attempts']}; NAT kinds "
-                + ", ".join(f"{n} {k} (known at {t:.2f} s)" for n, (k, t) in r["kinds"].items())
+                + ", ".join(
+                    f"{n} {k} (known {max(t, 0.0):.1f} s after its node was up)"
+                    for n, (k, t) in r["kinds"].items()
+                )
             )
         ok = [r["direct"] for r in results if r["direct"] is not None]
         summary.append(

@@ -200,6 +200,7 @@ class HolePuncher:
         self.answered_ok = 0
         self.last_error: str | None = None
         self.last_ms: float | None = None
+        self.last_at: float | None = None  # when the last attempt we made ended (epoch s)
         self._punched: dict[ID, INetConn] = {}  # peer -> the direct connection punched
         # Relayed connections a DCUtR exchange was answered on (one each), and the
         # answering dial rounds in progress (two at most).
@@ -225,6 +226,7 @@ class HolePuncher:
             "punch_answered_ok": self.answered_ok,
             "punch_last_error": self.last_error,
             "punch_last_ms": self.last_ms,
+            "punch_last_at": self.last_at,
             "punched_peers": sorted(
                 p.to_base58() for p, c in self._punched.items() if not c.is_closed
             ),
@@ -305,7 +307,7 @@ class HolePuncher:
         ms = round((time.monotonic() - started) * 1000)
         direct = self._direct(peer)
         with self.lock:
-            self.last_ms = ms
+            self.last_ms, self.last_at = ms, round(time.time(), 3)
             if direct is not None and error is None:
                 self.successes += 1
             else:

@@ -73,9 +73,16 @@ class AutonatClientHooks:
         return figures
 
 
+def section(settings: Any) -> Config:
+    """``[autonat_client]`` (the core passes a container its section only when the
+    two share a name; this plugin is ``autonat-client``, like its P2P service)."""
+    config: Config = settings["autonat_client"]
+    return config
+
+
 class Container(containers.DeclarativeContainer):
-    config = providers.Dependency(instance_of=Config)
     core = providers.DependenciesContainer()
+    config = providers.Callable(section, core.settings)
     service = providers.Singleton(find_service, core.host_options)
     prober = providers.Resource(prober, config, core.node)
     hooks = providers.Singleton(AutonatClientHooks, prober, service)
@@ -88,7 +95,7 @@ def united_register_config_sections() -> list[ConfigSection]:
 
 @hookimpl
 def united_register_containers() -> list[PluginContainer]:
-    return [PluginContainer("autonat_client", Container)]
+    return [PluginContainer("autonat-client", Container)]
 
 
 @hookimpl
@@ -179,7 +186,7 @@ def united_register_commands() -> list[ControlCommand]:
 
 
 def render_panel(snapshot: Mapping[str, Any]) -> list[str]:
-    mine = snapshot.get("plugins", {}).get("autonat_client") or {}
+    mine = snapshot.get("plugins", {}).get("autonat-client") or {}
     if not mine:
         return ["  (no figures yet)"]
     lines = [

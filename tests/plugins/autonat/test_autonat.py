@@ -183,7 +183,7 @@ def test_a_member_that_listens_where_it_says_is_public_by_a_fresh_connection() -
             assert "probes answered 1" in panel and "dial-backs: ok 1" in panel
             mine = dict(L.clients["a"].snapshot())
             assert "public (nat none)" in "\n".join(
-                client_panel({"plugins": {"autonat_client": mine}})
+                client_panel({"plugins": {"autonat-client": mine}})
             )
             json.dumps(figures), json.dumps(mine)  # stats must be JSON
             print(f"[autonat] public verdict in {took * 1000:.0f} ms ({row['ms']} ms dial-back)")
@@ -403,7 +403,7 @@ def test_a_private_member_learns_its_nat_kind_and_the_reflectors_answer_only_tok
             changes = [e for e in L.events["a"] if isinstance(e, ReachabilityChanged)]
             assert changes == [ReachabilityChanged("private", "none")]
             panel = "\n".join(
-                client_panel({"plugins": {"autonat_client": dict(L.clients["a"].snapshot())}})
+                client_panel({"plugins": {"autonat-client": dict(L.clients["a"].snapshot())}})
             )
             assert f"NAT none: {own} seen as {own} and {own}" in panel, panel
             figures = L.server.snapshot()["observe"]

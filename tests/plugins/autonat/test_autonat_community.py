@@ -89,7 +89,7 @@ def test_members_learn_their_reachability_from_the_server(tmp_path: Path) -> Non
                 peers = {p["peer_id"] for p in await node.p2p.peers()}
                 assert peers <= members and dialer not in peers
             stats = await c.stats("alice")
-            mine = stats.pop("autonat_client")
+            mine = stats.pop("autonat-client")
             assert mine["last"]["dialer"] == dialer
             assert dialer not in str(stats)  # reconnect, mesh, membership: no trace
             assert mine["reachability"] == "public" and mine["probes"] >= 1
