@@ -378,6 +378,11 @@ class NodeAPI(Protocol):
 
     def request_stop(self) -> None: ...
 
+    def request_restart(self) -> None:
+        """Stop and ask the service manager to start the node again (API 1.3):
+        ``united run`` exits 75 (EX_TEMPFAIL)."""
+        ...
+
 
 # ---- commands --------------------------------------------------------------------------
 

@@ -193,6 +193,7 @@ class Node:
         self.hooks_lock = threading.RLock()
         self._hooks_ready = False
         self._lock_fd: int | None = None
+        self.restart_requested = False  # see request_restart
 
     @property
     def _core(self) -> Any:
@@ -266,6 +267,14 @@ class Node:
         raise LookupError(f"{plugin}.{name} has not started")
 
     def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_restart(self) -> None:
+        """Stop, asking to be started again: ``united run`` then exits with
+        :data:`EXIT_RESTART` (75), which the systemd unit restarts on
+        (``RestartForceExitStatus=75``). A key rotation needs it: the node must come
+        back under its new PeerId."""
+        self.restart_requested = True
         self._stop.set()
 
     async def wait_stop_requested(self) -> None:

@@ -26,6 +26,7 @@ from .common import (
     EXIT_CONFIG,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_RESTART,
     LogOptions,
     log,
     set_log_level,
@@ -67,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for warning in warnings:
             log.warning("%s", warning)
         notifier = Notifier()
+        restart: list[bool] = []
 
         async def main() -> None:
             node = Node(settings, pm)
@@ -85,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 manager.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await manager
+            if node.restart_requested:
+                restart.append(True)
 
         try:
             asyncio.run(main())
@@ -106,6 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGHUP, previous_hup)
+    if restart:
+        log.info("stopped to be started again (exit status %d)", EXIT_RESTART)
+        return EXIT_RESTART
     return EXIT_OK
 
 

@@ -76,7 +76,7 @@ async def rotate_key(node: NodeAPI, args: list[str]) -> dict[str, Any]:
     finally:
         discovery.rotating = False
     if restart:
-        asyncio.get_running_loop().call_later(STOP_DELAY, node.request_stop)
+        asyncio.get_running_loop().call_later(STOP_DELAY, node.request_restart)
     return {
         "member_id": discovery.cache.you,
         "old_peer_id": old.peer_id,
@@ -95,8 +95,8 @@ def render_rotation(result: dict[str, Any]) -> str:
     ]
     if result["restarting"]:
         lines.append(
-            "the node is stopping to come back under its new peer id: a service manager "
-            "restarts it; otherwise run `united run -c CONFIG`"
+            "the node is stopping to come back under its new peer id (exit status 75): "
+            "a service manager restarts it; otherwise run `united run -c CONFIG`"
         )
     else:
         lines.append("restart the node to use the new peer id")

@@ -49,6 +49,7 @@ def test_rotate_key_moves_the_member_to_a_new_peer_id(tmp_path: Path) -> None:
             _check_key_files(key_path, backup, result["new_peer_id"], old_peer)
             # The node stops to come back under the new PeerId (a service manager's job).
             await until(lambda: not alice.running, what="alice to stop")
+            assert alice.restart_requested  # `united run` exits 75: a service manager restarts
             async with running_node(c.configs["alice"]) as alice2:
                 assert alice2.identity.peer_id == result["new_peer_id"]
                 await until(
