@@ -129,3 +129,25 @@ def test_joiners_that_scripts_and_emoji_need_are_kept() -> None:
     persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # ZWNJ inside a word
     assert printable(family) == family and printable(persian) == persian
     assert printable("a\u200bb") == "a\\u200bb"  # a zero-width space is still shown
+
+
+def test_log_lines_escape_what_peers_wrote_and_keep_tracebacks() -> None:
+    import logging
+
+    from united_core.cli.common import JournalFormatter, PrintableFormatter
+
+    record = logging.LogRecord(
+        "united_directory.client", logging.WARNING, __file__, 1,
+        "the server says: %s", ("bye\x1b]0;owned\x07\x1b[2J",), None,
+    )  # fmt: skip
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    for formatter in (PrintableFormatter("%(message)s"), JournalFormatter()):
+        text = formatter.format(record)
+        assert "\x1b" not in text and "\x07" not in text, text
+        assert "bye\\x1b]0;owned" in text
+        assert "\nValueError: boom" in text.replace("<4>", "")  # the traceback's lines stay

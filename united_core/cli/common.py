@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from ..api import printable
+
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C before the node handles it
+# The node stopped to be started again (a key rotation): sysexits' EX_TEMPFAIL;
+# the systemd unit restarts on it (RestartForceExitStatus=75).
+EXIT_RESTART = 75
 ROLES = ("server", "client")
 
 log = logging.getLogger("united")
@@ -121,7 +126,16 @@ def under_journald(stream: TextIO | None = None) -> bool:
     return (st.st_dev, st.st_ino) == (int(device), int(inode))
 
 
-class JournalFormatter(logging.Formatter):
+class PrintableFormatter(logging.Formatter):
+    """Log lines with what peers wrote in them (a server's error message, a display
+    name) made :func:`~united_core.api.printable`: a log read on a terminal cannot be
+    retitled or cleared by it. Line breaks stay (tracebacks)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), multiline=True)
+
+
+class JournalFormatter(PrintableFormatter):
     """``<priority>logger: message`` for journald: no timestamp (the journal has its
     own), the level as a syslog priority on every line (a traceback's lines too)."""
 
@@ -148,7 +162,8 @@ def setup_logging(level: str, *, libraries: bool | None = None, fmt: str = "auto
     if fmt == "auto":
         fmt = "journal" if under_journald() else "text"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JournalFormatter() if fmt == "journal" else logging.Formatter(TEXT_FORMAT))
+    formatter = JournalFormatter() if fmt == "journal" else PrintableFormatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
