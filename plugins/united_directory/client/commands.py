@@ -172,11 +172,29 @@ def _add_join_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", required=True, help="directory for the new client node")
     parser.add_argument("--name", help="display name (default: your login name)")
     parser.add_argument(
+        "--timeout",
+        type=_join_timeout,
+        default=JOIN_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up when the server has not welcomed us within this long "
+        f"(default {JOIN_TIMEOUT:g}; 1 to 300)",
+    )
+    parser.add_argument(
         "--tls-fingerprint",
         metavar="sha256:HEX",
         help="the server certificate's fingerprint, from the invite (a self-signed "
         "server): only that certificate is accepted, and it is kept in united.toml",
     )
+
+
+def _join_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 1 <= value <= 300:
+        raise argparse.ArgumentTypeError("between 1 and 300 seconds")
+    return value
 
 
 def _run_join(args: argparse.Namespace, tools: CliTools) -> int:
@@ -217,19 +235,19 @@ def _join_server(args: argparse.Namespace, tools: CliTools) -> int:
         try:
             client = await DirectoryClient.connect(
                 url,
-                request_timeout=JOIN_TIMEOUT,
-                connect_timeout=JOIN_TIMEOUT,
+                request_timeout=args.timeout,
+                connect_timeout=args.timeout,
                 tls_fingerprint=fingerprint,
             )
         except Unreachable as exc:
             raise CLIError(f"cannot join: {exc}") from None
         try:
-            async with asyncio.timeout(JOIN_TIMEOUT):
+            async with asyncio.timeout(args.timeout):
                 return await client.register(identity, name, code)
         except TimeoutError:
             raise CLIError(
                 f"cannot join: {url} opened a session but did not complete the "
-                f"registration within {JOIN_TIMEOUT:g} s"
+                f"registration within {args.timeout:g} s"
             ) from None
         except DirectoryError as exc:
             if exc.code == pb.ERROR_CODE_NAME_TAKEN:

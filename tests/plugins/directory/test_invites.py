@@ -179,19 +179,35 @@ def test_join_to_an_unreachable_server_fails_at_once_with_the_reason(tmp_path: P
 
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 def test_join_to_a_silent_server_fails_within_its_bound(tmp_path: Path, scheme: str) -> None:
+    bound = 2.0  # --timeout; the default is JOIN_TIMEOUT (below)
     with silent_listener() as (port, _):
         start = time.monotonic()
         result = run_cli(
-            "join", f"{scheme}://127.0.0.1:{port}/ws", "CODE", "--dir", str(tmp_path / "m")
-        )
+            "join", f"{scheme}://127.0.0.1:{port}/ws", "CODE", "--dir", str(tmp_path / "m"),
+            "--timeout", f"{bound:g}",
+        )  # fmt: skip
         took = time.monotonic() - start
     assert result.returncode == 1
-    assert JOIN_TIMEOUT <= took < JOIN_TIMEOUT + 5, took
+    assert bound <= took < bound + 5, took
     error = one_error_line(result.stderr)
     if scheme == "ws":
         assert "accepted the connection but did not answer" in error
     else:
-        assert "no TLS connection within 10 s" in error
+        assert "no TLS connection within 2 s" in error
+
+
+def test_join_waits_ten_seconds_by_default_and_checks_its_timeout(tmp_path: Path) -> None:
+    import argparse
+
+    from united_directory.client.commands import _add_join_args
+
+    parser = argparse.ArgumentParser()
+    _add_join_args(parser)
+    assert parser.parse_args(["ws://h/ws", "C", "--dir", "d"]).timeout == JOIN_TIMEOUT == 10
+    for bad in ("0.5", "301", "soon"):
+        result = run_cli("join", "ws://127.0.0.1:1/ws", "C", "--dir", str(tmp_path / "m"),
+                         "--timeout", bad)  # fmt: skip
+        assert result.returncode == 2 and "--timeout" in result.stderr, result.stderr
 
 
 def test_ctrl_c_during_join_is_one_line_and_exit_130(tmp_path: Path) -> None:
