@@ -499,13 +499,18 @@ def test_idle_connections_from_one_source_do_not_hold_up_another_members_observa
                 took = time.monotonic() - started
                 assert reply == f"127.0.0.2 {local}\n".encode(), reply
                 assert took < 1.0, took
-                # Those above 4 are closed at once, without a byte.
-                closed = await asyncio.wait_for(
-                    asyncio.gather(*(reader.read() for reader, _ in idle[4:])), 1
-                )
-                assert closed == [b""] * (len(idle) - 4)
+
+                # Those above 4 are closed at once, without a byte; which 4 are held
+                # depends on how the two ports' accept loops interleave.
+                async def outcome(reader: asyncio.StreamReader) -> bytes | None:
+                    try:
+                        return await asyncio.wait_for(reader.read(), 1.5)
+                    except TimeoutError:
+                        return None  # still held (the idle timeout is 3 s here)
+
+                seen = await asyncio.gather(*(outcome(reader) for reader, _ in idle))
+                assert seen.count(b"") == len(idle) - 4 and seen.count(None) == 4, seen
                 assert L.server.snapshot()["observe"]["busy"] == len(idle) - 4
-                assert all(not reader.at_eof() for reader, _ in idle[:4])  # still held
             finally:
                 for _, writer in idle:
                     writer.close()
