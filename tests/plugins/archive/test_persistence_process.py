@@ -50,6 +50,21 @@ def settled(members: list[NodeProcess], count: int) -> list[tuple[int, str]] | N
     return views[0] if all(v == views[0] for v in views) else None
 
 
+def describe(members: list[NodeProcess]) -> dict[str, Any]:
+    """Per member: how many rows, which are unconfirmed, which texts are missing."""
+    texts = {f"before-{i}" for i in range(6)} | {f"{m.name}-{i}" for m in members for i in range(8)}
+    out: dict[str, Any] = {}
+    for member in members:
+        rows = history(member)
+        out[member.name] = {
+            "rows": len(rows),
+            "unconfirmed": [r["text"] for r in rows if not r["confirmed"]],
+            "missing": sorted(texts - {r["text"] for r in rows}),
+            "seqs": [r["seq"] for r in rows if r["confirmed"]][-5:],
+        }
+    return out
+
+
 def test_server_killed_mid_stream_loses_nothing_acknowledged(community: Community) -> None:
     server = community.server
     assert server is not None
@@ -74,7 +89,10 @@ def test_server_killed_mid_stream_loses_nothing_acknowledged(community: Communit
     for thread in senders:
         thread.join(timeout=60)
 
-    final = poll(lambda: settled(members, 6 + 24), timeout=60)
+    try:
+        final = poll(lambda: settled(members, 6 + 24), timeout=60)
+    except TimeoutError:  # say how the members disagree
+        raise AssertionError(f"no settled history within 60 s: {describe(members)}") from None
     assert [s for s, _ in final] == list(range(1, 31))  # every message has a number
     assert final[:6] == acknowledged  # numbers given before the crash are kept
     for member in members:  # each sender's messages in its send order
