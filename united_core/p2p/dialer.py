@@ -26,7 +26,6 @@ is a callable the runtime gives it (``Peers.dial``, run on the trio thread).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -165,7 +164,9 @@ class Dialer:
         Returns the PeerId. Raises :class:`DialRefused` when no address is usable,
         else whatever the dial raised (its description is recorded). A dial to a
         peer that is being dialed already waits for that dial instead, and dials
-        afterwards only if it brought addresses the running dial did not try.
+        afterwards only if it brought addresses the running dial did not try, or
+        if the caller that started the running dial was cancelled (its
+        cancellation is not ours to raise).
         """
         if peer_id == self.own_peer_id:
             raise DialRefused("that is this node's own PeerId")
@@ -181,12 +182,19 @@ class Dialer:
             raise DialRefused(error)
         running = self._inflight.get(peer_id)
         while running is not None:
-            if set(usable) <= set(self._inflight_addrs.get(peer_id, ())):
+            same = set(usable) <= set(self._inflight_addrs.get(peer_id, ()))
+            try:
                 return await asyncio.shield(running)
-            # New addresses (the peer came back elsewhere): the running dial cannot
-            # reach them, so let it end and dial them unless it connected.
-            with contextlib.suppress(Exception):
-                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not running.cancelled() or (task is not None and task.cancelling()):
+                    raise  # we are the ones cancelled
+                # The caller that started it was cancelled, not us: dial ourselves.
+            except Exception:
+                if same:
+                    raise
+                # New addresses (the peer came back elsewhere): the running dial
+                # could not reach them; dial them now.
             running = self._inflight.get(peer_id)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[peer_id] = future

@@ -132,6 +132,41 @@ def test_a_dial_to_new_addresses_is_not_swallowed_by_a_running_dial_to_old_ones(
     asyncio.run(scenario())
 
 
+def test_a_shared_dial_whose_starter_is_cancelled_is_not_a_cancellation_for_the_others() -> None:
+    """The reconnect plugin cancels its redial when the peer connects; a caller that
+    shared that dial (the directory client's login, the mesh) must not receive the
+    CancelledError as if it were cancelled itself: it dials on its own."""
+    addr = "/ip4/127.0.0.1/tcp/4001"
+    calls: list[str] = []
+
+    async def dial_fn(peer_id: str, addrs: list[str]) -> str:
+        calls.append(peer_id)
+        await asyncio.sleep(0.2 if len(calls) == 1 else 0.01)
+        return peer_id
+
+    async def scenario() -> None:
+        dialer = Dialer(dial_fn, "me")
+        starter = asyncio.create_task(dialer.dial("p", [addr]))
+        await asyncio.sleep(0.01)
+        sharer = asyncio.create_task(dialer.dial("p", [addr]))
+        await asyncio.sleep(0.01)
+        starter.cancel()
+        assert await sharer == "p" and calls == ["p", "p"]
+        with pytest.raises(asyncio.CancelledError):
+            await starter
+        # ... and a sharer that is itself cancelled still gets its cancellation.
+        first = asyncio.create_task(dialer.dial("q", [addr]))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(dialer.dial("q", [addr]))
+        await asyncio.sleep(0.01)
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert await first == "q"
+
+    asyncio.run(scenario())
+
+
 def test_send_and_reconnect_render_their_warnings() -> None:
     sent = {"id": "ab", "topic": "t", "sequence_hint": 1, "warning": "no connected peer at all"}
     assert "warning: no connected peer at all" in render_send(sent)
