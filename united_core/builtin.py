@@ -70,6 +70,12 @@ class P2PConfig:
         "Gossipsub versions offered, preferred first (v1.2 doubles CPU; see docs).",
         choices=KNOWN_GOSSIPSUB_PROTOCOLS,
     )
+    speedups: tuple[str, ...] = setting(
+        defaults.SPEEDUPS,
+        "py-libp2p hot-path speed-ups switched on (all by default; wire unchanged; "
+        "see docs/mesh.md).",
+        choices=defaults.SPEEDUPS,
+    )
     publish_timeout: float = setting(
         defaults.PUBLISH_TIMEOUT,
         "Longest a publish waits for a slow peer's queue to drain.",
@@ -125,6 +131,7 @@ def united_p2p_configure(options: HostOptions, settings: Mapping[str, Any]) -> N
     options.max_inflight_publishes = p2p.max_inflight_publishes
     options.inbound_queue_size = p2p.inbound_queue_size
     options.gossip.protocols = p2p.gossipsub_protocols
+    options.speedups = p2p.speedups
 
 
 # ---- core control commands ------------------------------------------------------------

@@ -43,6 +43,15 @@ PUBLISH_TIMEOUT = 5.0  # seconds a publish waits for a slow peer's queue
 MAX_INFLIGHT_PUBLISHES = 64
 OUTBOUND_HIGH_WATER = 24  # of py-libp2p's 32-slot per-peer RPC queue
 INBOUND_QUEUE_SIZE = 1024  # received messages buffered for the application
+# py-libp2p hot-path speed-ups switched on ([p2p] speedups; united_core/p2p/speedups.py).
+SPEEDUPS: tuple[str, ...] = (
+    "sender-record",
+    "yamux-window",
+    "batched-writes",
+    "inline-receive",
+    "buffered-reads",
+    "lean-checks",
+)
 
 # ---- gossipsub ([p2p] protocols, [mesh] the rest) --------------------------------------
 

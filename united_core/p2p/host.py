@@ -114,6 +114,7 @@ def build_host(
         transient=transient,
         # Ids are envelope ids, so every implementation that adopts our schema agrees.
         msg_id_constructor=lambda msg: message_id_from_wire(msg.data),
+        speedups=options.speedups,
         strict_signing=True,
         seen_ttl=g.seen_ttl,
     )

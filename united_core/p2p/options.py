@@ -78,6 +78,8 @@ class HostOptions:
     max_inflight_publishes: int = defaults.MAX_INFLIGHT_PUBLISHES
     outbound_high_water: int = defaults.OUTBOUND_HIGH_WATER
     inbound_queue_size: int = defaults.INBOUND_QUEUE_SIZE
+    # py-libp2p hot-path speed-ups switched on (names: ``speedups.ALL_SPEEDUPS``).
+    speedups: tuple[str, ...] = defaults.SPEEDUPS
     gossip: GossipOptions = field(default_factory=GossipOptions)
     # Freshness windows of the acceptance path (``[mesh]``, ``[archive]`` set them).
     acceptance: Rules = field(default_factory=Rules)

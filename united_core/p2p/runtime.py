@@ -37,6 +37,7 @@ from ..envelope import SignedMessage
 from ..identity import Identity
 from ..netaddrs import expand_wildcards
 from ..threads import asyncio_only
+from . import speedups
 from .bridge import RuntimeStopped, TrioBridge
 from .dialer import Dialer, DialRefused
 from .events import AddrsChanged, P2PEvent, PeerConnected, PeerDisconnected, ReachabilityChanged
@@ -105,6 +106,12 @@ class P2PRuntime:
         check_adjustments()
         check_dial_backoff()
         self._queue_patch = install_queue_patch()
+        # Speed-ups change cost, not behaviour: on a py-libp2p they were not
+        # checked against, the node runs without them (and says so in stats).
+        self.speedups_refused = speedups.install()
+        if self.speedups_refused is not None and options.speedups:
+            log.warning("running without speed-ups: %s", self.speedups_refused)
+            options.speedups = ()
         self._bridge = TrioBridge(self.counters, options.inbound_queue_size)
         self._ctx: HostContext | None = None
         self._app_scores = AppScores()
@@ -188,6 +195,7 @@ class P2PRuntime:
 
     async def _trio_main(self, started: asyncio.Future[None]) -> None:
         bind_counters(self.counters)
+        speedups.bind_speedups(self.options.speedups)
         inbox = self._bridge.open()  # stop() works from here on, even while starting
         host, pubsub, gossipsub = build_host(
             self.identity,
@@ -409,6 +417,9 @@ class P2PRuntime:
                 drop_counting=self._queue_patch,
             )
             snap["announce_addrs"] = self.announce_addrs
+            snap["speedups"] = list(self.options.speedups)
+            if self.speedups_refused is not None:
+                snap["speedups_refused"] = self.speedups_refused
             snap["reachability"] = {"reachability": self.reachability, "nat": self.nat}
             services: dict[str, Any] = {}
             for name, service in self._services.items():
