@@ -13,8 +13,9 @@ taking effect. What each would need upstream is in docs/mesh.md ("Speed-ups").
   checks per delivery). Received records are not verified either: the node
   learns addresses from the directory, never from pubsub, as js and go do.
 - ``yamux-window``: a Yamux WINDOW_UPDATE only once half the receive window is
-  consumed (go-yamux's rule) instead of after every read, which for pubsub's
-  byte-by-byte varint reads was about 3 frames per received RPC.
+  consumed (go-yamux's rule) instead of after nearly every read (about 3
+  frames per received RPC with pubsub's byte-by-byte varint reads, one per
+  RPC with buffered reads).
 - ``batched-writes``: everything queued for a peer goes out in one stream write
   (one Yamux frame, one Noise message, one syscall) instead of one per RPC.
 - ``inline-receive``: a received message is judged in the task that read it
@@ -118,7 +119,11 @@ def mismatch() -> str | None:
                 ),
                 RpcQueue: ("pop",),
                 PriorityQueue: ("pop",),
-                _yamux_module.YamuxStream: ("_auto_tune_and_send_window_update",),
+                _yamux_module.YamuxStream: (
+                    "_auto_tune_and_send_window_update",
+                    "_grow_threshold",
+                    "target_recv_window",
+                ),
             },
         )
         or _module_mismatch()
@@ -131,7 +136,6 @@ def _module_mismatch() -> str | None:
         for module, name in (
             (_pubsub_module, "env_to_send_in_RPC"),
             (_gossipsub_module, "env_to_send_in_RPC"),
-            (_yamux_module, "_yamux_release_on_read"),
         )
         if not callable(getattr(module, name, None))
     ]
@@ -170,13 +174,25 @@ def _patch_sender_record() -> None:
 
 
 def _patch_yamux_release() -> None:
-    release_on_read: Callable[[], bool] = _yamux_module._yamux_release_on_read
+    """With ``yamux-window``, a stream returns credit only once half its window is
+    consumed (go-yamux's rule). py-libp2p 0.8.1 sends a WINDOW_UPDATE after
+    nearly every read: ``PY_YAMUX_RELEASE_ON_READ=0`` removes one of its two
+    reasons, its "partial slack" branch still answers any read while the window
+    is below target, so the rule is applied before py-libp2p's own.
+    """
+    stream_class = _yamux_module.YamuxStream
+    auto_tune = stream_class._auto_tune_and_send_window_update
 
-    def yamux_release_on_read() -> bool:
-        """Off with ``yamux-window``: credit goes back once half the window is read."""
-        return False if _on(YAMUX_WINDOW) else release_on_read()
+    async def lazy_window_update(self: Any, *, bytes_read: int = 0) -> None:
+        if _on(YAMUX_WINDOW):
+            async with self.window_lock:
+                buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+                consumed = self.target_recv_window - (self.recv_window + buffered)
+                if consumed < self._grow_threshold():
+                    return  # less than half the window to give back: not yet
+        await auto_tune(self, bytes_read=bytes_read)
 
-    _yamux_module._yamux_release_on_read = yamux_release_on_read
+    stream_class._auto_tune_and_send_window_update = lazy_window_update  # type: ignore[method-assign]
 
 
 def clear_sender_record(rpc: rpc_pb2.RPC) -> None:
