@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -368,3 +369,30 @@ def test_ctl_takes_c_before_its_command_and_leaves_the_commands_words_alone(
         capsys.readouterr()
         assert cli_main(list(twice)) == 2, twice
         assert capsys.readouterr().err == f"united: {TWICE}\n"
+
+
+def test_core_commands_do_not_import_every_installed_plugin() -> None:
+    """`united run` (any core command but init) builds its parser without the plugins'
+    commands: a node holds only the plugins it enables, not every installed one (issue
+    14, idle memory). No command, -h before it, init and a plugin's command still get
+    every plugin's parser."""
+    from united_core.cli.entry import BUILTIN_COMMANDS, _core_command
+
+    assert _core_command(["run", "-c", "x.toml"]) == "run"
+    assert _core_command(["-c", "x.toml", "--log-level", "debug", "-v", "run"]) == "run"
+    assert _core_command(["--config=x.toml", "ctl", "send", "g", "--", "-h"]) == "ctl"
+    for argv in ([], ["-h", "run"], ["--version"], ["invite", "-c", "x"], ["--log-level", "x"]):
+        assert _core_command(argv) is None, argv
+    code = (
+        "import sys\n"
+        "from united_core.cli.entry import build_parser\n"
+        "build_parser(plugins=False)\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('united_') and "
+        "not m.startswith('united_core'))\n"
+        "sub = [a for a in build_parser(plugins=False)._actions if a.dest == 'command'][0]\n"
+        "print(loaded, sorted(sub.choices))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == f"[] {sorted(BUILTIN_COMMANDS)}"

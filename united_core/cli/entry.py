@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..api import CliCommand, CLIError, printable
@@ -182,7 +182,14 @@ def _adopt_config_option(parser: argparse.ArgumentParser) -> None:
             return
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The sub-commands of the core, which a plugin's command cannot take over.
+BUILTIN_COMMANDS = frozenset({"init", "run", "id", "plugins", "console", "ctl"})
+
+
+def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
+    """The ``united`` parser. Without ``plugins``, only the core's sub-commands and
+    without the options plugins add to ``init``: neither imports a plugin (building
+    them imports every installed one)."""
     parser = argparse.ArgumentParser(
         prog="united",
         description="UNITED peer-to-peer chat node.",
@@ -202,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="write a commented united.toml and a new identity key")
-    init.add_arguments(p)
+    init.add_arguments(p, plugin_options=plugins)
     p.set_defaults(func=init.cmd_init)
 
     p = sub.add_parser(
@@ -244,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=client.cmd_ctl, prepare=_split_ctl_words)
 
     builtin = set(sub.choices)
-    for command in plugin_cli_commands():
+    for command in plugin_cli_commands() if plugins else []:
         if command.name in builtin:
             continue
         p = sub.add_parser(command.name, help=command.help)
@@ -280,9 +287,39 @@ def _resolve_config(args: argparse.Namespace) -> None:
     args.config = str(found) if found is not None else None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class _ProbeError(Exception):
+    pass
+
+
+class _Probe(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _ProbeError(message)
+
+
+def _core_command(argv: Sequence[str]) -> str | None:
+    """The core's sub-command (``run``, ``ctl``...) ``argv`` runs, read with the main
+    parser's own options; None for anything else (no command, ``-h`` before it, a
+    plugin's command, an error), which gets the whole parser. For the others but
+    ``init``, :func:`main` leaves the plugins out of the parser: importing every
+    installed plugin only to build it would cost ``united run`` the memory of the
+    plugins its node does not enable (a member's node would hold the server's)."""
+    probe = _Probe(add_help=False)
+    probe.add_argument(*CONFIG_OPTIONS)
+    _add_global_options(probe, top=True)
+    probe.add_argument("command", nargs="?")
+    probe.add_argument("words", nargs=argparse.REMAINDER)
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = probe.parse_known_args(argv)
+    except _ProbeError:
+        return None
+    return args.command if not unknown and args.command in BUILTIN_COMMANDS else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        command = _core_command(argv)
+        args = build_parser(plugins=command in (None, "init")).parse_args(argv)
         _config_once(args)
         prepare = getattr(args, "prepare", None)
         if prepare is not None:

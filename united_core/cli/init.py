@@ -177,7 +177,7 @@ def _ask(question: str) -> str:
         return ""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, plugin_options: bool = True) -> None:
     parser.add_argument("--role", choices=ROLES, required=True)
     parser.add_argument("--dir", required=True, help="directory for united.toml and the key")
     parser.add_argument(
@@ -193,7 +193,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="also enable plugin NAME (repeatable); its section is written too",
     )
-    _add_plugin_options(parser)
+    if plugin_options:
+        _add_plugin_options(parser)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
