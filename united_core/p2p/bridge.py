@@ -16,7 +16,8 @@ so every rule about crossing threads lives here and nowhere else.
   Messages are bounded by credits: the trio side takes a credit per message
   handed over and the asyncio consumer returns it, so a slow consumer slows
   delivery (and, past the inbox bound, drops are counted) instead of growing
-  memory.
+  memory. A returned credit wakes the trio thread only when it is waiting
+  for one (:class:`Credits`): one thread crossing per message, not two.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class TrioBridge:
         self._nursery: trio.Nursery | None = None
         self._stop_event: trio.Event | None = None
         self._done: asyncio.Future[None] | None = None
-        self._credits: trio.Semaphore | None = None
+        self._credits: Credits | None = None
         self._inbox_send: trio.MemorySendChannel[MessageReceived] | None = None
         self.events: asyncio.Queue[P2PEvent] = asyncio.Queue()
         # True while calls are accepted (set and cleared on the trio thread).
@@ -128,7 +129,7 @@ class TrioBridge:
         """First thing on the trio thread: stop() works from here on; the inbox exists."""
         self._stop_event = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
-        self._credits = trio.Semaphore(self._inbox_size)
+        self._credits = Credits(self._inbox_size)
         inbox_send, inbox_recv = trio.open_memory_channel[MessageReceived](self._inbox_size)
         self._inbox_send = inbox_send
         return inbox_recv
@@ -193,7 +194,7 @@ class TrioBridge:
     def _return_credit(self) -> None:
         token, credits = self._token, self._credits
         if token is not None and credits is not None:
-            run_sync_soon_quietly(token, credits.release)
+            credits.release(token)
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await fn(*args)`` on the trio thread and return its result.
@@ -270,6 +271,43 @@ class _CallHandle:
         self.cancelled = True
         if self.scope is not None:
             self.scope.cancel()
+
+
+class Credits:
+    """Message credits taken on the trio thread and returned from the asyncio thread.
+
+    A plain counter under a lock; a return crosses to the trio thread (a
+    wakeup-socket write and a scheduler pass) only when the trio side is waiting
+    for a credit, instead of once per message as a ``trio.Semaphore`` released
+    with ``run_sync_soon`` would.
+    """
+
+    def __init__(self, total: int) -> None:
+        self._lock = threading.Lock()
+        self._available = total
+        self._waiter: trio.Event | None = None
+
+    @property
+    def available(self) -> int:
+        return self._available
+
+    async def acquire(self) -> None:
+        """Take a credit, waiting for one to come back if none is left (trio thread)."""
+        while True:
+            with self._lock:
+                if self._available > 0:
+                    self._available -= 1
+                    return
+                waiter = self._waiter = trio.Event()
+            await waiter.wait()
+
+    def release(self, token: trio.lowlevel.TrioToken) -> None:
+        """Give a credit back (any thread); wakes the trio side if it waits."""
+        with self._lock:
+            self._available += 1
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            run_sync_soon_quietly(token, waiter.set)
 
 
 def run_sync_soon_quietly(token: trio.lowlevel.TrioToken, fn: Callable[[], object]) -> None:
