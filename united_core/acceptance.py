@@ -23,16 +23,23 @@ A refusal says why (:class:`Reason`) and whether it is *permanent*: a permanent
 refusal will never turn into an acceptance for that envelope on that path, so a
 client may drop it; a transient one (a volume limit) may be retried later.
 
+Batches (a history page, a submission) go through :class:`JudgePool`, which
+gives each envelope the same judgement with the signatures checked on every CPU.
+
 This module imports neither trio nor libp2p: both threads call it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import enum
+import functools
 import hashlib
 import inspect
+import os
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 from . import defaults
@@ -190,17 +197,27 @@ class Acceptor:
         :param topics: the topics the receiver serves (submissions); it must name one.
         :param from_peer: the forwarding or submitting peer (base58), for plugins.
         """
-        try:
-            message = open_envelope(data, expected_topic=topic)
-        except TopicMismatch as exc:
-            return Judgement(Verdict.REJECT, None, Reason.WRONG_TOPIC, str(exc))
-        except BadSignature as exc:
-            return Judgement(Verdict.REJECT, None, Reason.BAD_SIGNATURE, str(exc))
-        except EnvelopeTooLarge as exc:
-            return Judgement(Verdict.REJECT, None, Reason.TOO_LARGE, str(exc))
-        except EnvelopeError as exc:
-            return Judgement(Verdict.REJECT, None, Reason.MALFORMED, str(exc))
-        return self.judge_message(message, origin, topics=topics, from_peer=from_peer)
+        opened = open_checked(data, topic)
+        if isinstance(opened, Judgement):
+            return opened
+        return self.judge_message(opened, origin, topics=topics, from_peer=from_peer)
+
+    def judge_opened(
+        self,
+        opened: Sequence[SignedMessage | Judgement],
+        origin: Origin,
+        *,
+        topics: Container[str] | None = None,
+        from_peer: str = "",
+    ) -> list[Judgement]:
+        """Steps 3 to 6, in order, for what :func:`open_checked` returned: the same
+        verdicts, in the same order of plugin calls, as :meth:`judge` one by one."""
+        return [
+            item
+            if isinstance(item, Judgement)
+            else self.judge_message(item, origin, topics=topics, from_peer=from_peer)
+            for item in opened
+        ]
 
     def judge_message(
         self,
@@ -276,3 +293,108 @@ class Acceptor:
 
 def _refuse(message: SignedMessage, reason: Reason, detail: str) -> Judgement:
     return Judgement(Verdict.REJECT, message, reason, detail)
+
+
+def open_checked(data: bytes, topic: str | None = None) -> SignedMessage | Judgement:
+    """Steps 1 and 2 of :meth:`Acceptor.judge` (and the topic binding, checked after the
+    signature): the opened envelope, or the refusal. A pure function of its arguments,
+    so any thread may run it; almost all of its time is the Ed25519 check, in C with
+    the GIL released, so threads run it in parallel."""
+    try:
+        return open_envelope(data, expected_topic=topic)
+    except TopicMismatch as exc:
+        return Judgement(Verdict.REJECT, None, Reason.WRONG_TOPIC, str(exc))
+    except BadSignature as exc:
+        return Judgement(Verdict.REJECT, None, Reason.BAD_SIGNATURE, str(exc))
+    except EnvelopeTooLarge as exc:
+        return Judgement(Verdict.REJECT, None, Reason.TOO_LARGE, str(exc))
+    except EnvelopeError as exc:
+        return Judgement(Verdict.REJECT, None, Reason.MALFORMED, str(exc))
+
+
+def _open_all(datas: Sequence[bytes], topic: str | None) -> list[SignedMessage | Judgement]:
+    return [open_checked(data, topic) for data in datas]
+
+
+def verify_workers() -> int:
+    """Threads a :class:`JudgePool` uses: one per CPU (Ed25519 is CPU-bound C code)."""
+    return max(1, os.cpu_count() or 1)
+
+
+class JudgePool:
+    """Judges batches of envelopes (history pages, submissions) on worker threads.
+
+    :meth:`judge_many` answers exactly what :meth:`Acceptor.judge` would, envelope by
+    envelope and in order: the decoding and the signature check (steps 1 and 2, pure)
+    run in slices on every worker at once; then steps 3 to 6 run in order on one
+    worker, so plugin validators see the envelopes in the batch's order, one at a
+    time, as they would one by one. A refusal is the refused envelope's alone.
+
+    Asyncio only (the trio thread keeps calling :meth:`Acceptor.judge`). Its owner
+    starts it and closes it (``async with``): closing waits for the slices still
+    running, so no thread outlives it.
+    """
+
+    MIN_SLICE = 32  # envelopes: below this, a thread hop costs more than it saves
+
+    def __init__(
+        self, acceptor: Acceptor, workers: int | None = None, *, name: str = "united-verify"
+    ) -> None:
+        self.acceptor = acceptor
+        self.workers = workers or verify_workers()
+        self._name = name
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._executor is not None
+
+    def start(self) -> None:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self.workers, thread_name_prefix=self._name
+            )
+
+    async def close(self) -> None:
+        """Stop the workers: queued slices are dropped (their callers were cancelled or
+        the node is stopping), running ones finish; returns once every thread ended."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    async def __aenter__(self) -> JudgePool:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def judge_many(
+        self,
+        datas: Sequence[bytes],
+        origin: Origin,
+        *,
+        topic: str | None = None,
+        topics: Container[str] | None = None,
+        from_peer: str = "",
+    ) -> list[Judgement]:
+        """:meth:`Acceptor.judge` for each of ``datas``, in order (same arguments)."""
+        executor = self._executor
+        if executor is None:
+            raise RuntimeError("the judge pool is not running")
+        if not datas:
+            return []
+        loop = asyncio.get_running_loop()
+        slices = max(1, min(self.workers, len(datas) // self.MIN_SLICE))
+        step = -(-len(datas) // slices)
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(executor, _open_all, datas[i : i + step], topic)
+                for i in range(0, len(datas), step)
+            )
+        )
+        opened = [item for part in parts for item in part]
+        judge = functools.partial(
+            self.acceptor.judge_opened, opened, origin, topics=topics, from_peer=from_peer
+        )
+        return await loop.run_in_executor(executor, judge)

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from united_core.acceptance import Acceptor, Origin
+from united_core.acceptance import Acceptor, JudgePool, Origin
 from united_core.api import NodeAPI, RemoteRefusal
 from united_core.envelope import SignedMessage
 from united_core.wire import envelope_pb2
@@ -79,6 +79,8 @@ class CacheService:
     ) -> None:
         self.config = config
         self.acceptor = acceptor or Acceptor()
+        # History pages' signatures are checked on every CPU (started and closed with us).
+        self.judges = JudgePool(self.acceptor, name="united-cache-verify")
         self.node = node
         self.path = data_dir / config.database
         self.discovery = discovery
@@ -103,6 +105,7 @@ class CacheService:
 
     async def start(self) -> None:
         self.store = await CacheStore.open(self.path)
+        self.judges.start()
         self.discovery.add_login_listener(self.sync_after_login)
         add_head_listener = getattr(self.discovery, "add_head_listener", None)
         if add_head_listener is not None:  # an older discovery: gap-fill at login only
@@ -118,6 +121,7 @@ class CacheService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.judges.close()
         if self.store is not None:
             await self.store.close()
 
@@ -331,43 +335,97 @@ class CacheService:
         return total
 
     async def _fill(self, channel_id: str, topic: str) -> int:
+        """Fetch, check and store the pages of ``channel_id`` from its first missing number.
+
+        Pipelined, in three stages that overlap: while a page's signatures are
+        checked (on every CPU), the next page is already being fetched and the
+        previous one is being stored. Pages are stored one after the other, in
+        order. The early fetch asks where the loop would ask next; should the page
+        in hand change that (a server returning numbers past its own
+        ``next_seq``), it is dropped and the right page asked for, so the requests
+        and the stored rows are those of one page at a time.
+        """
         assert self.store is not None
         have = await self.store.seqs(topic)
         start, added = _first_missing(have, 1), 0
-        while True:
-            reply = await self.discovery.request(
-                pb.ClientFrame(
-                    history=pb.HistoryRequest(
-                        channel_id=channel_id, from_seq=start, limit=self.config.page_size
-                    )
+        ahead: asyncio.Task[pb.HistoryPage] | None = asyncio.ensure_future(
+            self._page(channel_id, start)
+        )
+        storing: asyncio.Task[int] | None = None
+        try:
+            while ahead is not None:
+                page = await ahead
+                ahead = None
+                following = _first_missing(have, page.next_seq) if page.next_seq else 0
+                if following:
+                    ahead = asyncio.ensure_future(self._page(channel_id, following))
+                judgements = await self.judges.judge_many(
+                    [stored.envelope.SerializeToString() for stored in page.messages],
+                    Origin.HISTORY,
+                    topic=topic,
+                )
+                messages, seqs = [], []
+                for stored, judgement in zip(page.messages, judgements, strict=True):
+                    if not judgement.accepted or judgement.message is None:
+                        log.warning("dropping a message from history: %s", judgement.describe())
+                        continue
+                    messages.append(judgement.message)
+                    seqs.append(int(stored.seq))
+                returned = set(seqs)
+                end = page.next_seq - 1 if page.next_seq else page.last_seq
+                # A page never settles more than MAX_PAGE_SPAN numbers (a server that
+                # claims a billion holes is asked again later, not believed at once).
+                end = min(end, start + MAX_PAGE_SPAN - 1)
+                holes = [s for s in range(start, end + 1) if s not in returned and s not in have]
+                if storing is not None:  # the page before is stored first
+                    added += await storing
+                    storing = None
+                storing = asyncio.ensure_future(
+                    self._store_page(channel_id, topic, page.last_seq, messages, seqs, holes)
+                )
+                have |= returned | set(holes)
+                if not page.next_seq:
+                    break
+                start = _first_missing(have, page.next_seq)
+                if ahead is None or start != following:  # the early fetch was not it
+                    await _discard(ahead)
+                    ahead = asyncio.ensure_future(self._page(channel_id, start))
+            if storing is not None:
+                added += await storing
+                storing = None
+            return added
+        finally:
+            await _discard(ahead)
+            if storing is not None:  # never left half-written: let the write end
+                with contextlib.suppress(Exception):
+                    await storing
+
+    async def _store_page(
+        self,
+        channel_id: str,
+        topic: str,
+        last_seq: int,
+        messages: list[SignedMessage],
+        seqs: list[int],
+        holes: list[int],
+    ) -> int:
+        assert self.store is not None
+        added = await self.store.add(messages, seqs)
+        self.own_unconfirmed.difference_update(m.id for m in messages)
+        self._server_heads[channel_id] = int(last_seq)
+        if holes:
+            await self.store.add_holes(topic, holes)
+        return added
+
+    async def _page(self, channel_id: str, from_seq: int) -> pb.HistoryPage:
+        reply = await self.discovery.request(
+            pb.ClientFrame(
+                history=pb.HistoryRequest(
+                    channel_id=channel_id, from_seq=from_seq, limit=self.config.page_size
                 )
             )
-            page = reply.history_page
-            messages, seqs = [], []
-            for stored in page.messages:
-                judgement = self.acceptor.judge(
-                    stored.envelope.SerializeToString(), Origin.HISTORY, topic=topic
-                )
-                if not judgement.accepted or judgement.message is None:
-                    log.warning("dropping a message from history: %s", judgement.describe())
-                    continue
-                messages.append(judgement.message)
-                seqs.append(int(stored.seq))
-            added += await self.store.add(messages, seqs)
-            self.own_unconfirmed.difference_update(m.id for m in messages)
-            returned = set(seqs)
-            self._server_heads[channel_id] = int(page.last_seq)
-            end = page.next_seq - 1 if page.next_seq else page.last_seq
-            # A page never settles more than MAX_PAGE_SPAN numbers (a server that
-            # claims a billion holes is asked again later, not believed at once).
-            end = min(end, start + MAX_PAGE_SPAN - 1)
-            holes = [s for s in range(start, end + 1) if s not in returned and s not in have]
-            if holes:
-                await self.store.add_holes(topic, holes)
-            have |= returned | set(holes)
-            if not page.next_seq:
-                return added
-            start = _first_missing(have, page.next_seq)
+        )
+        return reply.history_page
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -410,6 +468,15 @@ class CacheService:
             "syncs": self.syncs,
             "head_fills": self.head_fills,
         }
+
+
+async def _discard(task: asyncio.Task[Any] | None) -> None:
+    """Cancel an early page fetch no longer wanted and wait for it to end."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def _first_missing(have: set[int], start: int) -> int:

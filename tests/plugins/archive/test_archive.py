@@ -395,3 +395,49 @@ def test_history_pages_fit_in_a_frame_whatever_the_payloads(tmp_path: Path) -> N
             await client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_large_submission_is_verified_in_parallel_one_forgery_refused_alone(
+    tmp_path: Path,
+) -> None:
+    """A submission spread over the archive's verifying threads: the forged envelope in
+    the middle is refused with its reason, every other one is stored, in Lamport order;
+    the threads end with the node."""
+    import threading
+
+    def verifying_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("united-archive-verify")]
+
+    async def scenario() -> None:
+        config = server_config(tmp_path, plugins=("archive",))
+        async with running_node(config) as server:
+            directory, archive = server.service("directory"), server.service("archive")
+            assert archive.judges.running
+            url = f"ws://127.0.0.1:{directory.port}/ws"
+            channel = await directory.create_channel("general")
+            client, alice, _, _ = await registered(url, directory, "alice")
+            now = int(time.time() * 1000)
+            good = [seal(alice, channel.topic, f"m{i}", now + i) for i in range(400)]
+            forged = pb_envelope(seal(alice, channel.topic, "forged", now + 200))
+            forged.payload = b"changed"  # type: ignore[attr-defined]
+            batch = [pb_envelope(m) for m in good]
+            batch.insert(200, forged)
+            reply = await client.request(
+                pb.ClientFrame(submit=pb.SubmitMessages(envelopes=batch))  # type: ignore[arg-type]
+            )
+            result = reply.submit_result
+            assert len(result.refused) == 1
+            refusal = result.refused[0]
+            assert refusal.reason == pb.REFUSAL_REASON_BAD_SIGNATURE and refusal.permanent
+            assert bytes(refusal.message_id) == message_id_from_wire(
+                forged.SerializeToString()  # type: ignore[attr-defined]
+            )
+            numbers = {bytes(a.message_id): a.seq for a in result.assigned}
+            assert [numbers[m.id] for m in good] == list(range(1, 401))
+            assert archive.snapshot()["stored"] == 400
+            assert verifying_threads()
+            await client.close()
+        assert not archive.judges.running
+        assert not verifying_threads()
+
+    asyncio.run(scenario())
