@@ -102,6 +102,10 @@ async def _archived(server: Node, n: int) -> bool:
     return bool(server.service("archive").snapshot()["stored"] >= n)
 
 
+async def _has(node: Node, count: int) -> bool:
+    return len(await history(node)) >= count
+
+
 def test_messages_sent_while_the_server_is_down_get_numbers_in_lamport_order(
     tmp_path: Path,
 ) -> None:
@@ -137,8 +141,13 @@ def test_messages_sent_while_the_server_is_down_get_numbers_in_lamport_order(
             await until(lambda: _meshed(bob, alice), what="bob meshed with alice")
             sent = []
             for i in range(6):
-                sender = (alice, bob)[i % 2]
+                sender, other = (alice, bob) if i % 2 == 0 else (bob, alice)
                 sent.append((await sender.service("mesh").send("general", f"offline-{i}")).id)
+                # Each reply is sent after its sender saw the message before: a causal
+                # chain, which Lamport order must keep. (Two messages sent within the
+                # same millisecond by members who had not seen each other's are
+                # concurrent, and either order is right.)
+                await until(lambda o=other, n=i + 1: _has(o, n), what=f"offline-{i} delivered")
 
             async def both_have_all() -> bool:
                 return len(await history(alice)) == 6 and len(await history(bob)) == 6
