@@ -51,6 +51,7 @@ SPEEDUPS: tuple[str, ...] = (
     "inline-receive",
     "buffered-reads",
     "lean-checks",
+    "buffered-tcp",
 )
 
 # ---- gossipsub ([p2p] protocols, [mesh] the rest) --------------------------------------

@@ -28,6 +28,7 @@ from united_core.p2p.speedups import (
     ALL_SPEEDUPS,
     BATCHED_WRITES,
     BUFFERED_READS,
+    BUFFERED_TCP,
     INLINE_RECEIVE,
     LEAN_CHECKS,
     SENDER_RECORD,
@@ -388,3 +389,42 @@ def test_a_malformed_or_oversized_rpc_resets_only_that_stream(garbage: bytes) ->
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_buffered_tcp_one_socket_read_per_noise_message(
+    on: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a chat's pace (one frame at a time), a Noise message was two socket reads
+    (its 2-byte length, then its body); buffered, it is one."""
+    import threading
+
+    import trio
+
+    reader: list[int] = []
+    calls = [0]
+    receive_some = trio.SocketStream.receive_some
+
+    async def counting(self: trio.SocketStream, max_bytes: int | None = None) -> bytes:
+        if reader and threading.get_ident() == reader[0]:
+            calls[0] += 1
+        return bytes(await receive_some(self, max_bytes))
+
+    monkeypatch.setattr(trio.SocketStream, "receive_some", counting)
+
+    async def scenario() -> None:
+        both = ALL_SPEEDUPS if on else without(BUFFERED_TCP)
+        async with pair(both, both) as (a, b):
+            reader.append(await on_trio(b, threading.get_ident))
+            await asyncio.sleep(0.2)
+            before = calls[0]
+            for k in range(30):  # one at a time: each arrives before the next is sent
+                await a.publish(TOPIC, seal(a.identity, f"one-{k}"))
+                async with asyncio.timeout(10):
+                    while not isinstance(await b.events(), MessageReceived):
+                        pass
+            reads = calls[0] - before
+            print(f"30 messages, one at a time: {reads} socket reads by the receiver")
+            assert reads <= 45 if on else reads >= 60
+
+    asyncio.run(scenario())
