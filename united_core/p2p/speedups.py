@@ -126,7 +126,7 @@ def mismatch() -> str | None:
                 ),
                 RpcQueue: ("pop",),
                 PriorityQueue: ("pop",),
-            TrioTCPStream: ("read", "stream"),
+                TrioTCPStream: ("read", "stream"),
                 _yamux_module.YamuxStream: (
                     "_auto_tune_and_send_window_update",
                     "_grow_threshold",
