@@ -286,3 +286,49 @@ def test_messages_are_not_held_for_peers_outside_the_topic() -> None:
             await a.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_pruned_peer_is_not_grafted_again_before_the_backoff_ends() -> None:
+    """UnitedGossipSub.mesh_heartbeat: a peer the heartbeat prunes is backed off on
+    the pruner's side too (go-libp2p's rule). py-libp2p recorded nothing, re-grafted
+    it at the next shortage, and the pruned peer, which had recorded the PRUNE's
+    backoff, punished that GRAFT as a flood (379 warnings a minute at 100 members)."""
+
+    async def scenario() -> None:
+        # a keeps one mesh peer (D = D_lo = D_hi = 1); b and c both graft it.
+        a = P2PRuntime(Identity.generate(), options(degree=1, degree_low=1, degree_high=1))
+        b = P2PRuntime(Identity.generate(), options())
+        c = P2PRuntime(Identity.generate(), options())
+        for rt in (a, b, c):
+            await rt.start()
+            await rt.subscribe(TOPIC)
+        try:
+            for rt in (b, c):
+                await rt.connect(f"{a.listen_addrs[0]}/p2p/{a.peer_id}")
+
+            async def backed_off() -> set[str]:
+                table = a.host_context.gossipsub.back_off.get(TOPIC, {})
+                return {p.to_base58() for p in table}
+
+            async with asyncio.timeout(20):
+                while not await a.call(backed_off):
+                    await asyncio.sleep(0.1)
+            pruned = await a.call(backed_off)
+            assert pruned <= {b.peer_id, c.peer_id} and len(pruned) == 1
+            await asyncio.sleep(a.options.gossip.heartbeat_interval * 4)
+            mesh = set((await a.snapshot())["mesh"].get(TOPIC, []))
+            assert not mesh & pruned  # not grafted again while backed off
+
+            async def flood_penalties(rt: P2PRuntime) -> float:
+                async def read() -> float:
+                    scorer = rt.host_context.gossipsub.scorer
+                    return float(sum(scorer.graft_flood_penalties.values()))
+
+                return await rt.call(read)
+
+            assert await flood_penalties(b) == 0 and await flood_penalties(c) == 0
+        finally:
+            for rt in (c, b, a):
+                await rt.stop()
+
+    asyncio.run(scenario())

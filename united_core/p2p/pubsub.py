@@ -27,6 +27,14 @@ stops taking effect (tests/test_p2p_runtime.py, tests/test_gossip_adjustments.py
   says), so IHAVE ids are the ids every node uses and IWANT is served.
 - ``UnitedGossipSub.handle_ihave`` does not ask (IWANT) for messages this
   node already refused.
+- ``UnitedGossipSub.mesh_heartbeat`` records a backoff for every peer its
+  heartbeat prunes (go-libp2p's ``prunePeer`` does; py-libp2p only does when
+  leaving a topic). Without it the pruner re-grafted the peer at the next
+  heartbeat it ran short, while the pruned peer, which had recorded the
+  PRUNE's backoff, took that GRAFT for a flood: a behaviour penalty and a
+  PRUNE back, every few heartbeats (379 "GRAFT flood detected" warnings in a
+  minute of bench/scale.py), until scores sank and two members of a channel
+  stopped receiving its messages over gossip.
 - ``UnitedGossipSub.publish`` holds a message back only for peers subscribed
   to its topic whose pubsub stream is not set up yet. py-libp2p also queues a
   copy "optimistically" for every connected peer *not* in the topic, in case
@@ -185,6 +193,8 @@ def check_adjustments() -> None:
                 "_prune_pending_messages",
                 "flush_pending_messages",
                 "send_rpc",
+                "mesh_heartbeat",
+                "_add_back_off",
             ),
             MessageCache: ("put", "get", "window", "shift"),
             PeerScorer: ("remove_peer", "on_heartbeat", "on_invalid_message"),
@@ -408,6 +418,18 @@ class UnitedGossipSub(GossipSub):
         self.mcache = EnvelopeIdMessageCache(self.mcache.window_size, self.mcache.history_size)
         if self.scorer is not None:
             retain_penalties(self.scorer)
+
+    def mesh_heartbeat(
+        self,
+    ) -> tuple[collections.defaultdict[ID, list[str]], collections.defaultdict[ID, list[str]]]:
+        """py-libp2p's mesh maintenance, with a backoff for each peer it prunes (see
+        the module docstring): the pruner does not GRAFT that peer again before the
+        PRUNE's backoff ends, so the peer never sees a GRAFT it must punish."""
+        peers_to_graft, peers_to_prune = super().mesh_heartbeat()
+        for peer, topics in peers_to_prune.items():
+            for topic in topics:
+                self._add_back_off(peer, topic, False)
+        return peers_to_graft, peers_to_prune
 
     async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
         """py-libp2p 0.8.1's ``GossipSub.publish`` without the optimistic queue for
