@@ -74,12 +74,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from united_core.control import ControlClient
 from united_core.identity import load_key_file
+from united_core.p2p.speedups import ALL_SPEEDUPS
 from united_core.testing import Community, NodeProcess, merge_toml, poll
 
 BENCH = Path(__file__).resolve().parent
@@ -88,20 +90,6 @@ CHANNEL = "bench"
 PAYLOAD = 200  # bytes per message (raw); UNITED's text is about as long
 # Load mode: the mesh's per-member volume limit would otherwise be what is measured.
 LOAD_MESH = "rate_limit = 1000000\nrate_burst = 10000000\n"
-try:
-    from united_core.p2p.speedups import ALL_SPEEDUPS
-except ImportError:  # before [p2p] speedups landed: the names of the contract
-    ALL_SPEEDUPS = (
-        "sender-record",
-        "yamux-window",
-        "batched-writes",
-        "inline-receive",
-        "buffered-reads",
-        "lean-checks",
-    )
-    SPEEDUPS_SOURCE = "hard-coded (united_core.p2p.speedups not importable)"
-else:
-    SPEEDUPS_SOURCE = "united_core.p2p.speedups.ALL_SPEEDUPS"
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -343,18 +331,27 @@ async def call_node(node: NodeProcess, command: str, *args: str) -> Any:
 LOSSES = ("outbound_drops", "inbound_drops", "publish_wait_timeouts")
 
 
-async def mesh_counts(nodes: list[NodeProcess]) -> tuple[dict[str, int], dict[str, int]]:
-    """Each node's count of messages on the bench channel (the mesh plugin's counter,
-    own publishes included), and the runtime's loss counters summed over the nodes."""
-    counts, losses = {}, dict.fromkeys(LOSSES, 0)
+async def channel_counts(
+    nodes: list[NodeProcess],
+) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """(node, channel) -> the mesh plugin's message counter (own publishes included),
+    and the runtime's loss counters summed over the nodes."""
+    counts: dict[tuple[str, str], int] = {}
+    losses = dict.fromkeys(LOSSES, 0)
     for node in nodes:
         snapshot = await call_node(node, "snapshot")
-        topics = snapshot["plugins"]["mesh"]["topics"]
-        counts[node.name] = int(topics.get(CHANNEL, {}).get("messages", 0))
+        for channel, stats in snapshot["plugins"]["mesh"]["topics"].items():
+            counts[node.name, channel] = int(stats.get("messages", 0))
         counters = snapshot.get("p2p", {}).get("counters", {})
         for key in LOSSES:
             losses[key] += int(counters.get(key, 0))
     return counts, losses
+
+
+async def mesh_counts(nodes: list[NodeProcess]) -> tuple[dict[str, int], dict[str, int]]:
+    """Each node's count of messages on the bench channel, and the loss counters."""
+    counts, losses = await channel_counts(nodes)
+    return {node.name: counts.get((node.name, CHANNEL), 0) for node in nodes}, losses
 
 
 def cache_rows(node: NodeProcess, own_key: bytes, since_ms: float) -> list[tuple[float, int]]:
@@ -370,6 +367,23 @@ def cache_rows(node: NodeProcess, own_key: bytes, since_ms: float) -> list[tuple
     finally:
         db.close()
     return [(float(r), int(t)) for r, t in rows]
+
+
+async def until_settled(
+    measure: Callable[[], Awaitable[tuple[int, bool]]], quiet: float = 3.0
+) -> None:
+    """Poll ``measure`` (progress so far, done?) every 0.2 s until it is done or has
+    made no progress for ``quiet`` seconds: the drain after a load window."""
+    last_seen, last_change = -1, time.monotonic()
+    while True:
+        seen, done = await measure()
+        if done:
+            return
+        if seen != last_seen:
+            last_seen, last_change = seen, time.monotonic()
+        elif time.monotonic() - last_change > quiet:
+            return
+        await asyncio.sleep(0.2)
 
 
 def speedups_line(names: tuple[str, ...]) -> str:
@@ -499,18 +513,15 @@ async def _measure_united_load(
     want = {m.name: total - sent[m.name] for m in members}
     # Drain: until every member's cache holds every other node's message (read by
     # the bench through SQLite, no cost to the nodes) or 3 s without progress.
-    last_seen, last_change = -1, time.monotonic()
     rows: dict[str, list[tuple[float, int]]] = {}
-    while True:
+
+    async def cached() -> tuple[int, bool]:
+        nonlocal rows
         rows = {m.name: cache_rows(m, keys[m.name], since_ms) for m in members}
-        seen = sum(len(r) for r in rows.values())
-        if all(len(rows[m.name]) >= want[m.name] for m in members):
-            break
-        if seen != last_seen:
-            last_seen, last_change = seen, time.monotonic()
-        elif time.monotonic() - last_change > 3:
-            break
-        await asyncio.sleep(0.2)
+        done = all(len(rows[m.name]) >= want[m.name] for m in members)
+        return sum(len(r) for r in rows.values()), done
+
+    await until_settled(cached)
     cpu = cpu_seconds(pids) - cpu0
     after, losses1 = await mesh_counts(nodes)
     for task in tails:
@@ -560,19 +571,15 @@ async def raw_load(
             parts = (await node.line("loaded")).split()
             firsts.append(float(parts[2]))
         expected = messages * n
-        last_seen, last_change = -1, time.monotonic()
-        while True:
+
+        async def counted() -> tuple[int, bool]:
             seen = 0
             for node in nodes:
                 await node.send("count")
                 seen += int((await node.line("count")).split()[1])
-            if seen >= expected:
-                break
-            if seen != last_seen:
-                last_seen, last_change = seen, time.monotonic()
-            elif time.monotonic() - last_change > 3:
-                break
-            await asyncio.sleep(0.2)
+            return seen, seen >= expected
+
+        await until_settled(counted)
         cpu = cpu_seconds(pids) - cpu0
         latencies: list[float] = []
         delivered, last = 0, t0
@@ -652,7 +659,7 @@ async def main_load(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     variants: list[tuple[str, tuple[str, ...] | None]] = [("default", None)]
     if args.breakdown:
-        print(f"  speed-ups: {', '.join(ALL_SPEEDUPS)} (from {SPEEDUPS_SOURCE})")
+        print(f"  speed-ups: {', '.join(ALL_SPEEDUPS)}")
         variants = [("all on", ALL_SPEEDUPS), ("all off", ())]
         variants += [(f"-{x}", tuple(y for y in ALL_SPEEDUPS if y != x)) for x in ALL_SPEEDUPS]
     report = []

@@ -52,10 +52,8 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import re
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -65,11 +63,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The measurements are mesh_latency.py's own (this directory is on sys.path when
+# a bench script runs).
+from mesh_latency import LOSSES, cache_rows, call_node, channel_counts, cpu_seconds
+
 from united_core.control import ControlClient, ControlClientError
 from united_core.identity import load_key_file
 from united_core.testing import Community, NodeProcess, on_loopback
 
-TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 60.0  # per batch of member processes
 JOIN_TIMEOUT = 60.0  # a member's channel join, retried until its login lets it
 MESH_TIMEOUT = 180.0
@@ -77,17 +78,6 @@ DRAIN = 10.0  # most seconds after the last send
 
 # Every process this bench started, stopped at exit whatever happens.
 PROCESSES: list[subprocess.Popen[bytes]] = []
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-        except (OSError, IndexError):
-            pass
-    return total / TICKS
 
 
 def rss_mb(pid: int) -> float:
@@ -135,14 +125,6 @@ class Setup:
     meshed: int = 0
 
 
-async def call(node: NodeProcess, command: str, *args: str) -> Any:
-    client = await ControlClient.connect(node.config.parent / "united.sock")
-    try:
-        return await client.call(command, list(args))
-    finally:
-        await client.close()
-
-
 def log_tail(node: NodeProcess, lines: int = 15) -> str:
     try:
         return "\n".join(node.log.read_text(errors="replace").splitlines()[-lines:])
@@ -155,7 +137,7 @@ def log_tail(node: NodeProcess, lines: int = 15) -> str:
 
 async def register(server: NodeProcess, base: Path, names: list[str]) -> list[Path]:
     """``invite`` on the server, then ``united join`` for each name, concurrently."""
-    invites = [await call(server, "invite") for _ in names]
+    invites = [await call_node(server, "invite") for _ in names]
 
     async def join(name: str, invite: dict[str, str]) -> Path:
         directory = base / name
@@ -185,14 +167,7 @@ async def register(server: NodeProcess, base: Path, names: list[str]) -> list[Pa
 
 def spawn(node: NodeProcess) -> None:
     """``united run`` for the node (log to its node.log), registered for stop_all."""
-    with node.log.open("ab") as log:
-        node.proc = subprocess.Popen(
-            node.command("run", "-c", str(node.config)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    PROCESSES.append(node.proc)
+    PROCESSES.append(node.spawn())
 
 
 async def start_batch(nodes: list[NodeProcess]) -> None:
@@ -209,7 +184,7 @@ async def start_batch(nodes: list[NodeProcess]) -> None:
                     f"{node.name} exited {node.proc.returncode} while starting:\n{log_tail(node)}"
                 )
             try:
-                await call(node, "status")
+                await call_node(node, "status")
             except ControlClientError:
                 continue
             pending.remove(node)
@@ -228,7 +203,7 @@ async def join_channels(member: Member) -> None:
     for channel in member.channels:
         while True:
             try:
-                await call(member.node, "join", channel)
+                await call_node(member.node, "join", channel)
                 break
             except ControlClientError as exc:  # refused until its login went through
                 if time.monotonic() > deadline:
@@ -239,12 +214,12 @@ async def join_channels(member: Member) -> None:
 
 
 async def meshed(member: Member) -> bool:
-    topics = await call(member.node, "topics")
+    topics = await call_node(member.node, "topics")
     return all(len(topics.get(ch, {}).get("mesh_peers", ())) >= 1 for ch in member.channels)
 
 
 async def server_meshed(server: NodeProcess, channels: list[str]) -> bool:
-    topics = await call(server, "topics")
+    topics = await call_node(server, "topics")
     return all(len(topics.get(ch, {}).get("mesh_peers", ())) >= 1 for ch in channels)
 
 
@@ -261,7 +236,7 @@ async def setup(
     server = community.server
     assert server is not None
     for channel in channels:
-        await call(server, "channel-create", channel)
+        await call_node(server, "channel-create", channel)
     info.phases["server"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -309,37 +284,6 @@ async def setup(
 
 # ---- measurement -------------------------------------------------------------------------
 
-LOSSES = ("outbound_drops", "inbound_drops", "publish_wait_timeouts")
-
-
-async def counts(
-    nodes: list[NodeProcess],
-) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
-    """(node, channel) -> the mesh's message counter; the runtime's loss counters, summed."""
-    out: dict[tuple[str, str], int] = {}
-    losses = dict.fromkeys(LOSSES, 0)
-    for node in nodes:
-        snapshot = await call(node, "snapshot")
-        for channel, stats in snapshot["plugins"]["mesh"]["topics"].items():
-            out[node.name, channel] = int(stats.get("messages", 0))
-        p2p_counters = snapshot.get("p2p", {}).get("counters", {})
-        for key in LOSSES:
-            losses[key] += int(p2p_counters.get(key, 0))
-    return out, losses
-
-
-def cache_rows(member: Member, since_ms: float) -> list[tuple[float, int]]:
-    path = member.node.config.parent / "data" / "cache.sqlite3"
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = db.execute(
-            "SELECT received_at, timestamp FROM messages WHERE sender != ? AND timestamp >= ?",
-            (member.key, int(since_ms)),
-        ).fetchall()
-    finally:
-        db.close()
-    return [(float(r), int(ts)) for r, ts in rows]
-
 
 def percentile(xs: list[float], q: float) -> float:
     s = sorted(xs)
@@ -352,7 +296,7 @@ async def measure(
     nodes = [server, *(m.node for m in members)]
     for m in members:
         m.client = await ControlClient.connect(m.node.config.parent / "united.sock")
-    before, losses0 = await counts(nodes)
+    before, losses0 = await channel_counts(nodes)
     await asyncio.sleep(1)
     pids = [server.proc.pid if server.proc else 0, *(m.pid for m in members)]
     cpu0, server_cpu0 = cpu_seconds(pids), cpu_seconds(pids[:1])
@@ -400,7 +344,7 @@ async def measure(
     drain_end = time.monotonic() + DRAIN
     rows: dict[str, list[tuple[float, int]]] = {}
     while True:
-        rows = {m.node.name: cache_rows(m, since_ms) for m in members}
+        rows = {m.node.name: cache_rows(m.node, m.key, since_ms) for m in members}
         if all(len(rows[m.node.name]) >= want[m.node.name] for m in members):
             break
         if time.monotonic() > drain_end:
@@ -410,7 +354,7 @@ async def measure(
     cpu, server_cpu = cpu_seconds(pids) - cpu0, cpu_seconds(pids[:1]) - server_cpu0
     rss = [rss_mb(m.pid) for m in members]
     server_rss = rss_mb(pids[0])
-    after, losses1 = await counts(nodes)
+    after, losses1 = await channel_counts(nodes)
     for m in members:
         if m.client is not None:
             await m.client.close()

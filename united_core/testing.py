@@ -113,7 +113,8 @@ class NodeProcess:
         except (RuntimeError, subprocess.TimeoutExpired):
             return None
 
-    def start(self, *, timeout: float = 30) -> None:
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """``united run`` for this node, logging to ``log``; returns without waiting."""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.command("run", "-c", str(self.config)),
@@ -121,6 +122,10 @@ class NodeProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        return self.proc
+
+    def start(self, *, timeout: float = 30) -> None:
+        self.spawn()
         poll(lambda: self._alive() and self.try_ctl("status"), timeout=timeout)
 
     def _alive(self) -> bool:
