@@ -60,6 +60,8 @@ def test_defaults_and_preset_values(tmp_path: Path) -> None:
             "gossipsub_protocols",
             "must be one of",
         ),
+        ('[p2p]\nspeedups = ["warp-drive"]', "p2p", "speedups", "must be one of"),
+        ('[p2p]\nspeedups = "all"', "p2p", "speedups", "must be a list"),
         ('[p2p]\nlisten = ["/ip4/1.2.3.4/udp/5"]', "p2p", "listen", "only TCP"),
         ('[p2p]\nlisten = ["not an address"]', "p2p", "listen", "not a multiaddr"),
         ("[node]\nlog_level = true", "node", "log_level", "must be a string"),
