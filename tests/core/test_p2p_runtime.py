@@ -356,6 +356,8 @@ def test_outbound_drops_are_counted_and_publish_waits_for_room() -> None:
                     return await CountingRpcQueue.pop(queue)
 
                 queue.pop = held_pop  # py-libp2p's loop looks it up on every RPC
+                # The batched-writes loop drains with pop_nowait after each pop: held too.
+                queue.pop_nowait = lambda: None
                 # One pop may already be under way (the loop waiting inside it): +1.
                 while len(queue) < high_water + 1:
                     queue.push(rpc_pb2.RPC())
@@ -363,6 +365,7 @@ def test_outbound_drops_are_counted_and_publish_waits_for_room() -> None:
             async def release() -> None:
                 queue = b.host_context.pubsub.peer_queues[ID_of(a)]
                 del queue.pop
+                del queue.pop_nowait
                 gate[0].set()
 
             await b.call(hold_and_fill)

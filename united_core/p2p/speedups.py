@@ -354,8 +354,6 @@ class SpeedupsPubsub(Pubsub):
         if BATCHED_WRITES not in self.speedups:
             await super().handle_sending_messages(peer_id, stream, queue)
             return
-        # CountingRpcQueue.pop_nowait (it signals waiting publishers), else the deque's.
-        take: Callable[[], rpc_pb2.RPC | None] = _pop_nowait(queue)
         try:
             while True:
                 rpc = await queue.pop()
@@ -363,6 +361,9 @@ class SpeedupsPubsub(Pubsub):
                     return  # closed
                 batch = [rpc]
                 size = rpc.ByteSize()
+                # CountingRpcQueue.pop_nowait (it signals waiting publishers), else the
+                # deque's; looked up per batch, as py-libp2p's loop looks up pop per RPC.
+                take: Callable[[], rpc_pb2.RPC | None] = _pop_nowait(queue)
                 while size < MAX_BATCH_BYTES and (more := take()) is not None:
                     batch.append(more)
                     size += more.ByteSize()
